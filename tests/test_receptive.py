@@ -1,0 +1,381 @@
+"""Footprints derived from Keras models, checked against tiling emulated in numpy.
+
+The reference is independent of the footprint's arithmetic: run the model on
+the whole scene, then cut the output into cores, run the model on each core's
+window (grown by the footprint and clipped to the scene, never zero-padded)
+and compare the trimmed tiles with the whole-scene output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from keras import layers as kl
+
+from tilepipe.errors import ModelError, UntileableModelError
+from tilepipe.geometry.footprint import AxisFootprint, Footprint
+from tilepipe.geometry.window import Window
+from tilepipe.model.receptive import describe_footprint, footprint_of
+
+BANDS = 3
+SCENE = (37, 41)  # odd sizes on purpose: TF's odd-size edge cases live there
+TOLERANCE = 1e-5  # max |err| / max |ref|, as DESIGN.md asks
+
+
+def _conv(filters: int, kernel: int | tuple[int, int], **kwargs: object) -> kl.Conv2D:
+    # Non-zero biases make border effects visible (a zero bias can hide them).
+    return kl.Conv2D(filters, kernel, bias_initializer=keras.initializers.RandomNormal(stddev=0.5), **kwargs)
+
+
+def _input(bands: int = BANDS) -> keras.KerasTensor:
+    return keras.Input((None, None, bands))
+
+
+def _scene(rng: np.random.Generator, shape: tuple[int, int], bands: int = BANDS) -> np.ndarray:
+    x = rng.normal(size=(1, *shape, bands)).astype(np.float32)
+    x[rng.random(x.shape[:3]) < 0.6] = 0.0  # mostly empty, like tilepipe's scenes
+    return x
+
+
+def _run(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model(x, training=False))
+
+
+def _relative_error(model: keras.Model, fp: Footprint, x: np.ndarray, tile: tuple[int, int]) -> float:
+    """Tile the scene as the executor will (window, run, trim) and compare with the whole."""
+    shape = (x.shape[1], x.shape[2])
+    ref = _run(model, x)
+    assert ref.shape[1:3] == fp.output_shape(shape)
+    out_rows, out_cols = ref.shape[1:3]
+    got = np.full_like(ref, np.nan)
+    for r0 in range(0, out_rows, tile[0]):
+        for c0 in range(0, out_cols, tile[1]):
+            core = Window(r0, min(r0 + tile[0], out_rows), c0, min(c0 + tile[1], out_cols))
+            win = fp.input_window(core, shape)
+            y = _run(model, x[:, win.row_start : win.row_stop, win.col_start : win.col_stop])
+            assert y.shape[1:3] == fp.output_shape(win.shape)
+            r, c = core.row_start - win.row_start, core.col_start - win.col_start
+            got[:, core.row_start : core.row_stop, core.col_start : core.col_stop] = y[
+                :, r : r + core.height, c : c + core.width
+            ]
+    return float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+
+
+def _seq(*layers: kl.Layer, bands: int = BANDS) -> keras.Sequential:
+    return keras.Sequential([_input(bands), *layers])
+
+
+def _axis(before: int, after: int, shrink: int = 0, offset: int = 0) -> AxisFootprint:
+    return AxisFootprint(before, after, shrink, offset)
+
+
+def _square(before: int, after: int, shrink: int = 0, offset: int = 0) -> Footprint:
+    return Footprint(_axis(before, after, shrink, offset), _axis(before, after, shrink, offset))
+
+
+# --- footprints worked out by hand ------------------------------------------------------
+
+
+HAND: dict[str, tuple[Callable[[], keras.Model], Footprint]] = {
+    "three same 3x3": (lambda: _seq(*[_conv(4, 3, padding="same") for _ in range(3)]), _square(3, 3)),
+    "5x5 dilation 2 same": (lambda: _seq(_conv(4, 5, dilation_rate=2, padding="same")), _square(4, 4)),
+    # TF puts the odd pixel of an even kernel's padding after.
+    "two even 4x4 same": (lambda: _seq(_conv(4, 4, padding="same"), _conv(2, 4, padding="same")), _square(2, 4)),
+    "two 3x3 valid": (lambda: _seq(_conv(4, 3), _conv(2, 3)), _square(0, 4, 4, 2)),
+    "3x7 valid": (lambda: _seq(_conv(2, (3, 7))), Footprint(_axis(0, 2, 2, 1), _axis(0, 6, 6, 3))),
+    # The same layer's padding still reaches 1 px in after the valid layer.
+    "same then valid": (lambda: _seq(_conv(4, 3, padding="same"), _conv(2, 3)), _square(1, 3, 2, 1)),
+    "zero padding then valid is same": (lambda: _seq(kl.ZeroPadding2D(1), _conv(2, 3)), _square(1, 1)),
+    "same then crop is valid": (
+        lambda: _seq(_conv(2, 3, padding="same"), kl.Cropping2D(1)),
+        _square(0, 2, 2, 1),
+    ),
+    "max pool 3 stride 1 same": (lambda: _seq(kl.MaxPooling2D(3, strides=1, padding="same")), _square(1, 1)),
+    "pointwise only": (lambda: _seq(kl.BatchNormalization(), kl.ReLU(), kl.Dense(2)), _square(0, 0)),
+}
+
+
+@pytest.mark.parametrize("case", list(HAND))
+def test_footprint_matches_hand_computation(case: str) -> None:
+    build, expected = HAND[case]
+    assert footprint_of(build()) == expected
+
+
+def test_halo_is_the_largest_margin() -> None:
+    fp = footprint_of(_seq(_conv(2, 3, padding="same"), _conv(2, (5, 9), dilation_rate=(1, 2), padding="same")))
+    assert (fp.rows.before, fp.rows.after, fp.cols.before, fp.cols.after) == (3, 3, 9, 9)
+    assert fp.halo == 9
+
+
+def test_describe_footprint() -> None:
+    assert describe_footprint(_square(7, 7)) == "halo 7 px (rows 7/7, cols 7/7)"
+    fp = Footprint(_axis(0, 4, 4, 2), _axis(1, 2))
+    assert describe_footprint(fp) == "halo 4 px (rows 0/4, cols 1/2); output -4 rows, +0 cols"
+
+
+# --- tiled == whole scene ---------------------------------------------------------------
+
+
+def _branches() -> keras.Model:
+    x = _input()
+    c1 = _conv(4, 3, padding="same", activation="relu")(x)
+    b1 = _conv(4, 5, dilation_rate=2, padding="same")(c1)
+    b2 = _conv(4, 1)(c1)
+    y = kl.Concatenate()([kl.Add()([b1, b2]), c1, x])
+    return keras.Model(x, _conv(2, 3, padding="same")(y))
+
+
+def _valid_branches() -> keras.Model:
+    # Equal shrink, different offsets: (5x5 valid) vs (1x1 then crop 2 before / 2 after).
+    x = _input()
+    b1 = _conv(4, 5)(x)
+    b2 = kl.Cropping2D(((1, 3), (3, 1)))(_conv(4, 1)(x))
+    y = kl.Multiply()([kl.Subtract()([b1, b2]), kl.Maximum()([b1, b2])])
+    return keras.Model(x, _conv(2, 3, padding="same")(y))
+
+
+def _nested() -> keras.Model:
+    inner_seq = keras.Sequential(
+        [_input(4), _conv(4, 3, padding="same"), kl.BatchNormalization(), kl.ReLU()], name="inner_seq"
+    )
+    i = _input(4)
+    inner_fn = keras.Model(i, kl.Average()([_conv(4, 2, padding="same")(i), _conv(4, 3)(kl.ZeroPadding2D(1)(i))]))
+    x = _input()
+    h = _conv(4, 3, padding="same")(x)
+    y = kl.Add()([inner_seq(h), inner_fn(h)])
+    outer = keras.Model(x, y)
+    return keras.Sequential([_input(), outer, _conv(2, 3, dilation_rate=2, padding="same")])
+
+
+def _batchnorm() -> keras.Model:
+    bn = kl.BatchNormalization()
+    model = _seq(_conv(4, 3, padding="same"), bn, kl.ReLU(), _conv(2, 3, padding="same"))
+    rng = np.random.default_rng(3)
+    gamma, beta, mean = (rng.normal(size=4).astype(np.float32) for _ in range(3))
+    bn.set_weights([gamma, beta, mean, rng.uniform(0.2, 3.0, size=4).astype(np.float32)])
+    return model
+
+
+def _normalization() -> keras.Model:
+    norm = kl.Normalization(mean=[0.5, -1.0, 2.0], variance=[1.0, 4.0, 0.25])
+    return _seq(
+        norm,
+        _conv(4, 3, padding="same"),
+        kl.LayerNormalization(),
+        kl.PReLU(shared_axes=[1, 2]),
+        kl.Dense(4),
+        kl.Softmax(),
+        kl.UnitNormalization(),
+        kl.Dropout(0.5),
+        kl.GaussianNoise(1.0),
+        kl.SpatialDropout2D(0.5),
+        kl.Rescaling(2.0, offset=-0.5),
+        kl.Activation("tanh"),
+        kl.LeakyReLU(),
+        kl.ELU(),
+        _conv(2, 3, padding="same"),
+    )
+
+
+EXACT: dict[str, Callable[[], keras.Model]] = {
+    "same stack": lambda: _seq(*[_conv(4, 3, padding="same", activation="relu") for _ in range(3)]),
+    "even kernels": lambda: _seq(
+        *[_conv(3, 2, padding="same", activation="tanh") for _ in range(3)], _conv(2, 4, padding="same")
+    ),
+    "valid mix": lambda: _seq(_conv(4, 5), _conv(4, 4, padding="same"), _conv(2, (3, 2), dilation_rate=(2, 1))),
+    "branches": _branches,
+    "valid branches": _valid_branches,
+    "nested": _nested,
+    "batchnorm": _batchnorm,
+    "pointwise zoo": _normalization,
+    "depthwise separable": lambda: _seq(
+        kl.DepthwiseConv2D(3, padding="same", depth_multiplier=2, dilation_rate=2, bias_initializer="ones"),
+        kl.SeparableConv2D(4, 5, bias_initializer="ones"),
+        kl.SeparableConv2D(2, 2, padding="same", bias_initializer="ones"),
+    ),
+    # TF's pooling ignores padding (max of fewer values, average over fewer values):
+    # still exact, because windows are clipped to the scene, never padded.
+    "pooling": lambda: _seq(
+        _conv(4, 3, padding="same"),
+        kl.MaxPooling2D(3, strides=1, padding="same"),
+        kl.AveragePooling2D(3, strides=1, padding="same"),
+        kl.AveragePooling2D((2, 3), strides=1),
+        kl.MaxPooling2D(4, strides=1, padding="same"),
+        _conv(2, 3, padding="same"),
+    ),
+    "pad and crop": lambda: _seq(
+        kl.ZeroPadding2D(((1, 2), (0, 3))),
+        _conv(4, 3),
+        kl.Cropping2D(((1, 0), (2, 1))),
+        _conv(2, 3, padding="same"),
+    ),
+    "output grows": lambda: _seq(kl.ZeroPadding2D(2), _conv(2, 3, padding="same")),
+}
+
+
+@pytest.mark.parametrize("case", list(EXACT))
+def test_tiled_equals_whole_scene(case: str) -> None:
+    keras.utils.set_random_seed(0)
+    model = EXACT[case]()
+    fp = footprint_of(model)
+    x = _scene(np.random.default_rng(1), SCENE)
+    for tile in ((7, 9), (16, 5)):
+        assert _relative_error(model, fp, x, tile) <= TOLERANCE, (case, tile, fp)
+
+
+def test_reference_catches_a_short_halo() -> None:
+    # Guards the test itself: one pixel less than the footprint must show.
+    keras.utils.set_random_seed(0)
+    model = EXACT["same stack"]()
+    fp = footprint_of(model)
+    short = Footprint(_axis(fp.rows.before - 1, fp.rows.after), fp.cols)
+    assert _relative_error(model, short, _scene(np.random.default_rng(1), SCENE), (7, 9)) > 1e-3
+
+
+@st.composite
+def _random_stack(draw: st.DrawFn) -> tuple[list[dict[str, object]], tuple[int, int], tuple[int, int]]:
+    specs: list[dict[str, object]] = []
+    for _ in range(draw(st.integers(1, 4))):
+        specs.append(
+            {
+                "kernel": (draw(st.integers(1, 7)), draw(st.integers(1, 7))),
+                "dilation_rate": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+                "padding": draw(st.sampled_from(["same", "valid"])),
+                "activation": draw(st.sampled_from([None, "relu", "tanh", "sigmoid"])),
+            }
+        )
+    scene, tile = [], []
+    for axis in (0, 1):
+        shrink = sum(_effective(s, axis) - 1 for s in specs if s["padding"] == "valid")
+        out = draw(st.integers(1, 24))
+        scene.append(shrink + out)
+        tile.append(draw(st.integers(-(-out // 5), out)))  # at most 5 tiles per axis
+    return specs, (scene[0], scene[1]), (tile[0], tile[1])
+
+
+def _effective(spec: dict[str, object], axis: int) -> int:
+    kernel, dilation = spec["kernel"], spec["dilation_rate"]
+    assert isinstance(kernel, tuple) and isinstance(dilation, tuple)
+    return int(dilation[axis] * (kernel[axis] - 1) + 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=_random_stack(), seed=st.integers(0, 2**16))
+def test_random_conv_stacks_tile_exactly(
+    case: tuple[list[dict[str, object]], tuple[int, int], tuple[int, int]], seed: int
+) -> None:
+    specs, scene, tile = case
+    keras.utils.set_random_seed(seed)
+    model = _seq(*[_conv(3, **spec) for spec in specs], bands=2)  # type: ignore[arg-type]
+    fp = footprint_of(model)
+    for axis, got in ((0, fp.rows), (1, fp.cols)):
+        ks = [(_effective(s, axis), s["padding"]) for s in specs]
+        same_lo = sum((k - 1) // 2 for k, p in ks if p == "same")
+        same_hi = sum(k - 1 - (k - 1) // 2 for k, p in ks if p == "same")
+        shrink = sum(k - 1 for k, p in ks if p == "valid")
+        assert (got.before, got.after, got.shrink) == (same_lo, same_hi + shrink, shrink)
+    x = _scene(np.random.default_rng(seed), scene, bands=2)
+    assert _relative_error(model, fp, x, tile) <= TOLERANCE
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+class _Subclassed(keras.Model):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__(name="hidden")
+        self.conv = kl.Conv2D(2, 3)
+
+    def call(self, x: keras.KerasTensor) -> keras.KerasTensor:
+        return self.conv(x)
+
+
+class _MyReLU(kl.ReLU):  # type: ignore[misc]
+    """A subclass may override call(): only exact, known classes are trusted."""
+
+
+def _on(*layers: kl.Layer, shape: tuple[int | None, ...] = (None, None, BANDS)) -> Callable[[], keras.Model]:
+    return lambda: keras.Sequential([keras.Input(shape), *layers])
+
+
+def _functional(fn: Callable[..., object], n_inputs: int = 1) -> Callable[[], keras.Model]:
+    def build() -> keras.Model:
+        xs = [_input() for _ in range(n_inputs)]
+        return keras.Model(xs if n_inputs > 1 else xs[0], fn(*xs))
+
+    return build
+
+
+REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
+    "strided conv": (_on(kl.Conv2D(2, 3, strides=2, name="down")), "'down' (Conv2D) has strides (2, 2)"),
+    "pooling's default stride": (_on(kl.MaxPooling2D(2, name="pool")), "'pool' (MaxPooling2D) has strides (2, 2)"),
+    "global pooling": (_on(kl.GlobalAveragePooling2D(name="gap")), "'gap' (GlobalAveragePooling2D) is not local"),
+    "global pooling keepdims": (_on(kl.GlobalMaxPooling2D(keepdims=True, name="gmp")), "'gmp'"),
+    "flatten": (_on(kl.Flatten(name="flat"), kl.Dense(1), shape=(8, 8, BANDS)), "'flat' (Flatten)"),
+    "reshape": (_on(kl.Reshape((-1, BANDS), name="rs"), shape=(8, 8, BANDS)), "'rs' (Reshape)"),
+    "permute": (_on(kl.Permute((2, 1, 3), name="perm")), "'perm' (Permute)"),
+    "transpose conv": (_on(kl.Conv2DTranspose(2, 3, name="tconv")), "'tconv' (Conv2DTranspose)"),
+    "upsampling": (_on(kl.UpSampling2D(name="ups")), "'ups' (UpSampling2D)"),
+    "resizing": (_on(kl.Resizing(16, 16, name="resize")), "'resize' (Resizing)"),
+    "group norm": (_on(kl.GroupNormalization(groups=1, name="gn")), "'gn' (GroupNormalization)"),
+    "spatial layer norm": (
+        _on(kl.LayerNormalization(axis=[1, 2, 3], name="ln"), shape=(8, 8, BANDS)),
+        "'ln' (LayerNormalization)",
+    ),
+    "lambda": (_on(kl.Lambda(lambda t: t * 2.0, name="lam")), "'lam' (Lambda)"),
+    "attention": (_functional(lambda x: kl.MultiHeadAttention(1, 2, name="mha")(x, x)), "'mha' (MultiHeadAttention)"),
+    "masking": (_on(kl.Masking(name="mask")), "'mask' (Masking)"),
+    "per-pixel prelu": (_on(kl.PReLU(name="prelu"), shape=(8, 8, BANDS)), "'prelu' (PReLU)"),
+    "softmax over rows": (_on(kl.Softmax(axis=1, name="sm")), "'sm' (Softmax)"),
+    "batchnorm over rows": (
+        _on(kl.BatchNormalization(axis=1, name="bn1"), shape=(8, 8, BANDS)),
+        "'bn1' (BatchNormalization)",
+    ),
+    "concat over rows": (_functional(lambda x: kl.Concatenate(axis=1, name="cat")([x, x])), "'cat' (Concatenate)"),
+    "merge of sizes": (
+        _functional(lambda x: kl.Add(name="mix")([kl.Conv2D(2, 3)(x), kl.Conv2D(2, 3, padding="same")(x)])),
+        "'mix' (Add) merges inputs of different sizes",
+    ),
+    "channels first": (
+        _on(kl.Conv2D(2, 3, data_format="channels_first", name="cf"), shape=(BANDS, 8, 8)),
+        "'cf' (Conv2D) is channels_first",
+    ),
+    "custom activation": (_on(kl.Conv2D(2, 3, activation=lambda t: t, name="act")), "'act' (Conv2D) has a custom"),
+    "rescaling per pixel": (
+        _on(kl.Rescaling(np.ones((8, 8, 1)), name="rsc"), shape=(8, 8, BANDS)),
+        "'rsc' (Rescaling)",
+    ),
+    "unknown layer": (_on(kl.RandomFlip(name="flip")), "'flip' (RandomFlip) is not one tilepipe knows"),
+    "subclassed layer": (_on(_MyReLU(name="mine")), "'mine' (_MyReLU) is not one tilepipe knows"),
+    "raw keras op": (_functional(lambda x: x + x), "keras operation 'add"),
+    "two inputs": (_functional(lambda a, b: kl.Add()([a, b]), n_inputs=2), "2 inputs and 1 outputs"),
+    "two outputs": (_functional(lambda x: [kl.ReLU()(x), kl.ELU()(x)]), "1 inputs and 2 outputs"),
+    "1-D model": (_on(kl.Conv1D(2, 3), shape=(None, BANDS)), "input of shape (None, None, 3)"),
+    "subclassed model": (_Subclassed, "'hidden' (_Subclassed) is a subclassed model"),
+    "nested subclassed model": (_functional(lambda x: _Subclassed()(x)), "'hidden' (_Subclassed)"),  # noqa: PLW0108
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_untileable_models_are_refused_by_name(case: str) -> None:
+    build, message = REFUSED[case]
+    with pytest.raises(UntileableModelError) as info:
+        footprint_of(build())
+    assert message in str(info.value)
+
+
+def test_strided_refusal_says_why() -> None:
+    with pytest.raises(UntileableModelError, match="stride-aligned tiles"):
+        footprint_of(_on(kl.Conv2D(2, 3, strides=2))())
+
+
+def test_not_a_model_or_not_built() -> None:
+    with pytest.raises(ModelError, match=r"Expected a keras\.Model"):
+        footprint_of(kl.Conv2D(2, 3))
+    with pytest.raises(ModelError, match="no defined input"):
+        footprint_of(keras.Sequential([kl.Conv2D(2, 3)]))

@@ -1,0 +1,66 @@
+"""tilepipe: Keras Conv2D models over huge, sparse scenes, tiled exactly, on Dask.
+
+Importing tilepipe is cheap; TensorFlow loads on first use of a function that needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tilepipe._version import __version__
+from tilepipe.errors import (
+    ClusterError,
+    InputError,
+    ModelError,
+    StoreError,
+    TilepipeError,
+    UntileableModelError,
+    WorkflowError,
+)
+
+__all__ = [
+    "ClusterError",
+    "InputError",
+    "ModelError",
+    "RunReport",
+    "StoreError",
+    "TilepipeError",
+    "UntileableModelError",
+    "WorkflowError",
+    "__version__",
+    "conv_sparse",
+    "export_geotiff",
+    "footprint_of",
+    "info",
+    "ingest",
+    "open_result",
+    "open_scene",
+    "quicklook",
+    "run",
+    "run_workflow",
+]
+
+_LAZY = {
+    "conv_sparse": ("tilepipe.conv", "conv_sparse"),
+    "export_geotiff": ("tilepipe.export", "export_geotiff"),
+    "quicklook": ("tilepipe.export", "quicklook"),
+    "footprint_of": ("tilepipe.model", "footprint_of"),
+    "info": ("tilepipe.api", "info"),
+    "ingest": ("tilepipe.api", "ingest"),
+    "open_result": ("tilepipe.api", "open_result"),
+    "open_scene": ("tilepipe.api", "open_scene"),
+    "run": ("tilepipe.api", "run"),
+    "RunReport": ("tilepipe.execute.run", "RunReport"),
+    "run_workflow": ("tilepipe.workflow_runner", "run_workflow"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tilepipe' has no attribute {name!r}")

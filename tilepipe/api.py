@@ -1,0 +1,133 @@
+"""The Python API in one place: ingest, run, export, inspect."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tilepipe.errors import StoreError
+from tilepipe.execute.run import RunReport
+from tilepipe.sources import ingest
+from tilepipe.store import ResultStore, SceneStore
+
+__all__ = ["info", "ingest", "open_result", "open_scene", "run"]
+
+
+def run(
+    scene: str | os.PathLike[str] | SceneStore,
+    model: Any,
+    result: str | os.PathLike[str],
+    *,
+    client: Any = None,
+    gpu: bool = False,
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    n_workers: int | None = None,
+) -> RunReport:
+    """Run a Keras model over a scene store into a dense, georeferenced result store.
+
+    Parameters
+    ----------
+    scene
+        A scene store (path, URL or :class:`SceneStore`) made by :func:`ingest`.
+    model
+        A ``.keras`` path (workers load it; on a remote cluster it must be a
+        path they can open) or a ``keras.Model`` (saved to a temporary file
+        for the run).
+    result
+        Where the result store goes. An incomplete store of the same run is
+        resumed; a complete one is left alone (``report.up_to_date``).
+    client
+        A ``distributed.Client``; None starts an embedded ``LocalCluster``
+        for this call (or uses ``DASK_SCHEDULER_ADDRESS`` when set).
+    gpu
+        Annotate model tasks with ``resources={"GPU": 1}``.
+    batch_size
+        Tiles of the same shape per model call (default 8).
+    """
+    from tilepipe.execute.cluster import connect
+    from tilepipe.execute.run import run_model
+
+    scene_path = scene.path if isinstance(scene, SceneStore) else os.fspath(scene)
+    result_path = os.fspath(result)
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if client is not None:
+        return run_model(scene_path, model, result_path, client=client, gpu=gpu,
+                         batch_size=batch_size, overwrite=overwrite, progress=progress)
+    with connect(n_workers=n_workers, gpu=gpu) as own:
+        return run_model(scene_path, model, result_path, client=own, gpu=gpu,
+                         batch_size=batch_size, overwrite=overwrite, progress=progress)
+
+
+def open_scene(path: str | os.PathLike[str]) -> SceneStore:
+    """Open a complete scene store."""
+    return SceneStore.open(path)
+
+
+def open_result(path: str | os.PathLike[str]) -> ResultStore:
+    """Open a result store (complete or not)."""
+    return ResultStore.open(path, mode="r")
+
+
+def info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe a scene or result store as a JSON-ready dict."""
+    path = os.fspath(path)
+    try:
+        scene = SceneStore.open(path, require_complete=False)
+    except StoreError as exc:
+        if "expected a tilepipe scene store" not in str(exc):
+            raise
+    else:
+        nnz = scene.index()
+        si = scene.info
+        return {
+            "kind": "scene",
+            "path": path,
+            "complete": bool(scene.attrs.get("complete")),
+            "shape": list(si.shape),
+            "bands": si.bands,
+            "dtype": si.dtype,
+            "nodata": si.nodata,
+            "crs": _crs_name(si.crs_wkt),
+            "transform": list(si.transform),
+            "tile_size": list(si.tile_size),
+            "halo": si.halo,
+            "tile_grid": list(si.grid.grid_shape),
+            "tiles_total": int(nnz.size),
+            "tiles_occupied": int((nnz > 0).sum()),
+            "occupancy": float((nnz > 0).mean()) if nnz.size else 0.0,
+            "nonzero_entries": int(nnz.sum()),
+            "source": si.source,
+        }
+    res = ResultStore.open(path, mode="r")
+    attrs = res.attrs
+    status = res.status()
+    return {
+        "kind": "result",
+        "path": path,
+        "complete": res.complete,
+        "shape": attrs["shape"],
+        "crs": _crs_name(attrs.get("crs_wkt")),
+        "transform": attrs["transform"],
+        "tile_size": attrs.get("tile_size"),
+        "fill_value": res.fill_value,
+        "status": {
+            "todo": int((status == 0).sum()),
+            "computed": int((status == 1).sum()),
+            "empty": int((status == 2).sum()),
+        },
+        "provenance": attrs.get("provenance"),
+        "report": attrs.get("report"),
+    }
+
+
+def _crs_name(wkt: str | None) -> str | None:
+    if not wkt:
+        return None
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else wkt.split('"')[1] if '"' in wkt else wkt[:60]

@@ -1,0 +1,116 @@
+"""``conv_sparse``: a SparseTensor of any size through a Conv2D model, tiled underneath."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from tilepipe.errors import InputError, ModelError
+from tilepipe.execute.engine import compute_tiles, empty_response, plan_jobs
+from tilepipe.geometry import TileGrid, parse_tile_size
+from tilepipe.sources.coo import CooScene, TileBuckets, coo_from_arrays
+from tilepipe.model import CompiledModel, footprint_of, load_keras_model
+from tilepipe.store.codec import TileData
+
+__all__ = ["conv_sparse", "resolve_model"]
+
+
+def resolve_model(model: Any) -> Any:
+    """A ``keras.Model`` from a model object or a ``.keras`` path."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_keras_model(os.fspath(model))
+    if not hasattr(model, "layers"):
+        raise ModelError(f"expected a keras.Model or a .keras path, got {type(model).__name__}")
+    return model
+
+
+def conv_sparse(
+    sparse_tensor: Any,
+    model: Any,
+    *,
+    tile_size: int | tuple[int, int] = 512,
+    halo: int | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Run ``model`` on the dense form of ``sparse_tensor`` without ever densifying it whole.
+
+    Parameters
+    ----------
+    sparse_tensor
+        A ``tf.SparseTensor`` of shape ``H x W`` (one band), ``H x W x C`` or a
+        batch ``N x H x W x C``.
+    model
+        A ``keras.Model`` or a path to a ``.keras`` file; every layer must be
+        local (see :func:`tilepipe.model.footprint_of`).
+    tile_size
+        Core size of a tile in pixels, ``int`` or ``(rows, cols)``.
+    halo
+        Optional larger halo (pixels); never less than the model needs.
+    batch_size
+        Tiles of the same shape per model call.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, equal (to float32 round-off) to ``model(to_dense(st)[None])[0]``
+        for ``H x W x C``; ``model(to_dense(st)[None, :, :, None])[0]`` for
+        ``H x W``; ``model(to_dense(st))`` for a batch.
+    """
+    try:
+        tile = parse_tile_size(tile_size)
+    except ValueError as exc:
+        raise InputError(f"tile_size: {exc}") from exc
+    keras_model = resolve_model(model)
+    footprint = footprint_of(keras_model)
+    need = footprint.halo
+    if halo is not None and halo < need:
+        raise InputError(f"halo {halo} is less than the {need} pixels the model needs")
+    compiled = CompiledModel(keras_model)
+    try:
+        indices = np.asarray(sparse_tensor.indices)
+        values = np.asarray(sparse_tensor.values)
+        shape = tuple(int(s) for s in np.asarray(sparse_tensor.dense_shape))
+    except AttributeError as exc:
+        raise InputError(f"expected a tf.SparseTensor, got {type(sparse_tensor).__name__}") from exc
+    if len(shape) == 4:
+        images = []
+        for n in range(shape[0]):
+            sel = indices[:, 0] == n
+            scene = coo_from_arrays(indices[sel, 1:], values[sel], shape[1:], name="SparseTensor")
+            images.append(_run_scene(scene, compiled, footprint, tile, max(need, halo or 0), batch_size))
+        return np.stack(images)
+    scene = coo_from_arrays(indices, values, shape, name="SparseTensor")
+    return _run_scene(scene, compiled, footprint, tile, max(need, halo or 0), batch_size)
+
+
+def _run_scene(
+    scene: CooScene, model: CompiledModel, footprint: Any, tile: tuple[int, int], halo: int, batch_size: int
+) -> np.ndarray:
+    rows, cols, bands = scene.shape
+    if model.in_channels is not None and model.in_channels != bands:
+        raise ModelError(f"the model expects {model.in_channels} input channels, the SparseTensor has {bands}")
+    out_rows, out_cols = footprint.output_shape((rows, cols))
+    if out_rows <= 0 or out_cols <= 0:
+        raise InputError(f"a {rows} x {cols} scene is smaller than the model's valid footprint")
+    grid = TileGrid((rows, cols), tile, halo)
+    buckets = TileBuckets(scene, grid, name="SparseTensor")
+    jobs = plan_jobs(grid, footprint)
+    out: np.ndarray | None = None
+    busy_jobs, busy_data = [], []
+    empties = []
+    for job in jobs:
+        shape, flat, vals = buckets.window_entries(grid.tile(job.row, job.col))
+        if flat.size == 0:
+            empties.append(job)
+        else:
+            busy_jobs.append(job)
+            busy_data.append(TileData(shape, vals, flat))
+    cores = compute_tiles(model, busy_jobs, busy_data, bands, batch_size=batch_size)
+    for job, core in [*zip(busy_jobs, cores, strict=True), *((j, empty_response(model, j, bands)) for j in empties)]:
+        if out is None:
+            out = np.empty((out_rows, out_cols, core.shape[2]), dtype=np.float32)
+        out[job.out_core.slices] = core
+    assert out is not None
+    return out

@@ -1,0 +1,1 @@
+"""Running tiles on Dask: clusters, tasks, planning."""

@@ -1,0 +1,57 @@
+"""Loading Keras models safely, and once per process.
+
+Only Keras v3 ``.keras`` files, loaded with ``safe_mode=True`` (no pickled
+Python, no Lambda layers); never ``.h5``. Workers cache models by the file's
+sha256, so a task that names a model already loaded costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import zipfile
+from typing import Any
+
+from tilepipe.errors import ModelError
+
+__all__ = ["file_sha256", "load_keras_model", "model_sha256"]
+
+_LOCK = threading.Lock()
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(path: str) -> str:
+    """sha256 of a model file, after checking it is a readable ``.keras`` file."""
+    _check_model_file(path)
+    return file_sha256(path)
+
+
+def _check_model_file(path: str) -> None:
+    if not path.endswith(".keras"):
+        raise ModelError(f"{path}: expected a Keras v3 .keras file (.h5 and SavedModel are not accepted)")
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: not a Keras v3 .keras file (it is not a zip archive)")
+
+
+def load_keras_model(path: str) -> Any:
+    """Load a ``.keras`` model with ``safe_mode=True``; errors name the file."""
+    _check_model_file(path)
+    from tilepipe.model._tf import keras
+
+    with _LOCK:
+        try:
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+            text = str(exc).strip().splitlines()
+            raise ModelError(f"{path}: cannot load the model: {text[0] if text else type(exc).__name__}") from exc

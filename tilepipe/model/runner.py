@@ -1,0 +1,79 @@
+"""Calling a Keras model on tiles: compiled per window shape, batched.
+
+DESIGN.md: a dilated Conv2D traced with ``reduce_retracing=True`` fails on odd
+edge sizes (SpaceToBatchND), so we trace one concrete function per exact
+batch shape. There are few: interior, edges and corners, times the batch
+sizes in use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from tilepipe.errors import ModelError
+from tilepipe.model._tf import tf
+
+__all__ = ["CompiledModel", "densify"]
+
+
+def densify(shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Densify a batch given as COO through ``tf.SparseTensor`` -> ``tf.sparse.to_dense``.
+
+    ``indices`` is ``(n, len(shape))`` int64 in row-major sorted order; returns float32.
+    """
+    st = tf.SparseTensor(indices=indices, values=values.astype(np.float32, copy=False), dense_shape=shape)
+    return np.asarray(tf.sparse.to_dense(st, validate_indices=False))
+
+
+class CompiledModel:
+    """A Keras model wrapped in ``tf.function``, one concrete function per input shape.
+
+    Thread-safe: a worker with several threads shares one instance.
+    """
+
+    def __init__(self, model: Any, *, max_traces: int = 64) -> None:
+        self.model = model
+        self._fns: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_traces
+        inputs = getattr(model, "inputs", None)
+        self.in_channels: int | None = None
+        if inputs:
+            shape = tuple(inputs[0].shape)
+            if len(shape) != 4:
+                raise ModelError(f"expected a model taking images (N, H, W, C), it takes {shape}")
+            self.in_channels = None if shape[-1] is None else int(shape[-1])
+
+    def _fn(self, shape: tuple[int, ...]) -> Any:
+        with self._lock:
+            fn = self._fns.get(shape)
+            if fn is not None:
+                self._fns.move_to_end(shape)
+                return fn
+            model = self.model
+
+            def call(x: Any) -> Any:
+                return model(x, training=False)
+
+            fn = tf.function(call, jit_compile=False).get_concrete_function(
+                tf.TensorSpec(shape, tf.float32)
+            )
+            self._fns[shape] = fn
+            if len(self._fns) > self._max:
+                self._fns.popitem(last=False)
+            return fn
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on ``batch`` of shape ``(N, rows, cols, bands)``, float32."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        out = self._fn(batch.shape)(tf.constant(batch))
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        out = np.asarray(out)
+        if out.ndim != 4:
+            raise ModelError(f"expected the model to return images (N, H, W, C), it returned {out.shape}")
+        return out

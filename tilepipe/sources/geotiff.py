@@ -1,0 +1,111 @@
+"""GeoTIFF (any raster rasterio reads) as a tilepipe source.
+
+Pixels equal to nodata (and NaN) are the absent entries of the sparse scene;
+so are zeros, which densify to zero anyway. Windows are read one tile at a
+time, so an ingest task holds one tile window in memory, whatever the scene.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from tilepipe.errors import InputError
+from tilepipe.geometry import Window
+
+__all__ = ["GeoTiffSource", "probe_geotiff", "read_window_entries"]
+
+
+@dataclass(frozen=True, slots=True)
+class GeoTiffSource:
+    """A raster source: shapes ``(rows, cols)``, ``bands`` 1-based as rasterio numbers them."""
+
+    path: str
+    shape: tuple[int, int]
+    bands: tuple[int, ...]
+    dtype: str
+    nodata: float | None
+    crs_wkt: str | None
+    transform: tuple[float, float, float, float, float, float]
+
+
+def _open(path: str):  # type: ignore[no-untyped-def]
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    if "://" not in path and not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        return rasterio.open(path)
+    except (RasterioError, OSError) as exc:
+        raise InputError(f"{path}: cannot open as a raster: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: float | None = None) -> GeoTiffSource:
+    """Open ``path`` and describe it, refusing what cannot become a scene."""
+    with _open(path) as src:
+        count = src.count
+        chosen = tuple(range(1, count + 1)) if bands is None else tuple(bands)
+        bad = [b for b in chosen if not 1 <= b <= count]
+        if bad:
+            raise InputError(f"{path}: band {bad[0]} does not exist (the file has {count} bands, numbered from 1)")
+        if not chosen:
+            raise InputError(f"{path}: expected at least one band")
+        dtypes = {src.dtypes[b - 1] for b in chosen}
+        dtype = np.result_type(*[np.dtype(d) for d in dtypes])
+        if dtype.kind not in "biuf":
+            raise InputError(f"{path}: unsupported data type {dtype} (expected integers or floats)")
+        file_nodata = src.nodatavals[chosen[0] - 1]
+        nd = nodata if nodata is not None else file_nodata
+        crs_wkt = src.crs.to_wkt() if src.crs is not None else None
+        t = src.transform
+        return GeoTiffSource(
+            path=path,
+            shape=(src.height, src.width),
+            bands=chosen,
+            dtype=str(dtype),
+            nodata=None if nd is None else float(nd),
+            crs_wkt=crs_wkt,
+            transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+        )
+
+
+def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  # type: ignore[no-untyped-def]
+    """Read ``window`` and return ``(shape, flat, values)``: its non-zero, non-nodata entries.
+
+    ``shape`` is ``(rows, cols, bands)``; ``flat`` are sorted flat indices into it.
+    """
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window as RioWindow
+
+    rio_window = RioWindow(window.col_start, window.row_start, window.width, window.height)  # type: ignore[call-arg]
+    try:
+        if dataset is None:
+            with _open(source.path) as src:
+                data = src.read(list(source.bands), window=rio_window)
+        else:
+            data = dataset.read(list(source.bands), window=rio_window)
+    except (RasterioError, OSError) as exc:
+        raise InputError(
+            f"{source.path}: read failed in rows {window.row_start}-{window.row_stop}, "
+            f"cols {window.col_start}-{window.col_stop}: {_first_line(exc)}"
+        ) from exc
+    data = np.moveaxis(data, 0, -1).astype(source.dtype, copy=False)  # (bands, y, x) -> (y, x, bands)
+    present = data != 0
+    if source.nodata is not None:
+        if math.isnan(source.nodata):
+            pass  # NaN is dropped below
+        else:
+            present &= data != np.asarray(source.nodata).astype(data.dtype)
+    if data.dtype.kind == "f":
+        present &= ~np.isnan(data)
+    flat = np.flatnonzero(present)
+    return data.shape, flat, data.reshape(-1)[flat]

@@ -1,0 +1,506 @@
+"""Workflow files: YAML parsed at the door into frozen, typed specs.
+
+A workflow names a scene, a model, how to tile, where results go and which Dask
+cluster does the work. :func:`load_workflow` turns the file into a
+:class:`Workflow` or raises one :class:`~tilepipe.errors.WorkflowError` whose
+message names the file, the key path and what was expected::
+
+    workflows/x.yaml: tiling.tile_size: expected an integer > 0, got -5
+
+Nothing downstream re-checks a dict. Conventions of the file format:
+
+- ``null`` means the same as leaving the key out (its default, or "missing").
+- Unknown keys are errors, so a typo never silently becomes a default.
+- Local paths are resolved against the workflow file's folder, ``~`` expands;
+  URLs with a scheme (``s3://``, ``gs://``, ``file://``, ``memory://``) are
+  kept exactly as written. Existence is not checked here: a path may only make
+  sense on the workers.
+- Shapes and sizes are ``(row, col)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from pathlib import Path, PurePosixPath
+from typing import TypeGuard
+
+import yaml
+
+from tilepipe.errors import WorkflowError
+from tilepipe.geometry.grid import parse_tile_size
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "SYNTHETIC_DTYPES",
+    "ClusterSpec",
+    "InputSpec",
+    "ModelSpec",
+    "OutputSpec",
+    "SyntheticSpec",
+    "TilingSpec",
+    "Workflow",
+    "load_workflow",
+    "parse_workflow",
+]
+
+#: Models tilepipe builds itself, usable as ``model: {builtin: <name>}``.
+BUILTIN_MODELS: tuple[str, ...] = ("demo",)
+#: Pixel types a synthetic scene can have.
+SYNTHETIC_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
+DEFAULT_TILE_SIZE = 1024
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticSpec:
+    """A generated sparse demo scene.
+
+    ``shape`` is ``(rows, cols)`` in pixels; ``occupancy`` is the fraction of
+    tiles that hold data, in ``(0, 1]``.
+    """
+
+    shape: tuple[int, int]
+    bands: int = 4
+    occupancy: float = 0.03
+    seed: int = 0
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """The scene: exactly one of ``path`` (GeoTIFF or scene store) or ``synthetic``.
+
+    ``nodata`` ``None`` means "as the file says"; ``bands`` are 1-based band
+    indexes, ``None`` meaning all bands.
+    """
+
+    path: str | None
+    nodata: float | None = None
+    bands: tuple[int, ...] | None = None
+    synthetic: SyntheticSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """The model: exactly one of ``path`` (a Keras v3 ``.keras`` file) or ``builtin``."""
+
+    path: str | None
+    builtin: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TilingSpec:
+    """How to cut the scene: ``tile_size`` is ``(rows, cols)`` in pixels.
+
+    ``halo`` is ``None`` for "derive it from the model", else a minimum in
+    pixels: the run uses the larger of it and what the model needs.
+    """
+
+    tile_size: tuple[int, int] = (DEFAULT_TILE_SIZE, DEFAULT_TILE_SIZE)
+    halo: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """Where results go: the result store, the scene store and optional exports."""
+
+    zarr: str
+    scene: str
+    geotiff: str | None = None
+    cog: bool = False
+    quicklook: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """Which Dask cluster runs the work.
+
+    ``address`` ``None`` means an embedded ``LocalCluster`` (sized by
+    ``n_workers`` and ``threads_per_worker`` when given); else the address of an
+    existing scheduler. ``batch_size`` is tiles per model call.
+    """
+
+    address: str | None = None
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    gpu: bool = False
+    batch_size: int | None = None
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+_UNSET = _Unset.UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A parsed workflow file. ``source`` is the file it came from, for messages."""
+
+    source: str
+    input: InputSpec
+    model: ModelSpec
+    tiling: TilingSpec
+    output: OutputSpec
+    cluster: ClusterSpec
+
+    def with_overrides(
+        self,
+        *,
+        address: str | None | _Unset = _UNSET,
+        n_workers: int | None | _Unset = _UNSET,
+        threads_per_worker: int | None | _Unset = _UNSET,
+        gpu: bool | _Unset = _UNSET,
+        batch_size: int | None | _Unset = _UNSET,
+    ) -> Workflow:
+        """A copy with cluster settings replaced, e.g. from CLI flags.
+
+        Arguments left out keep the file's value; ``None`` resets to the default.
+        Values are checked as if they were in the file. A new ``address`` drops the
+        file's embedded-only ``n_workers`` and ``threads_per_worker``.
+        """
+        merged: dict[str, object] = asdict(self.cluster)
+        if address is not _UNSET and address is not None:
+            merged["n_workers"] = merged["threads_per_worker"] = None
+        given = {
+            "address": address,
+            "n_workers": n_workers,
+            "threads_per_worker": threads_per_worker,
+            "gpu": gpu,
+            "batch_size": batch_size,
+        }
+        merged.update({name: value for name, value in given.items() if value is not _UNSET})
+        try:
+            cluster = _parse_cluster(merged)
+        except _Invalid as exc:
+            # _Invalid only carries the message: chaining it would add noise, not cause.
+            raise exc.error(f"{self.source} (with overrides)") from None
+        return replace(self, cluster=cluster)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_workflow(path: str | os.PathLike[str]) -> Workflow:
+    """Read and parse the workflow file at ``path``.
+
+    Raises
+    ------
+    WorkflowError
+        If the file cannot be read, is not YAML, or does not describe a valid
+        workflow. The message names the file and the offending key.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(f"{source}: cannot read workflow file: not UTF-8 text") from exc
+    except OSError as exc:
+        raise WorkflowError(f"{source}: cannot read workflow file: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise WorkflowError(f"{source}: invalid YAML: {_describe_yaml_error(exc)}") from exc
+    return parse_workflow(data, source=source, base_dir=source.parent.absolute())
+
+
+def parse_workflow(data: object, *, source: Path, base_dir: Path) -> Workflow:
+    """Parse already-loaded YAML ``data`` into a :class:`Workflow`.
+
+    ``source`` names the file in messages; relative paths resolve against
+    ``base_dir`` (made absolute against the current directory if it is not).
+    """
+    if data is None:
+        raise WorkflowError(f"{source}: expected a workflow mapping, got an empty file")
+    try:
+        top = _Section(data, "", ("input", "model", "tiling", "output", "cluster"))
+        return Workflow(
+            source=str(source),
+            input=_parse_input(top.require("input"), base_dir),
+            model=_parse_model(top.require("model"), base_dir),
+            tiling=_parse_tiling(top.get("tiling", {})),
+            output=_parse_output(top.require("output"), base_dir),
+            cluster=_parse_cluster(top.get("cluster", {})),
+        )
+    except _Invalid as exc:
+        raise exc.error(str(source)) from None
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parse_input(value: object, base_dir: Path) -> InputSpec:
+    sec = _Section(value, "input", ("path", "nodata", "bands", "synthetic"))
+    sec.exactly_one_of("path", "synthetic")
+    if sec.has("synthetic"):
+        for name in ("nodata", "bands"):
+            if sec.has(name):
+                raise _Invalid(sec.key_of(name), "only valid with 'input.path', not with 'input.synthetic'")
+        return InputSpec(path=None, synthetic=_parse_synthetic(sec.require("synthetic")))
+    nodata = sec.get("nodata")
+    bands = sec.get("bands")
+    return InputSpec(
+        path=_location(sec.require("path"), sec.key_of("path"), base_dir),
+        nodata=None if nodata is None else _nodata(nodata, sec.key_of("nodata")),
+        bands=None if bands is None else _bands(bands, sec.key_of("bands")),
+    )
+
+
+def _parse_synthetic(value: object) -> SyntheticSpec:
+    sec = _Section(value, "input.synthetic", ("shape", "bands", "occupancy", "seed", "dtype"))
+    default = SyntheticSpec(shape=(1, 1))
+    dtype = sec.get("dtype", default.dtype)
+    if not isinstance(dtype, str) or dtype not in SYNTHETIC_DTYPES:
+        raise _Invalid(
+            sec.key_of("dtype"), f"expected one of: {', '.join(SYNTHETIC_DTYPES)}, got {_show(dtype)}"
+        )
+    occupancy = _number(sec.get("occupancy", default.occupancy), sec.key_of("occupancy"))
+    if not 0 < occupancy <= 1:
+        raise _Invalid(sec.key_of("occupancy"), f"expected a fraction 0 < x <= 1, got {_show(occupancy)}")
+    return SyntheticSpec(
+        shape=_shape(sec.require("shape"), sec.key_of("shape")),
+        bands=_int(sec.get("bands", default.bands), sec.key_of("bands"), minimum=1),
+        occupancy=occupancy,
+        seed=_int(sec.get("seed", default.seed), sec.key_of("seed"), minimum=0),
+        dtype=dtype,
+    )
+
+
+def _parse_model(value: object, base_dir: Path) -> ModelSpec:
+    sec = _Section(value, "model", ("path", "builtin"))
+    sec.exactly_one_of("path", "builtin")
+    if sec.has("builtin"):
+        name = sec.require("builtin")
+        if not isinstance(name, str) or name not in BUILTIN_MODELS:
+            raise _Invalid(
+                sec.key_of("builtin"), f"expected one of: {', '.join(BUILTIN_MODELS)}, got {_show(name)}"
+            )
+        return ModelSpec(path=None, builtin=name)
+    path = _location(sec.require("path"), sec.key_of("path"), base_dir)
+    if not path.endswith(".keras"):
+        raise _Invalid(
+            sec.key_of("path"), f"expected a Keras v3 .keras file, got {_show(sec.require('path'))}"
+        )
+    return ModelSpec(path=path)
+
+
+def _parse_tiling(value: object) -> TilingSpec:
+    sec = _Section(value, "tiling", ("tile_size", "halo"))
+    tile_size = sec.get("tile_size", DEFAULT_TILE_SIZE)
+    what = "an integer > 0" if _is_int(tile_size) else "an integer > 0 or [rows, cols] of integers > 0"
+    invalid = _Invalid(sec.key_of("tile_size"), f"expected {what}, got {_show(tile_size)}")
+    if not isinstance(tile_size, (int, list, tuple)):
+        raise invalid
+    try:
+        size = parse_tile_size(tile_size)
+    except ValueError as exc:
+        raise invalid from exc
+    halo = sec.get("halo", "auto")
+    if halo == "auto":
+        return TilingSpec(tile_size=size, halo=None)
+    return TilingSpec(
+        tile_size=size, halo=_int(halo, sec.key_of("halo"), minimum=0, what="'auto' or an integer >= 0")
+    )
+
+
+def _parse_output(value: object, base_dir: Path) -> OutputSpec:
+    sec = _Section(value, "output", ("zarr", "scene", "geotiff", "cog", "quicklook"))
+    zarr = _location(sec.require("zarr"), sec.key_of("zarr"), base_dir)
+    locations = {"zarr": zarr, "scene": _default_scene(zarr)}
+    for name in ("scene", "geotiff", "quicklook"):
+        if sec.has(name):
+            locations[name] = _location(sec.get(name), sec.key_of(name), base_dir)
+    seen: dict[str, str] = {}
+    for name, where in locations.items():
+        if where in seen:
+            raise _Invalid(
+                sec.key_of(name), f"expected a location other than output.{seen[where]}, got {_show(where)}"
+            )
+        seen[where] = name
+    cog = _bool(sec.get("cog", False), sec.key_of("cog"))
+    if cog and "geotiff" not in locations:
+        raise _Invalid(sec.key_of("cog"), "only valid with 'output.geotiff'")
+    return OutputSpec(
+        zarr=zarr,
+        scene=locations["scene"],
+        geotiff=locations.get("geotiff"),
+        cog=cog,
+        quicklook=locations.get("quicklook"),
+    )
+
+
+def _parse_cluster(value: object) -> ClusterSpec:
+    sec = _Section(value, "cluster", ("address", "n_workers", "threads_per_worker", "gpu", "batch_size"))
+    address = sec.get("address")
+    if address is not None and not (isinstance(address, str) and _URL.match(address)):
+        raise _Invalid(
+            sec.key_of("address"),
+            f"expected a scheduler address like 'tcp://host:8786', got {_show(address)}",
+        )
+    if address is not None:
+        for name in ("n_workers", "threads_per_worker"):
+            if sec.has(name):
+                raise _Invalid(
+                    sec.key_of(name), "only valid for the embedded cluster (without 'cluster.address')"
+                )
+
+    def optional_count(name: str) -> int | None:
+        count = sec.get(name)
+        return None if count is None else _int(count, sec.key_of(name), minimum=1)
+
+    return ClusterSpec(
+        address=address,
+        n_workers=optional_count("n_workers"),
+        threads_per_worker=optional_count("threads_per_worker"),
+        gpu=_bool(sec.get("gpu", False), sec.key_of("gpu")),
+        batch_size=optional_count("batch_size"),
+    )
+
+
+# --------------------------------------------------------------------------- values
+
+
+class _Invalid(Exception):
+    """A bad value at ``key``; becomes a WorkflowError once the file name is known."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.key = key
+        self.message = message
+
+    def error(self, source: str) -> WorkflowError:
+        return WorkflowError(
+            f"{source}: {self.key}: {self.message}" if self.key else f"{source}: {self.message}"
+        )
+
+
+class _Section:
+    """One mapping of the file, with its key path; ``null`` values count as absent."""
+
+    def __init__(self, value: object, key: str, allowed: tuple[str, ...]) -> None:
+        if not isinstance(value, Mapping):
+            what = "a workflow mapping" if not key else "a mapping"
+            raise _Invalid(key, f"expected {what} with keys: {', '.join(allowed)}; got {_show(value)}")
+        for name in value:
+            if name not in allowed:
+                raise _Invalid(self._join(key, name), f"unknown key (expected one of: {', '.join(allowed)})")
+        self.key = key
+        self._values = {str(k): v for k, v in value.items() if v is not None}
+
+    @staticmethod
+    def _join(key: str, name: object) -> str:
+        return f"{key}.{name}" if key else str(name)
+
+    def key_of(self, name: str) -> str:
+        return self._join(self.key, name)
+
+    def has(self, name: str) -> bool:
+        return name in self._values
+
+    def get(self, name: str, default: object = None) -> object:
+        return self._values.get(name, default)
+
+    def require(self, name: str) -> object:
+        if name not in self._values:
+            raise _Invalid(self.key_of(name), f"missing required key {name!r}")
+        return self._values[name]
+
+    def exactly_one_of(self, a: str, b: str) -> None:
+        if self.has(a) == self.has(b):
+            got = "both" if self.has(a) else "neither"
+            raise _Invalid(self.key, f"expected exactly one of '{a}' or '{b}', got {got}")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    # YAML's true/false are Python bools, which are ints: never accept them as numbers.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(value: object, key: str, *, minimum: int, what: str | None = None) -> int:
+    if _is_int(value) and value >= minimum:
+        return value
+    bound = "> 0" if minimum == 1 else f">= {minimum}"
+    raise _Invalid(key, f"expected {what or f'an integer {bound}'}, got {_show(value)}")
+
+
+def _number(value: object, key: str) -> float:
+    if (_is_int(value) or isinstance(value, float)) and math.isfinite(value):
+        return float(value)
+    raise _Invalid(key, f"expected a number, got {_show(value)}")
+
+
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(key, f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _nodata(value: object, key: str) -> float:
+    if isinstance(value, str) and value.strip().lower() == "nan":
+        return math.nan
+    if _is_int(value) or isinstance(value, float):
+        return float(value)  # YAML's .nan and .inf arrive as floats and are valid nodata
+    raise _Invalid(key, f"expected a number or 'nan', got {_show(value)}")
+
+
+def _bands(value: object, key: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid(key, f"expected a non-empty list of 1-based band indexes, got {_show(value)}")
+    bands = tuple(_int(band, f"{key}[{i}]", minimum=1) for i, band in enumerate(value))
+    if len(set(bands)) != len(bands):
+        raise _Invalid(key, f"expected distinct band indexes, got {_show(value)}")
+    return bands
+
+
+def _shape(value: object, key: str) -> tuple[int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _Invalid(key, f"expected [rows, cols] of integers > 0, got {_show(value)}")
+    return (_int(value[0], f"{key}[0]", minimum=1), _int(value[1], f"{key}[1]", minimum=1))
+
+
+def _location(value: object, key: str, base_dir: Path) -> str:
+    """A local path made absolute against ``base_dir``, or a URL kept as written."""
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(key, f"expected a path or URL, got {_show(value)}")
+    if _URL.match(value):
+        return value
+    # abspath normalises '..' without touching the disk: the path may only exist on workers.
+    return os.path.abspath(Path(base_dir) / Path(value).expanduser())
+
+
+def _default_scene(zarr: str) -> str:
+    """``<stem>.scene.zarr`` next to the result store ``zarr`` (a path or a URL)."""
+    if _URL.match(zarr):
+        head, _, name = zarr.rstrip("/").rpartition("/")
+        return f"{head}/{PurePosixPath(name).stem}.scene.zarr"
+    path = Path(zarr)
+    return str(path.with_name(f"{path.stem}.scene.zarr"))
+
+
+def _show(value: object) -> str:
+    """``value`` as the file would spell it, kept short for a one-line message."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"

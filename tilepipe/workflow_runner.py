@@ -1,0 +1,139 @@
+"""Running a workflow file end to end: ingest, run, export."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tilepipe.errors import InputError
+from tilepipe.execute.run import RunReport
+from tilepipe.workflow import Workflow, load_workflow
+
+__all__ = ["WorkflowOutcome", "run_workflow"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowOutcome:
+    """What a workflow run produced."""
+
+    report: RunReport
+    scene: str
+    result: str
+    geotiff: str | None
+    quicklook: str | None
+    wall_seconds: float
+    dashboard: str | None
+
+
+def _folder_of(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path)) if "://" not in path else "."
+
+
+def run_workflow(
+    workflow: Workflow | str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    echo: Callable[[str], Any] | None = None,
+) -> WorkflowOutcome:
+    """Run a workflow: ingest its input (unless already a scene store), run the model, export.
+
+    ``echo`` receives progress lines for people (the CLI passes ``click.echo``).
+    """
+    from tilepipe.execute.cluster import connect
+    from tilepipe.execute.run import run_model
+    from tilepipe.sources import ingest, synthetic_scene
+
+    say = echo or (lambda _line: None)
+    wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    t0 = time.perf_counter()
+    model = _model_path(wf)
+    with connect(
+        wf.cluster.address,
+        n_workers=wf.cluster.n_workers,
+        threads_per_worker=wf.cluster.threads_per_worker,
+        gpu=wf.cluster.gpu,
+    ) as client:
+        dashboard = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
+        say(f"cluster: {client.scheduler.address} ({len(client.scheduler_info()['workers'])} workers)"
+            + (f", dashboard {dashboard}" if dashboard else ""))
+        scene_path = wf.output.scene
+        src = wf.input
+        if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
+            scene_path = src.path
+            say(f"scene: using the scene store {scene_path}")
+        elif src.synthetic is not None:
+            spec = src.synthetic
+            say(f"scene: generating a synthetic {spec.shape[0]} x {spec.shape[1]} x {spec.bands} scene "
+                f"({spec.occupancy:.0%} of tiles occupied)")
+            from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM
+
+            coo = synthetic_scene(spec.shape, bands=spec.bands, occupancy=spec.occupancy,
+                                  tile_size=wf.tiling.tile_size, seed=spec.seed, dtype=spec.dtype)
+            ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
+                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite)
+        else:
+            assert src.path is not None
+            say(f"ingest: {src.path} -> {scene_path}")
+            ingest(src.path, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
+                   nodata=src.nodata, bands=src.bands, overwrite=overwrite, client=client, progress=progress)
+        say(f"run: {model} over {scene_path} -> {wf.output.zarr}")
+        report = run_model(scene_path, model, wf.output.zarr, client=client, gpu=wf.cluster.gpu,
+                           batch_size=wf.cluster.batch_size, overwrite=overwrite, progress=progress)
+    from tilepipe.export import export_geotiff, quicklook
+
+    fresh = not report.up_to_date
+    geotiff = _export(wf.output.geotiff, fresh, overwrite, say,
+                      lambda out, ow: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow))
+    look = _export(wf.output.quicklook, fresh, overwrite, say,
+                   lambda out, ow: quicklook(wf.output.zarr, out, overwrite=ow))
+    return WorkflowOutcome(report, scene_path, wf.output.zarr, geotiff, look, time.perf_counter() - t0, dashboard)
+
+
+def _export(out: str | None, fresh: bool, overwrite: bool, say: Callable[[str], Any], write: Any) -> str | None:
+    if out is None:
+        return None
+    exists = os.path.exists(out) if "://" not in out else False
+    if exists and not fresh and not overwrite:
+        say(f"export: {out} is up to date")
+        return out
+    if exists and not overwrite:
+        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+    say(f"export: {out}")
+    write(out, overwrite)
+    return out
+
+
+def _model_path(wf: Workflow) -> str:
+    if wf.model.path is not None:
+        from tilepipe.model.loader import model_sha256
+
+        model_sha256(wf.model.path)  # a clear error before any cluster starts
+        return wf.model.path
+    from tilepipe.demo import demo_model_path
+
+    bands = wf.input.synthetic.bands if wf.input.synthetic is not None else _raster_bands(wf)
+    return demo_model_path(_folder_of(wf.output.zarr), bands)
+
+
+def _raster_bands(wf: Workflow) -> int:
+    if wf.input.bands:
+        return len(wf.input.bands)
+    assert wf.input.path is not None
+    if wf.input.path.rstrip("/").endswith(".zarr"):
+        from tilepipe.store import SceneStore
+
+        return SceneStore.open(wf.input.path).info.bands
+    from tilepipe.sources.geotiff import probe_geotiff
+
+    return len(probe_geotiff(wf.input.path).bands)
+
+
+def _has_dashboard(client: Any) -> bool:
+    try:
+        return bool(client.scheduler_info().get("services", {}).get("dashboard"))
+    except Exception:  # noqa: BLE001 - a missing dashboard is not an error
+        return False
