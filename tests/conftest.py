@@ -8,11 +8,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # --- Fixtures shared by the pipeline, conv_sparse and real-raster tests ---------------------------
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 #: Where the shared real GeoTIFFs live: ``../shared/data`` from the repository root. Never copied in.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -82,4 +82,5 @@ def assert_exact(request: pytest.FixtureRequest) -> Iterator[Callable[..., float
 
     yield check
     if _WORST_ERROR and request.config.getoption("capture") == "no":
-        print(f"\n[tilepipe] worst relative error in exactness checks: {_WORST_ERROR['value']:.3g} ({_WORST_ERROR['where']})")
+        worst, where = _WORST_ERROR["value"], _WORST_ERROR["where"]
+        print(f"\n[tilepipe] worst relative error in exactness checks: {worst:.3g} ({where})")

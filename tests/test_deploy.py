@@ -318,11 +318,12 @@ def test_compose_builds_from_repo_root(compose: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- kubernetes
 
 
-def test_kustomization_lists_every_manifest() -> None:
+def test_kustomization_lists_the_standing_cluster() -> None:
     (kustomization,) = _load_all(K8S / "kustomization.yaml")
     listed = set(kustomization["resources"])
     present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == present
+    # The submit Job is a one-shot run, applied on its own once the data is in place.
+    assert listed == present - {"job-submit.yaml"}
 
 
 def test_k8s_containers_start_known_clis(k8s_objects: list[dict[str, Any]]) -> None:

@@ -35,14 +35,21 @@ def windows_in(draw: st.DrawFn, height: int, width: int) -> Window:
     return Window(r0, r1, c0, c1)
 
 
-axis_footprints = st.builds(
-    AxisFootprint,
-    before=st.integers(0, 10),
-    after=st.integers(0, 10),
-    shrink=st.integers(0, 6),
-    offset=st.integers(0, 3),
-)
-footprints = st.builds(Footprint, rows=axis_footprints, cols=axis_footprints)
+
+
+@st.composite
+def axis_footprints(draw: st.DrawFn) -> AxisFootprint:
+    # As derived from real models: ``valid`` layers consume their shrink after the pixel
+    # (after >= shrink), and the offset is at most the shrink.
+    shrink = draw(st.integers(0, 6))
+    return AxisFootprint(
+        before=draw(st.integers(0, 10)),
+        after=draw(st.integers(shrink, shrink + 10)),
+        shrink=shrink,
+        offset=draw(st.integers(0, shrink)),
+    )
+
+footprints = st.builds(Footprint, rows=axis_footprints(), cols=axis_footprints())
 
 
 # -- Window -----------------------------------------------------------------------------------------
@@ -92,10 +99,14 @@ def test_values_are_frozen_and_picklable() -> None:
 
 
 @given(
-    st.integers(-20, 20), st.integers(0, 20), st.integers(-20, 20), st.integers(0, 20),
-    st.integers(1, 30), st.integers(1, 30),
+    st.tuples(st.integers(-20, 20), st.integers(0, 20), st.integers(-20, 20), st.integers(0, 20)),
+    st.integers(1, 30),
+    st.integers(1, 30),
 )
-def test_clip_stays_inside_and_keeps_what_was_inside(r0: int, h: int, c0: int, w: int, height: int, width: int) -> None:
+def test_clip_stays_inside_and_keeps_what_was_inside(
+    corner_and_size: tuple[int, int, int, int], height: int, width: int
+) -> None:
+    r0, h, c0, w = corner_and_size
     win = Window(r0, r0 + h, c0, c0 + w)
     clipped = win.clip(height, width)
     assert Window(0, height, 0, width).contains(clipped)
@@ -177,7 +188,10 @@ def test_windows_are_cores_grown_by_the_halo_and_clipped(grid: TileGrid) -> None
     for tile in grid:
         core, win = tile.core, tile.window
         assert win == Window(
-            max(core.row_start - h, 0), min(core.row_stop + h, rows), max(core.col_start - h, 0), min(core.col_stop + h, cols)
+            max(core.row_start - h, 0),
+            min(core.row_stop + h, rows),
+            max(core.col_start - h, 0),
+            min(core.col_stop + h, cols),
         )
         assert win.contains(core)
         assert Window(0, rows, 0, cols).contains(win)

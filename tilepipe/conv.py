@@ -10,8 +10,8 @@ import numpy as np
 from tilepipe.errors import InputError, ModelError
 from tilepipe.execute.engine import compute_tiles, empty_response, plan_jobs
 from tilepipe.geometry import TileGrid, parse_tile_size
-from tilepipe.sources.coo import CooScene, TileBuckets, coo_from_arrays
 from tilepipe.model import CompiledModel, footprint_of, load_keras_model
+from tilepipe.sources.coo import CooScene, TileBuckets, coo_from_arrays
 from tilepipe.store.codec import TileData
 
 __all__ = ["conv_sparse", "resolve_model"]

@@ -157,11 +157,11 @@ class Workflow:
     def with_overrides(
         self,
         *,
-        address: str | None | _Unset = _UNSET,
-        n_workers: int | None | _Unset = _UNSET,
-        threads_per_worker: int | None | _Unset = _UNSET,
+        address: str | _Unset | None = _UNSET,
+        n_workers: int | _Unset | None = _UNSET,
+        threads_per_worker: int | _Unset | None = _UNSET,
         gpu: bool | _Unset = _UNSET,
-        batch_size: int | None | _Unset = _UNSET,
+        batch_size: int | _Unset | None = _UNSET,
     ) -> Workflow:
         """A copy with cluster settings replaced, e.g. from CLI flags.
 

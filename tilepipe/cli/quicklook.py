@@ -11,7 +11,7 @@ from tilepipe.cli import options
 @click.argument("result")
 @click.argument("out")
 @click.option("--band", type=int, default=0, show_default=True, help="0-based band of the result.")
-@click.option("--max-size", type=click.IntRange(min=16), default=1024, show_default=True, help="Longest side, px.")
+@click.option("--max-size", type=click.IntRange(min=256), default=1024, show_default=True, help="Longest side, px.")
 @click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colour map.")
 @options.overwrite
 def command(result: str, out: str, band: int, max_size: int, cmap: str, overwrite: bool) -> None:

@@ -71,7 +71,8 @@ def _batches(jobs: list[TileJob], size: int) -> list[tuple[TileJob, ...]]:
     out: list[tuple[TileJob, ...]] = []
     current: list[TileJob] = []
     for job in ordered:
-        if current and (len(current) >= size or (current[0].empty, current[0].need.shape) != (job.empty, job.need.shape)):
+        new_group = (current[0].empty, current[0].need.shape) != (job.empty, job.need.shape) if current else False
+        if current and (len(current) >= size or new_group):
             out.append(tuple(current))
             current = []
         current.append(job)
@@ -122,7 +123,9 @@ def run_model(
             )
         out_rows, out_cols = footprint.output_shape(info.shape)
         if out_rows <= 0 or out_cols <= 0:
-            raise InputError(f"{scene_path}: a {info.shape[0]} x {info.shape[1]} scene is smaller than the model's footprint")
+            raise InputError(
+                f"{scene_path}: a {info.shape[0]} x {info.shape[1]} scene is smaller than the model's footprint"
+            )
         interior = zero_response_interior(compiled, footprint, info.bands)
         fill = float(interior[0])
         identity = {

@@ -6,9 +6,9 @@ holds four integers, all in input pixels:
 
 ``before``/``after``
     How many input pixels before and after an output pixel's position a tile
-    must hold (``after`` includes what ``valid`` layers consume) so that the pixel is computed exactly: the receptive field, and
+    must hold so that the pixel is computed exactly: the receptive field, and
     the reach of zero padding that ``padding="same"`` inserts at a window edge
-    that is not a scene edge.
+    that is not a scene edge. ``after`` includes what ``valid`` layers consume.
 ``shrink``
     How many pixels shorter the output is than the input (``valid`` layers).
 ``offset``

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
 __all__ = ["configure_threads", "keras", "tf"]
 
@@ -23,14 +24,11 @@ def configure_threads(n: int) -> None:
     """
     if _CONFIGURED:
         return
-    try:
+    # TensorFlow refuses once its runtime is up (the model ran in this process before): keep going.
+    with contextlib.suppress(RuntimeError):
         tf.config.threading.set_intra_op_parallelism_threads(max(1, n))
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(n, 2)))
-    except RuntimeError:
-        pass  # the runtime is already up (e.g. the model ran in this process before)
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
+        with contextlib.suppress(RuntimeError):  # the device is already initialised
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
     _CONFIGURED["threads"] = n

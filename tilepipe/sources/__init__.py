@@ -122,7 +122,7 @@ def _as_coo(source: Any) -> CooScene:
 def _coo_sha256(scene: CooScene) -> str:
     digest = hashlib.sha256(str(scene.shape).encode())
     for arr in (scene.rows, scene.cols, scene.bands, scene.values):
-        digest.update(np.ascontiguousarray(arr).view(np.uint8))
+        digest.update(np.ascontiguousarray(arr).tobytes())
     return digest.hexdigest()
 
 

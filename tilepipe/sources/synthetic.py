@@ -30,7 +30,7 @@ def synthetic_scene(
     rows, cols = shape
     ty, tx = tile_size
     ny, nx = -(-rows // ty), -(-cols // tx)
-    n_occ = max(1, int(round(occupancy * ny * nx)))
+    n_occ = max(1, round(occupancy * ny * nx))
     chosen = rng.choice(ny * nx, size=min(n_occ, ny * nx), replace=False)
     rr_all: list[np.ndarray] = []
     cc_all: list[np.ndarray] = []

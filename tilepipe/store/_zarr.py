@@ -47,7 +47,7 @@ def open_group(path: str, mode: str, *, kind: str) -> tuple[zarr.Group, dict[str
         group = zarr.open_group(path, mode=mode)  # type: ignore[arg-type]
     except FileNotFoundError as exc:
         raise StoreError(f"{path}: no such {kind} store") from exc
-    except Exception as exc:  # noqa: BLE001 - zarr raises many types for "not a store"
+    except Exception as exc:
         raise StoreError(f"{path}: cannot open as a Zarr v3 {kind} store: {exc}") from exc
     attrs = dict(group.attrs).get("tilepipe")
     if not isinstance(attrs, dict) or attrs.get("kind") != kind:

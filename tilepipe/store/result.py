@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from tilepipe.errors import StoreError
 from tilepipe.geometry import Window
@@ -47,8 +48,8 @@ class ResultStore:
         self.path = path
         self._group = group
         self._attrs = attrs
-        self._data: zarr.Array | None = None
-        self._status: zarr.Array | None = None
+        self._data: Any = None
+        self._status: Any = None
 
     @classmethod
     def create(
@@ -65,7 +66,7 @@ class ResultStore:
     ) -> ResultStore:
         """Create an empty, incomplete result store (replacing whatever is at ``path``)."""
         group = zarr.open_group(path, mode="w")
-        attrs = {
+        attrs: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "kind": "result",
             "shape": list(shape),
@@ -76,7 +77,7 @@ class ResultStore:
             "provenance": provenance,
             "report": None,
         }
-        group.attrs["tilepipe"] = attrs
+        group.attrs["tilepipe"] = attrs  # type: ignore[assignment]
         bands, rows, cols = shape
         group.create_array(
             "data",
@@ -85,7 +86,7 @@ class ResultStore:
             dtype="float32",
             fill_value=float(fill_value),
             dimension_names=("band", "y", "x"),
-            compressors=[zarr.codecs.ZstdCodec(level=3)],
+            compressors=[ZstdCodec(level=3)],
         )
         group.create_array(
             "status",
@@ -123,21 +124,21 @@ class ResultStore:
         return bool(self._attrs.get("complete"))
 
     @property
-    def data(self) -> zarr.Array:
+    def data(self) -> Any:
         """The ``(band, y, x)`` float32 array."""
         if self._data is None:
-            self._data = self._group["data"]  # type: ignore[assignment]
+            self._data = self._group["data"]
         assert self._data is not None
         return self._data
 
     @property
     def fill_value(self) -> float:
         """What unwritten chunks read as."""
-        return float(self.data.fill_value)  # type: ignore[arg-type]
+        return float(self.data.fill_value)
 
-    def _status_array(self) -> zarr.Array:
+    def _status_array(self) -> Any:
         if self._status is None:
-            self._status = self._group["status"]  # type: ignore[assignment]
+            self._status = self._group["status"]
         assert self._status is not None
         return self._status
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from tilepipe.errors import StoreError
 from tilepipe.geometry import TileGrid
@@ -135,7 +136,7 @@ class SceneStore:
         self._group = group
         self._attrs = attrs
         self.info = SceneInfo.from_attrs(attrs)
-        self._tiles: zarr.Array | None = None
+        self._tiles: Any = None
 
     # -- creation -----------------------------------------------------------
     @classmethod
@@ -150,7 +151,7 @@ class SceneStore:
             shape=(ny, nx),
             chunks=(1, 1),
             dtype=vlen_bytes_dtype(),
-            compressors=[zarr.codecs.ZstdCodec(level=3)],
+            compressors=[ZstdCodec(level=3)],
             dimension_names=("tile_row", "tile_col"),
         )
         group.create_array(
@@ -186,9 +187,9 @@ class SceneStore:
         return dict(self._attrs)
 
     # -- tiles --------------------------------------------------------------
-    def _tile_array(self) -> zarr.Array:
+    def _tile_array(self) -> Any:
         if self._tiles is None:
-            self._tiles = self._group["tiles"]  # type: ignore[assignment]
+            self._tiles = self._group["tiles"]
         assert self._tiles is not None
         return self._tiles
 
