@@ -161,9 +161,9 @@ def test_dockerfile_basics(path: Path) -> None:
 
     entrypoint = dict(instructions).get("ENTRYPOINT", "")
     assert "tilepipe" in entrypoint, f"{path.name}: ENTRYPOINT should start tilepipe"
-    assert any(
-        kw == "COPY" and "deploy/docker-entrypoint.sh" in args for kw, args in instructions
-    ), f"{path.name}: entrypoint script not copied"
+    assert any(kw == "COPY" and "deploy/docker-entrypoint.sh" in args for kw, args in instructions), (
+        f"{path.name}: entrypoint script not copied"
+    )
 
 
 def test_gpu_dockerfile_installs_cuda_tensorflow() -> None:
@@ -272,7 +272,9 @@ def test_compose_gpu_worker(compose: dict[str, Any]) -> None:
     assert _option_value(argv, "--nthreads") == "1"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert any(
-        d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) and (d.get("count") == 1 or d.get("device_ids"))
+        d.get("driver") == "nvidia"
+        and "gpu" in d.get("capabilities", [])
+        and (d.get("count") == 1 or d.get("device_ids"))
         for d in devices
     )
     assert "--resources" not in _argv(compose["services"]["worker-cpu"]["command"])
@@ -367,7 +369,7 @@ def test_k8s_workers(k8s_objects: list[dict[str, Any]]) -> None:
     cpu = {n: w for n, w in workers.items() if n not in gpu}
     assert gpu, "no worker Deployment requests nvidia.com/gpu"
     assert cpu, "no CPU worker Deployment"
-    for name, (container, argv) in workers.items():
+    for name, (_container, argv) in workers.items():
         assert argv[2] == f"tcp://tilepipe-scheduler:{SCHEDULER_PORT}", name
     for name, (container, argv) in gpu.items():
         assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1, name

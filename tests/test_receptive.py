@@ -228,6 +228,32 @@ def test_tiled_equals_whole_scene(case: str) -> None:
         assert _relative_error(model, fp, x, tile) <= TOLERANCE, (case, tile, fp)
 
 
+EDGES: dict[str, Callable[[], keras.Model]] = {
+    # Output longer than the scene: the last cores lie wholly in padding, and a
+    # window clipped to nothing would not run at all.
+    "output grows": lambda: _seq(kl.ZeroPadding2D(((0, 4), (3, 1))), _conv(2, 3, padding="same")),
+    # A valid layer, then padding: a 1-px core at a scene edge needs little
+    # input, but TF needs a window at least as long as the valid layer's kernel.
+    "valid then padding": lambda: _seq(_conv(2, 3), kl.ZeroPadding2D(2)),
+    "pooling then padding": lambda: _seq(kl.AveragePooling2D((5, 2), strides=1), kl.ZeroPadding2D(((0, 2), (1, 1)))),
+    "crop then padding": lambda: _seq(kl.Cropping2D(((1, 0), (0, 2))), kl.ZeroPadding2D(((2, 0), (1, 1)))),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGES))
+def test_every_one_pixel_core_runs_and_is_exact(case: str) -> None:
+    keras.utils.set_random_seed(0)
+    model = EDGES[case]()
+    x = _scene(np.random.default_rng(1), (9, 8))
+    assert _relative_error(model, footprint_of(model), x, (1, 1)) <= TOLERANCE
+
+
+def test_output_grows_footprint() -> None:
+    fp = footprint_of(EDGES["output grows"]())
+    assert fp.rows == _axis(4, 1, -4, 0)
+    assert fp.cols == _axis(4, 0, -4, -3)
+
+
 def test_reference_catches_a_short_halo() -> None:
     # Guards the test itself: one pixel less than the footprint must show.
     keras.utils.set_random_seed(0)

@@ -495,7 +495,7 @@ def test_message_names_the_file_as_given(tmp_path: Path, monkeypatch: pytest.Mon
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(
-        WorkflowError, match="nope.yaml: cannot read workflow file: No such file or directory"
+        WorkflowError, match=r"nope\.yaml: cannot read workflow file: No such file or directory"
     ) as info:
         load_workflow(path)
     assert isinstance(info.value.__cause__, FileNotFoundError)

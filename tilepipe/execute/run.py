@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tilepipe._version import __version__
-from tilepipe.errors import InputError, ModelError, StoreError
+from tilepipe.errors import InputError, ModelError, StoreError, TilepipeError
 from tilepipe.execute.engine import TileJob, plan_jobs, zero_response_interior
 from tilepipe.execute.tasks import RunSpec, run_jobs
 from tilepipe.store._zarr import remove_store, store_exists
@@ -176,22 +176,34 @@ def run_model(
         computed = empty = 0
         model_seconds = 0.0
         batches = _batches(work, size)
+        failed, first_error = 0, None
         if batches:
-            futures = [
+            from tilepipe.execute.preflight import check_workers
+
+            check_workers(client, inputs=[scene_path, model_path], outputs=[result_path])
+            futures = {
                 client.submit(
                     run_jobs, spec, batch,
                     key=f"tilepipe-run-{run_id[:8]}-{i}",
                     resources={"GPU": 1} if gpu else None,
                     pure=False,
                     retries=1,
-                )
+                ): batch
                 for i, batch in enumerate(batches)
-            ]
+            }
             from distributed import as_completed
 
             bar = _progress(len(work), "run", progress)
             for future in as_completed(futures):
-                out = future.result()
+                batch = futures[future]
+                try:
+                    out = future.result()
+                except TilepipeError:
+                    raise  # a user's mistake (bad model, bad store): every tile would fail alike
+                except Exception as exc:  # noqa: BLE001 - a tile failure is counted, the run goes on
+                    failed += len(batch)
+                    first_error = first_error or f"{type(exc).__name__}: {exc}"
+                    continue
                 per_worker[out["worker"]] += out["computed"] + out["empty"]
                 computed += out["computed"]
                 empty += out["empty"]
@@ -208,7 +220,7 @@ def run_model(
             tiles_total=len(jobs),
             computed=computed,
             empty=empty,
-            failed=0,
+            failed=failed,
             already_done=already,
             wall_seconds=wall,
             megapixels_per_second=out_rows * out_cols / 1e6 / wall if wall > 0 else 0.0,
@@ -216,6 +228,12 @@ def run_model(
             model_seconds=model_seconds,
             run_id=run_id,
         )
+        if failed:
+            result.update_attrs(complete=False, report=report.to_dict())
+            raise TilepipeError(
+                f"{result_path}: {failed} of {len(jobs)} tiles failed ({first_error}); "
+                "the result is incomplete: run again to resume"
+            )
         result.update_attrs(complete=True, report=report.to_dict())
         return report
     finally:

@@ -13,8 +13,10 @@ axis (rows = axis 1, cols = axis 2 of NHWC), in a tensor's window-local index
   may therefore differ from the whole-scene result, even where the receptive
   field alone says they are fine (a deep ``same`` stack pads every layer).
 
-Plus ``shrink`` (tensor length = input length - shrink) and ``offset`` (tensor
-index ``j`` sits at input pixel ``j + offset``). Only layers known to be local
+Plus ``shrink`` (tensor length = input length - shrink), ``offset`` (tensor
+index ``j`` sits at input pixel ``j + offset``) and ``peak``, the largest
+shrink of any tensor on the way: TF cannot run a window shorter than that, even
+one at a scene edge whose core needs little input (``valid`` then padding). Only layers known to be local
 and translation-equivariant are accepted: anything else is refused, because a
 wrong footprint gives silently wrong borders rather than an error.
 
@@ -51,6 +53,7 @@ class _Axis:
     c_hi: int = 0
     shrink: int = 0
     offset: int = 0
+    peak: int = 0
 
     def same(self, k: int) -> _Axis:
         """A stride-1 ``same`` window of effective size ``k`` (TF pads the extra pixel after)."""
@@ -73,37 +76,43 @@ class _Axis:
             ext_hi=self.ext_hi + k - 1,
             shrink=self.shrink + k - 1,
             offset=self.offset + (k - 1) // 2,
+            peak=max(self.peak, self.shrink + k - 1),
         )
 
     def pad(self, lo: int, hi: int) -> _Axis:
         """``ZeroPadding2D``: out[j] = in[j - lo]; the new zeros are padding like ``same``'s."""
-        return _Axis(
-            self.ext_lo - lo,
-            self.ext_hi - lo,
-            self.c_lo + lo,
-            self.c_hi + hi,
-            self.shrink - lo - hi,
-            self.offset - lo,
+        return replace(
+            self,
+            ext_lo=self.ext_lo - lo,
+            ext_hi=self.ext_hi - lo,
+            c_lo=self.c_lo + lo,
+            c_hi=self.c_hi + hi,
+            shrink=self.shrink - lo - hi,
+            offset=self.offset - lo,
         )
 
     def crop(self, lo: int, hi: int) -> _Axis:
         """``Cropping2D``: out[j] = in[j + lo]; cropping cuts contaminated edges away."""
         return _Axis(
-            self.ext_lo + lo,
-            self.ext_hi + lo,
-            max(0, self.c_lo - lo),
-            max(0, self.c_hi - hi),
-            self.shrink + lo + hi,
-            self.offset + lo,
+            ext_lo=self.ext_lo + lo,
+            ext_hi=self.ext_hi + lo,
+            c_lo=max(0, self.c_lo - lo),
+            c_hi=max(0, self.c_hi - hi),
+            shrink=self.shrink + lo + hi,
+            offset=self.offset + lo,
+            peak=max(self.peak, self.shrink + lo + hi),
         )
 
     def footprint(self) -> AxisFootprint:
         """The tile margins that make every core pixel exact."""
         # Clamped at 0: padding layers can make a raw bound negative, and a
         # window larger than needed is still exact (all bounds are lower bounds).
+        # The peak terms keep a window clipped at a scene edge longer than peak:
+        # a core at output pixel 0 gets >= 1 + after input pixels, and one at
+        # the last output pixel gets >= 1 + shrink + before.
         return AxisFootprint(
-            before=max(0, -self.ext_lo, self.c_lo),
-            after=max(0, self.ext_hi, self.shrink + self.c_hi),
+            before=max(0, -self.ext_lo, self.c_lo, self.peak - self.shrink),
+            after=max(0, self.ext_hi, self.shrink + self.c_hi, self.peak),
             shrink=self.shrink,
             offset=self.offset,
         )
@@ -395,6 +404,7 @@ def _merge(op: Any, states: list[_State]) -> _State:
                 c_lo=max(a.c_lo for a in axes),
                 c_hi=max(a.c_hi for a in axes),
                 shrink=axes[0].shrink,
+                peak=max(a.peak for a in axes),
                 # Georeferencing follows the first input; equal shrinks keep the
                 # merge translation-equivariant even if offsets differ.
                 offset=axes[0].offset,

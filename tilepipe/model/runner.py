@@ -26,7 +26,7 @@ def densify(shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> 
     ``indices`` is ``(n, len(shape))`` int64 in row-major sorted order; returns float32.
     """
     st = tf.SparseTensor(indices=indices, values=values.astype(np.float32, copy=False), dense_shape=shape)
-    return np.asarray(tf.sparse.to_dense(st, validate_indices=False))
+    return np.array(tf.sparse.to_dense(st, validate_indices=False))  # a writable copy
 
 
 class CompiledModel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from typing import Any
 
 import numpy as np
@@ -171,13 +172,35 @@ def _write(path: str, info: SceneInfo, overwrite: bool, fill: Any) -> SceneStore
 def _write_raster(raster: GeoTiffSource, store: SceneStore, client: Any, progress: bool) -> int:
     blocks = store.blocks()
     if client is not None:
-        futures = client.map(ingest_geotiff_block, [raster] * len(blocks), [store.path] * len(blocks), blocks,
-                             pure=False, key=[f"tilepipe-ingest-{b[0]}-{b[1]}-{os.getpid()}" for b in blocks])
-        return int(sum(client.gather(futures)))
+        from distributed import as_completed
+
+        token = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(ingest_geotiff_block, raster, store.path, b, pure=False,
+                          key=f"tilepipe-ingest-{token}-{b[0]}-{b[1]}")
+            for b in blocks
+        ]
+        bar = _bar(len(blocks), "ingest", progress)
+        total = 0
+        for future in as_completed(futures):
+            total += future.result()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return total
     import dask
 
     tasks = [dask.delayed(ingest_geotiff_block, pure=False)(raster, store.path, b) for b in blocks]
     return int(sum(dask.compute(*tasks, scheduler="threads")))
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="block")
 
 
 def _write_coo(scene: CooScene, store: SceneStore, progress: bool) -> int:

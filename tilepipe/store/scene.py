@@ -52,9 +52,12 @@ warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specificati
 _BLOCK_PIXELS = 4096
 
 
-def block_size_for(tile_size: tuple[int, int]) -> tuple[int, int]:
-    """Tiles per index chunk ``(rows, cols)`` for a tile size."""
-    return (max(1, _BLOCK_PIXELS // tile_size[0]), max(1, _BLOCK_PIXELS // tile_size[1]))
+def block_size_for(tile_size: tuple[int, int], grid_shape: tuple[int, int]) -> tuple[int, int]:
+    """Tiles per index chunk ``(rows, cols)``: at most 4096 px a side, and at
+    least four blocks a side where the grid allows, so ingest spreads over workers."""
+    return tuple(  # type: ignore[return-value]
+        max(1, min(_BLOCK_PIXELS // t, -(-n // 4))) for t, n in zip(tile_size, grid_shape, strict=True)
+    )
 
 
 def source_identity(path: str) -> dict[str, Any]:
@@ -101,7 +104,7 @@ class SceneInfo:
     @property
     def block(self) -> tuple[int, int]:
         """Tiles per index chunk ``(rows, cols)``."""
-        return block_size_for(self.tile_size)
+        return block_size_for(self.tile_size, self.grid.grid_shape)
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-ready attributes."""

@@ -1,0 +1,235 @@
+"""Shared pieces of the tilepipe benchmarks: an all-process RSS sampler, the
+``map_overlap`` block function, scene writers and small formatting helpers.
+
+Dask workers import this module by name (``benchlib``), so the per-process model
+cache below survives from one task to the next; ``bench.py`` puts this folder on
+the workers' ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+
+GB = 1024**3
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass
+class _Mark:
+    start: float
+    baseline: int
+    peak: int = 0
+    samples: int = 0
+
+
+@dataclass
+class RssSampler:
+    """Sum of RSS over this process and all its children (recursively), every ``interval`` s.
+
+    ``with sampler.phase("name") as m:`` records the peak of the sum while the
+    block runs (``m.peak``, bytes) and the sum just before it (``m.baseline``).
+    ``guard`` (bytes): while a phase marked ``guard_pid`` runs, that process is
+    killed when the machine's available memory drops below ``guard``.
+    """
+
+    interval: float = 0.05
+    guard: int = int(1.0 * GB)
+    _marks: list[_Mark] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    guard_pid: int | None = None
+    guard_fired: bool = False
+    overall_peak: int = 0
+
+    def start(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @staticmethod
+    def total_rss() -> int:
+        root = psutil.Process(os.getpid())
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = [root]
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            rss = self.total_rss()
+            with self._lock:
+                self.overall_peak = max(self.overall_peak, rss)
+                for m in self._marks:
+                    m.peak = max(m.peak, rss)
+                    m.samples += 1
+                pid = self.guard_pid
+            if pid is not None and psutil.virtual_memory().available < self.guard:
+                try:
+                    psutil.Process(pid).kill()
+                    self.guard_fired = True
+                except psutil.Error:
+                    pass
+            self._stop.wait(self.interval)
+
+    @contextmanager
+    def phase(self, name: str = "") -> Iterator[_Mark]:
+        base = self.total_rss()
+        mark = _Mark(time.perf_counter(), base, base)
+        with self._lock:
+            self._marks.append(mark)
+        try:
+            yield mark
+        finally:
+            last = self.total_rss()
+            with self._lock:
+                self._marks.remove(mark)
+                mark.peak = max(mark.peak, last)
+
+
+# --------------------------------------------------------------------------- map_overlap worker side
+
+_MODELS: dict[str, Any] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def _worker_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError):
+        return 0
+
+
+def cached_model(path: str) -> Any:
+    """The Keras model at ``path``, loaded once per process, TF threads sized to the worker's."""
+    with _MODEL_LOCK:
+        model = _MODELS.get(path)
+        if model is None:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            import tensorflow as tf
+
+            threads = _worker_threads()
+            if threads:
+                try:
+                    tf.config.threading.set_intra_op_parallelism_threads(threads)
+                    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+                except RuntimeError:
+                    pass  # TF already running in this process
+            import keras
+
+            model = keras.saving.load_model(path, safe_mode=True)
+            _MODELS[path] = model
+        return model
+
+
+def predict_block(block: np.ndarray, model_path: str) -> np.ndarray:
+    """``map_overlap`` block function: the model on one haloed ``(rows, cols, bands)`` block.
+
+    Returns the first output channel as ``(rows, cols)`` (the demo model has one).
+    """
+    model = cached_model(model_path)
+    out = model(np.ascontiguousarray(block[None], dtype=np.float32), training=False)
+    return np.asarray(out)[0, :, :, 0]
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+def write_dense_zarr(coo: Any, path: str, tile: int) -> int:
+    """Write the COO scene as a dense Zarr v3 array ``(rows, cols, bands)`` chunked ``(tile, tile, bands)``.
+
+    Chunk by chunk from the COO (never the whole dense array); chunks without a
+    value are left unwritten (they read as the fill value 0, as zarr's default
+    ``write_empty_chunks=False`` would leave them anyway). Returns chunks written.
+    """
+    import zarr
+
+    rows, cols, bands = coo.shape
+    arr = zarr.create_array(path, shape=(rows, cols, bands), chunks=(tile, tile, bands), dtype="float32",
+                            fill_value=0.0, overwrite=True)
+    nx = -(-cols // tile)
+    tid = (coo.rows // tile) * nx + coo.cols // tile
+    order = np.argsort(tid, kind="stable")
+    tid_sorted = tid[order]
+    ids, starts = np.unique(tid_sorted, return_index=True)
+    stops = np.append(starts[1:], tid_sorted.size)
+    for t, a, b in zip(ids, starts, stops, strict=True):
+        sel = order[a:b]
+        r0, c0 = int(t // nx) * tile, int(t % nx) * tile
+        h, w = min(tile, rows - r0), min(tile, cols - c0)
+        block = np.zeros((h, w, bands), dtype=np.float32)
+        block[coo.rows[sel] - r0, coo.cols[sel] - c0, coo.bands[sel]] = coo.values[sel]
+        arr[r0 : r0 + h, c0 : c0 + w, :] = block
+    return int(ids.size)
+
+
+def max_rel_err(a_path: str, b_path: str, b_component: str | None, tile: int) -> float:
+    """max |a - b| / max |b| between a ``(rows, cols)`` map_overlap result and a tilepipe
+    ``(band, rows, cols)`` result, read block by block."""
+    import zarr
+
+    a = zarr.open_array(a_path, mode="r")
+    b = zarr.open_group(b_path, mode="r")[b_component] if b_component else zarr.open_array(b_path, mode="r")
+    rows, cols = a.shape
+    err = 0.0
+    ref = 0.0
+    step = 4 * tile
+    for r in range(0, rows, step):
+        for c in range(0, cols, step):
+            x = np.asarray(a[r : r + step, c : c + step], dtype=np.float64)
+            y = np.asarray(b[0, r : r + step, c : c + step], dtype=np.float64)
+            err = max(err, float(np.max(np.abs(x - y))))
+            ref = max(ref, float(np.max(np.abs(y))))
+    return err / ref if ref > 0 else err
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def gb(n: float | None) -> str:
+    return "-" if n is None else f"{n / GB:.2f}"
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / GB, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

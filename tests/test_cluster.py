@@ -1,0 +1,197 @@
+"""Integration on a real cluster: `dask scheduler` and `dask worker` processes on 127.0.0.1.
+
+One worker carries the GPU resource (``--resources GPU=1``), one does not. No GPU
+is needed: the resource is a label the scheduler honours, and TensorFlow runs on
+the CPU here just as it would on a card.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A scheduler and two single-threaded workers, started with the real `dask` CLI."""
+    if not os.path.exists(DASK):
+        pytest.skip(f"the dask CLI is not installed beside {sys.executable}")
+    logs = tmp_path_factory.mktemp("cluster-logs")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
+            stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
+        )
+    ]
+    for name, extra in (("gpu-worker", ["--resources", "GPU=1"]), ("cpu-worker", [])):
+        procs.append(
+            subprocess.Popen(
+                [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
+                 "--name", name, "--no-dashboard", *extra],
+                stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
+            )
+        )
+    from distributed import Client
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(2, timeout=max(1, deadline - time.monotonic()))
+                break
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _model(bands: int):  # type: ignore[no-untyped-def]
+    from tilepipe.model._tf import keras
+
+    return keras.Sequential([
+        keras.Input((None, None, bands)),
+        keras.layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer="random_normal"),
+        keras.layers.Conv2D(2, 5, padding="same", dilation_rate=2, activation="sigmoid",
+                            bias_initializer="random_normal"),
+    ])
+
+
+def _geotiff(path: Path, rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """A sparse uint16 GeoTIFF with nodata 0; returns its dense (y, x, band) float32 values."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    bands, rows, cols = shape
+    data = np.zeros(shape, dtype=np.uint16)
+    mask = rng.random((rows, cols)) < 0.01
+    data[:, mask] = rng.integers(1, 1000, size=(bands, int(mask.sum())))
+    data[:, 100:140, 200:260] = rng.integers(1, 1000, size=(bands, 40, 60))  # one dense cluster
+    with rasterio.open(path, "w", driver="GTiff", width=cols, height=rows, count=bands, dtype="uint16",
+                       nodata=0, crs="EPSG:32618", transform=from_origin(500000, 4600000, 10, 10)) as dst:
+        dst.write(data)
+    return np.moveaxis(data, 0, -1).astype(np.float32)
+
+
+def test_gpu_tasks_go_to_the_gpu_worker_and_ingest_spreads(cluster_address: str, tmp_path: Path) -> None:
+    import tilepipe
+    from distributed import Client, get_task_stream
+    from tilepipe.store import ResultStore
+
+    rng = np.random.default_rng(3)
+    dense = _geotiff(tmp_path / "scene.tif", rng, (3, 517, 611))
+    model = _model(3)
+    model.save(tmp_path / "m.keras")
+    reference = np.asarray(model(dense[None]))[0]
+    with Client(cluster_address) as client:
+        workers = {w["name"]: addr for addr, w in client.scheduler_info()["workers"].items()}
+        with get_task_stream(client) as ingest_stream:
+            tilepipe.ingest(str(tmp_path / "scene.tif"), str(tmp_path / "scene.zarr"), tile_size=64,
+                            model=str(tmp_path / "m.keras"), client=client)
+        with get_task_stream(client) as run_stream:
+            report = tilepipe.run(str(tmp_path / "scene.zarr"), str(tmp_path / "m.keras"),
+                                  str(tmp_path / "result.zarr"), client=client, gpu=True, batch_size=4)
+    ingest_workers = {t["worker"] for t in ingest_stream.data if str(t["key"]).startswith("tilepipe-ingest")}
+    run_workers = {t["worker"] for t in run_stream.data if "tilepipe-run" in str(t["key"])}
+    assert ingest_workers == {workers["gpu-worker"], workers["cpu-worker"]}
+    assert run_workers == {workers["gpu-worker"]}
+    assert set(report.tiles_per_worker) == {workers["gpu-worker"]}
+    assert report.computed > 0 and report.computed + report.empty == report.tiles_total
+    got = np.moveaxis(ResultStore.open(tmp_path / "result.zarr").read(), 0, -1)
+    scale = np.abs(reference).max()
+    assert np.abs(got - reference).max() / scale <= 1e-5
+
+
+def test_cli_run_by_address_equals_embedded_run(cluster_address: str, tmp_path: Path) -> None:
+    from tilepipe.store import ResultStore
+
+    rng = np.random.default_rng(5)
+    dense = _geotiff(tmp_path / "scene.tif", rng, (2, 300, 350))
+    model = _model(2)
+    model.save(tmp_path / "m.keras")
+    reference = np.asarray(model(dense[None]))[0]
+    for name, address in (("remote", cluster_address), ("embedded", None)):
+        (tmp_path / f"{name}.yaml").write_text(
+            "input: {path: scene.tif}\n"
+            "model: {path: m.keras}\n"
+            "tiling: {tile_size: 128}\n"
+            f"output: {{zarr: {name}/result.zarr, geotiff: {name}/result.tif}}\n"
+            + (f"cluster: {{address: '{address}'}}\n" if address else "cluster: {n_workers: 2}\n")
+        )
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    remote = subprocess.run([sys.executable, "-m", "tilepipe", "run", str(tmp_path / "remote.yaml"), "--no-progress"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert remote.returncode == 0, remote.stderr
+    assert "tiles total" in remote.stdout
+    # The same workflow without an address, sent by the environment variable.
+    by_env = subprocess.run(
+        [sys.executable, "-m", "tilepipe", "run", str(tmp_path / "embedded.yaml"), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    remote_result = np.moveaxis(ResultStore.open(tmp_path / "remote/result.zarr").read(), 0, -1)
+    embedded_result = np.moveaxis(ResultStore.open(tmp_path / "embedded/result.zarr").read(), 0, -1)
+    scale = np.abs(reference).max()
+    assert np.abs(remote_result - reference).max() / scale <= 1e-5
+    assert np.abs(embedded_result - reference).max() / scale <= 1e-5
+
+
+def test_preflight_names_the_worker_and_the_path(cluster_address: str, tmp_path: Path) -> None:
+    from distributed import Client
+    from tilepipe.errors import ClusterError
+    from tilepipe.execute.preflight import check_workers
+
+    (tmp_path / "there.keras").write_bytes(b"x")
+    missing = str(tmp_path / "nowhere" / "scene.zarr")
+    with Client(cluster_address) as client:
+        check_workers(client, inputs=[str(tmp_path / "there.keras")], outputs=[str(tmp_path / "out.zarr")])
+        with pytest.raises(ClusterError) as info:
+            check_workers(client, inputs=[missing], outputs=[])
+        addresses = list(client.scheduler_info()["workers"])
+    message = str(info.value)
+    assert missing in message
+    assert all(f"worker {a}" in message for a in addresses)
+
+
+def test_cli_bad_scheduler_address_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(
+        "input: {synthetic: {shape: [64, 64]}}\nmodel: {builtin: demo}\noutput: {zarr: out/result.zarr}\n"
+    )
+    port = _free_port()  # nothing listens there
+    proc = subprocess.run(
+        [sys.executable, "-m", "tilepipe", "run", str(tmp_path / "wf.yaml"), "--scheduler", f"tcp://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr.strip().splitlines()[-1]

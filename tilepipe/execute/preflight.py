@@ -1,0 +1,67 @@
+"""Before a run on a remote cluster: can every worker open what the run needs?
+
+Paths on a shared filesystem or URLs that look fine from the client may be
+missing on a worker (another mount, missing credentials). Asking each worker
+first turns a failure deep inside a task into one line that names the worker
+and the path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tilepipe.errors import ClusterError
+
+__all__ = ["check_workers", "probe_paths"]
+
+
+def _exists(path: str) -> tuple[bool, str]:
+    if "://" in path:
+        try:
+            import fsspec
+
+            fs, inner = fsspec.core.url_to_fs(path)
+            return bool(fs.exists(inner)), "not found"
+        except Exception as exc:  # noqa: BLE001 - any failure is a reason the worker cannot open it
+            return False, f"{type(exc).__name__}: {exc}"
+    if not os.path.exists(path):
+        return False, "no such file or folder"
+    if not os.access(path, os.R_OK):
+        return False, "not readable"
+    return True, ""
+
+
+def _writable_parent(path: str) -> tuple[bool, str]:
+    if "://" in path:
+        return True, ""  # object stores have no folders to create; the write itself will tell
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        return False, f"cannot write in {parent}"
+    return True, ""
+
+
+def probe_paths(inputs: list[str], outputs: list[str]) -> list[str]:
+    """Problems this process has opening ``inputs`` and writing ``outputs`` (runs on each worker)."""
+    problems = []
+    for path in inputs:
+        ok, why = _exists(path)
+        if not ok:
+            problems.append(f"cannot open {path} ({why})")
+    for path in outputs:
+        ok, why = _writable_parent(path)
+        if not ok:
+            problems.append(f"cannot write {path} ({why})")
+    return problems
+
+
+def check_workers(client: Any, *, inputs: list[str], outputs: list[str]) -> None:
+    """Raise :class:`ClusterError` naming each worker that cannot open an input or write an output."""
+    answers: dict[str, list[str]] = client.run(probe_paths, inputs, outputs)
+    if not answers:
+        raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers")
+    bad = [f"worker {worker}: {'; '.join(problems)}" for worker, problems in sorted(answers.items()) if problems]
+    if bad:
+        raise ClusterError(" | ".join(bad))
