@@ -56,7 +56,7 @@ class RunReport:
         return (
             f"tiles total {self.tiles_total} / computed {self.computed} / empty {self.empty} / "
             f"failed {self.failed}; wall {self.wall_seconds:.2f} s; "
-            f"{self.megapixels_per_second:.1f} Mpx/s"
+            f"{self.megapixels_per_second:.3g} Mpx/s"
         )
 
 

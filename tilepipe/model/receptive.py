@@ -207,8 +207,9 @@ def footprint_of(model: keras.Model) -> Footprint:
     -------
     Footprint
         Per axis, in input pixels: the margins ``before``/``after`` a tile's
-        core that make its output exact, the ``shrink`` of ``valid`` layers and
-        the ``offset`` of output pixel 0.
+        core that make its output exact (and its window, clipped at a scene
+        edge, long enough for TF to run), the ``shrink`` of ``valid`` layers
+        and the ``offset`` of output pixel 0.
 
     Raises
     ------
@@ -257,7 +258,7 @@ def describe_footprint(fp: Footprint) -> str:
 def _refuse(op: Any, why: str) -> NoReturn:
     # keras.ops calls on symbolic tensors (x + y) are graph nodes too, and some
     # share a layer's class name (ops.numpy.Add): say which one it is.
-    what = "layer" if isinstance(op, keras.Layer) else "keras operation"
+    what = "model" if isinstance(op, keras.Model) else "layer" if isinstance(op, keras.Layer) else "keras operation"
     raise UntileableModelError(f"{what} {op.name!r} ({type(op).__name__}) {why}")
 
 

@@ -1,0 +1,619 @@
+#!/usr/bin/env python
+"""tilepipe against the obvious alternatives, side by side, on the same scene and model.
+
+For each occupancy (fraction of tiles holding values) one synthetic clustered scene is
+generated and run through:
+
+(a) naive        ``tf.SparseTensor`` of the whole scene -> ``tf.sparse.to_dense`` -> model,
+                 in a subprocess (its memory is measurable, an OOM cannot kill the harness)
+(b) map_overlap  ``dask.array.from_zarr(dense scene).map_overlap(model, depth=halo,
+                 boundary="none")`` -> ``to_zarr``, on the same cluster as (c), warm
+(c) tilepipe     ``tilepipe.run`` on an ingested scene store, warm workers
+(c') tilepipe CLI ``tilepipe run WORKFLOW.yaml`` from process start (ingest + run + GeoTIFF)
+(d) floor        the sum of pure compiled-model call times over the non-empty tiles
+
+and the ratios naive/tilepipe, map_overlap/tilepipe and (tilepipe - floor)/floor are
+written to ``results/bench-<size>.json`` and ``results/bench-<size>.md``.
+
+    python benchmarks/bench.py --quick
+    python benchmarks/bench.py --size 8192 --occupancy 0.01,0.05,0.25,1.0 --workers 2
+
+See benchmarks/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import benchlib  # noqa: E402
+from benchlib import GB, RssSampler, fmt, markdown_table  # noqa: E402
+
+# DESIGN.md "How good it must be"
+TARGET_SPARSE_VS_NAIVE = 50.0
+TARGET_SPARSE_VS_MAPOVERLAP = 5.0
+TARGET_DENSE_VS_MAPOVERLAP = 1.2
+TARGET_OVERHEAD = 0.25
+SPARSE_MAX_OCCUPANCY = 0.05
+
+
+# =========================================================================== children
+
+
+def _child_tf(threads: int) -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    return tf
+
+
+def _maxrss() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def child_naive(spec: dict[str, Any]) -> dict[str, Any]:
+    """Whole-scene SparseTensor -> to_dense -> model (what most people try first)."""
+    tf = _child_tf(spec["threads"])
+    import keras
+
+    from tilepipe.sources import synthetic_scene
+
+    size, bands, tile = spec["size"], spec["bands"], spec["tile"]
+    coo = synthetic_scene((size, size), bands=bands, occupancy=spec["occupancy"], tile_size=(tile, tile),
+                          seed=spec["seed"])
+    model = keras.saving.load_model(spec["model"], safe_mode=True)
+    model(np.zeros((1, 16, 16, bands), np.float32), training=False)  # runtime up, weights built
+    t0 = time.perf_counter()
+    # The synthetic COO is already in row-major order, so no tf.sparse.reorder (which would only add time).
+    st = tf.SparseTensor(indices=np.stack([coo.rows, coo.cols, coo.bands], axis=1), values=coo.values,
+                         dense_shape=coo.shape)
+    dense = tf.sparse.to_dense(st)
+    t1 = time.perf_counter()
+    out = model(dense[None], training=False)
+    checksum = float(tf.reduce_sum(out))
+    t2 = time.perf_counter()
+    return {"wall_seconds": t2 - t0, "densify_seconds": t1 - t0, "model_seconds": t2 - t1,
+            "checksum": checksum, "child_max_rss": _maxrss()}
+
+
+def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """Sum of compiled-model call times over the non-empty tiles' windows (warm, per shape)."""
+    _child_tf(spec["threads"])
+    from tilepipe.execute.engine import plan_jobs
+    from tilepipe.model import CompiledModel, footprint_of, load_keras_model
+    from tilepipe.store import SceneStore
+
+    scene = SceneStore.open(spec["scene"])
+    keras_model = load_keras_model(spec["model"])
+    compiled = CompiledModel(keras_model)
+    jobs = [j for j in plan_jobs(scene.info.grid, footprint_of(keras_model), scene.index()) if not j.empty]
+    windows = []
+    for job in jobs:
+        tile = scene.read_tile(job.row, job.col)
+        assert tile is not None
+        windows.append(np.ascontiguousarray(tile.to_dense()[job.need.relative_to(job.stored).slices]))
+    # one tile per call
+    for shape in {w.shape for w in windows}:
+        compiled(np.zeros((1, *shape), np.float32))
+    per_tile = 0.0
+    for w in windows:
+        t0 = time.perf_counter()
+        compiled(w[None])
+        per_tile += time.perf_counter() - t0
+    # same-shape batches of `batch`, as tilepipe groups them
+    batch = spec["batch"]
+    groups: dict[tuple[int, ...], list[np.ndarray]] = collections.defaultdict(list)
+    for w in windows:
+        groups[w.shape].append(w)
+    batches = [np.stack(ws[i : i + batch]) for ws in groups.values() for i in range(0, len(ws), batch)]
+    for shape in {b.shape for b in batches}:
+        compiled(np.zeros(shape, np.float32))
+    batched = 0.0
+    for b in batches:
+        t0 = time.perf_counter()
+        compiled(b)
+        batched += time.perf_counter() - t0
+    return {"tiles": len(windows), "threads": spec["threads"], "per_tile_seconds": per_tile,
+            "batched_seconds": batched, "batch": batch, "child_max_rss": _maxrss()}
+
+
+def run_child(kind: str, spec: dict[str, Any], sampler: RssSampler, *, guard: bool = False,
+              timeout: float = 3600) -> dict[str, Any]:
+    """Run this script as a ``--child`` subprocess; returns its JSON answer (or an error record)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-spec", json.dumps(spec)]
+    with sampler.phase(kind) as mark:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if guard:
+            sampler.guard_pid = proc.pid
+            sampler.guard_fired = False
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        finally:
+            sampler.guard_pid = None
+    answer: dict[str, Any] = {"peak_rss": mark.peak, "baseline_rss": mark.baseline}
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            answer.update(json.loads(line[len("RESULT "):]))
+            return answer
+    answer["error"] = (f"killed at low memory (guard), rc {proc.returncode}" if sampler.guard_fired
+                       else f"rc {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}")
+    answer["oom"] = sampler.guard_fired or proc.returncode in (-9, 137)
+    return answer
+
+
+# =========================================================================== profiling
+
+
+class PySpy:
+    """``py-spy record`` attached to some pids (raw collapsed stacks), stopped with SIGINT."""
+
+    def __init__(self, pids: dict[str, int], folder: str, tag: str) -> None:
+        self.procs: list[tuple[str, str, subprocess.Popen[bytes]]] = []
+        exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        if not os.path.exists(exe):
+            print("py-spy not found; no profile", file=sys.stderr)
+            return
+        for name, pid in pids.items():
+            path = os.path.join(folder, f"pyspy-{tag}-{name}.txt")
+            p = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+                                  "--nonblocking", "-o", path],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append((name, path, p))
+        time.sleep(1.0)  # let py-spy attach
+
+    def stop(self) -> dict[str, str]:
+        out = {}
+        for _name, _path, p in self.procs:
+            p.send_signal(signal.SIGINT)
+        for name, path, p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            if os.path.exists(path):
+                out[name] = path
+        return out
+
+
+def summarize_collapsed(path: str, top: int = 25) -> str:
+    """Top frames (inclusive and self %) of a py-spy raw (collapsed) profile."""
+    incl: collections.Counter[str] = collections.Counter()
+    self_: collections.Counter[str] = collections.Counter()
+    total = 0
+    with open(path) as fh:
+        for line in fh:
+            stack, _, n = line.rstrip().rpartition(" ")
+            if not stack or not n.isdigit():
+                continue
+            count = int(n)
+            frames = [f for f in stack.split(";") if f]
+            # drop the thread / process header frames py-spy adds
+            frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+            if not frames:
+                continue
+            total += count
+            for f in set(frames):
+                incl[f] += count
+            self_[frames[-1]] += count
+    if not total:
+        return f"{path}: no samples"
+    lines = [f"{os.path.basename(path)}: {total} samples (busy threads only)", "  inclusive:"]
+    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in incl.most_common(top)]
+    lines.append("  self:")
+    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in self_.most_common(top)]
+    return "\n".join(lines)
+
+
+# =========================================================================== the cases
+
+
+def _rm(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _add_path(path: str) -> None:
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def predicted_naive_bytes(size: int, bands: int, nnz: int, model: Any) -> int:
+    """Dense input + the two widest activations alive at once + the output + the COO, + 1 GB runtime."""
+    widths = [int(layer.output.shape[-1]) for layer in model.layers]
+    pair = max((a + b for a, b in zip([bands, *widths], widths, strict=False)), default=bands)
+    px = size * size
+    return px * 4 * (bands + pair + widths[-1]) + nnz * (3 * 8 + 4) * 2 + GB
+
+
+def case_mapoverlap(client: Any, dense_path: str, out_path: str, model_path: str, halo: int, tile: int) -> float:
+    import dask.array as da
+
+    x = da.from_zarr(dense_path)
+    y = da.map_overlap(benchlib.predict_block, x, depth=(halo, halo, 0), boundary="none", dtype=np.float32,
+                       drop_axis=2, meta=np.empty((0, 0), np.float32), model_path=model_path)
+    t0 = time.perf_counter()
+    da.to_zarr(y, out_path, overwrite=True)
+    return time.perf_counter() - t0
+
+
+def case_tilepipe(client: Any, scene_path: str, model_path: str, out_path: str) -> tuple[float, dict[str, Any]]:
+    import tilepipe
+
+    _rm(out_path)
+    t0 = time.perf_counter()
+    report = tilepipe.run(scene_path, model_path, out_path, client=client, overwrite=True)
+    return time.perf_counter() - t0, report.to_dict()
+
+
+def case_cli(tmp: str, size: int, bands: int, occ: float, seed: int, tile: int, model_path: str, workers: int,
+             sampler: RssSampler) -> dict[str, Any]:
+    folder = os.path.join(tmp, "cli")
+    _rm(folder)
+    os.makedirs(folder)
+    wf = os.path.join(folder, "workflow.yaml")
+    with open(wf, "w") as fh:
+        fh.write(
+            f"input:\n  synthetic: {{shape: [{size}, {size}], bands: {bands}, occupancy: {occ}, seed: {seed}}}\n"
+            f"model:\n  path: {model_path}\n"
+            f"tiling:\n  tile_size: {tile}\n  halo: auto\n"
+            "output:\n  zarr: result.zarr\n  scene: scene.zarr\n  geotiff: result.tif\n"
+            f"cluster:\n  n_workers: {workers}\n  threads_per_worker: 1\n"
+        )
+    exe = os.path.join(os.path.dirname(sys.executable), "tilepipe")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "tilepipe.cli"]
+    with sampler.phase("cli") as mark:
+        t0 = time.perf_counter()
+        proc = subprocess.run([*cmd, "run", wf, "--overwrite"], capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+    rec: dict[str, Any] = {"wall_seconds": wall, "peak_rss": mark.peak, "baseline_rss": mark.baseline,
+                           "rc": proc.returncode}
+    if proc.returncode != 0:
+        rec["error"] = (proc.stderr.strip().splitlines() or [""])[-1]
+    else:
+        rec["stdout_tail"] = proc.stdout.strip().splitlines()[-3:]
+    _rm(folder)
+    return rec
+
+
+def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: RssSampler, tmp: str,
+                    model_path: str, keras_model: Any, halo: int, results_dir: str) -> dict[str, Any]:
+    import tilepipe
+    from tilepipe.sources import synthetic_scene
+
+    size, bands, tile, workers = args.size, args.bands, args.tile_size, args.workers
+    pixels = size * size
+    rec: dict[str, Any] = {"occupancy": occ, "size": size, "bands": bands, "tile_size": tile, "pixels": pixels}
+    say = _say
+
+    # ------------------------------------------------------------- untimed preparation
+    t0 = time.perf_counter()
+    coo = synthetic_scene((size, size), bands=bands, occupancy=occ, tile_size=(tile, tile), seed=args.seed)
+    nnz = int(coo.values.size)
+    scene_path = os.path.join(tmp, "scene.zarr")
+    dense_path = os.path.join(tmp, "dense.zarr")
+    _rm(scene_path)
+    tilepipe.ingest(coo, scene_path, tile_size=tile, model=model_path, overwrite=True)
+    index = tilepipe.open_scene(scene_path).index()
+    chunks = benchlib.write_dense_zarr(coo, dense_path, tile)
+    rec.update(nonzero_entries=nnz, tiles_total=int(index.size), tiles_nonempty=int((index > 0).sum()),
+               dense_chunks_written=chunks)
+    say(f"occupancy {occ}: {nnz} values, {rec['tiles_nonempty']}/{rec['tiles_total']} non-empty tile windows; "
+        f"prepared in {time.perf_counter() - t0:.1f} s")
+    del coo
+    cases: dict[str, Any] = {}
+
+    # ------------------------------------------------------------- (a) naive
+    need = predicted_naive_bytes(size, bands, nnz, keras_model)
+    avail = benchlib.psutil.virtual_memory().available
+    spec = {"size": size, "bands": bands, "tile": tile, "occupancy": occ, "seed": args.seed, "model": model_path,
+            "threads": workers}
+    if args.skip_naive:
+        cases["naive"] = {"skipped": True}
+    elif need > avail - GB:
+        cases["naive"] = {"oom": True, "predicted_bytes": need,
+                          "error": f"out of memory at {need / GB:.1f} GB (predicted; {avail / GB:.1f} GB free)"}
+    else:
+        res = run_child("naive", spec, sampler, guard=True)
+        res["predicted_bytes"] = need
+        if res.get("oom"):
+            res["error"] = f"out of memory at {res['peak_rss'] / GB:.1f} GB (all processes)"
+        cases["naive"] = res
+    say(f"  naive: {_brief(cases['naive'])}")
+
+    # ------------------------------------------------------------- (b) map_overlap, warm
+    mo_out = os.path.join(tmp, "mapoverlap.zarr")
+    case_mapoverlap(client, dense_path, os.path.join(tmp, "mo-warm.zarr"), model_path, halo, tile)
+    _rm(os.path.join(tmp, "mo-warm.zarr"))
+    times = []
+    with sampler.phase("map_overlap") as mark:
+        for _ in range(args.repeat):
+            _rm(mo_out)
+            times.append(case_mapoverlap(client, dense_path, mo_out, model_path, halo, tile))
+    cases["map_overlap"] = {"wall_seconds": min(times), "all_seconds": times, "peak_rss": mark.peak,
+                            "baseline_rss": mark.baseline}
+    say(f"  map_overlap: {_brief(cases['map_overlap'])}")
+
+    # ------------------------------------------------------------- (c) tilepipe, warm
+    tp_out = os.path.join(tmp, "tilepipe.zarr")
+    case_tilepipe(client, scene_path, model_path, os.path.join(tmp, "tp-warm.zarr"))
+    _rm(os.path.join(tmp, "tp-warm.zarr"))
+    times, reports = [], []
+    with sampler.phase("tilepipe") as mark:
+        for _ in range(args.repeat):
+            wall, report = case_tilepipe(client, scene_path, model_path, tp_out)
+            times.append(wall)
+            reports.append(report)
+    best = int(np.argmin(times))
+    cases["tilepipe_warm"] = {"wall_seconds": times[best], "all_seconds": times, "peak_rss": mark.peak,
+                              "baseline_rss": mark.baseline, "report": reports[best]}
+    say(f"  tilepipe warm: {_brief(cases['tilepipe_warm'])}")
+
+    rec["max_rel_err_tilepipe_vs_mapoverlap"] = benchlib.max_rel_err(mo_out, tp_out, "data", tile)
+    say(f"  max rel err tilepipe vs map_overlap: {rec['max_rel_err_tilepipe_vs_mapoverlap']:.2e}")
+
+    if args.profile:
+        rec["profile"] = profile_tilepipe(client, scene_path, model_path, tmp, results_dir, size, occ)
+
+    # ------------------------------------------------------------- (c') tilepipe CLI, cold
+    if args.skip_cli:
+        cases["tilepipe_cold_cli"] = {"skipped": True}
+    else:
+        cases["tilepipe_cold_cli"] = case_cli(tmp, size, bands, occ, args.seed, tile, model_path, workers, sampler)
+    say(f"  tilepipe cold CLI: {_brief(cases['tilepipe_cold_cli'])}")
+
+    # ------------------------------------------------------------- (d) floor
+    fspec = {"scene": scene_path, "model": model_path, "threads": workers, "batch": 8}
+    floor = run_child("floor", fspec, sampler)
+    if "error" not in floor:
+        floor["wall_seconds"] = min(floor["per_tile_seconds"], floor["batched_seconds"])
+    cases["floor"] = floor
+    one = run_child("floor", {**fspec, "threads": 1}, sampler)
+    if "error" not in one:
+        one["wall_seconds"] = min(one["per_tile_seconds"], one["batched_seconds"]) / workers
+    cases["floor_1thread_split"] = one
+    say(f"  floor ({workers} TF threads): {_brief(floor)}; 1 thread / {workers} workers: {_brief(one)}")
+
+    for c in cases.values():
+        if c.get("wall_seconds"):
+            c["megapixels_per_second"] = pixels / 1e6 / c["wall_seconds"]
+    rec["cases"] = cases
+    tp = cases["tilepipe_warm"]["wall_seconds"]
+    ratios: dict[str, float | None] = {
+        "naive_over_tilepipe": _ratio(cases["naive"].get("wall_seconds"), tp),
+        "mapoverlap_over_tilepipe": _ratio(cases["map_overlap"]["wall_seconds"], tp),
+        "tilepipe_over_mapoverlap": _ratio(tp, cases["map_overlap"]["wall_seconds"]),
+        "overhead_over_floor": _ratio(tp - floor["wall_seconds"], floor["wall_seconds"])
+        if floor.get("wall_seconds") else None,
+        "overhead_over_floor_1thread_split": _ratio(tp - one["wall_seconds"], one["wall_seconds"])
+        if one.get("wall_seconds") else None,
+        "cli_cold_over_tilepipe_warm": _ratio(cases["tilepipe_cold_cli"].get("wall_seconds"), tp),
+    }
+    rec["ratios"] = ratios
+    _rm(mo_out)
+    _rm(tp_out)
+    _rm(dense_path)
+    return rec
+
+
+def profile_tilepipe(client: Any, scene_path: str, model_path: str, tmp: str, results_dir: str, size: int,
+                     occ: float) -> dict[str, Any]:
+    """One more warm tilepipe run under py-spy (harness + every worker) and a dask performance report."""
+    from distributed import performance_report
+
+    tag = f"{size}-occ{occ:g}"
+    pids = {"harness": os.getpid()}
+    pids.update({f"worker{i}": pid for i, pid in enumerate(client.run(os.getpid).values())})
+    prof_dir = os.path.join(results_dir, "profiles")
+    os.makedirs(prof_dir, exist_ok=True)
+    spy = PySpy(pids, prof_dir, tag)
+    html = os.path.join(prof_dir, f"dask-report-{tag}.html")
+    with performance_report(filename=html):
+        wall, report = case_tilepipe(client, scene_path, model_path, os.path.join(tmp, "tp-prof.zarr"))
+    files = spy.stop()
+    _rm(os.path.join(tmp, "tp-prof.zarr"))
+    summaries = {name: summarize_collapsed(path) for name, path in files.items()}
+    with open(os.path.join(prof_dir, f"pyspy-{tag}-summary.txt"), "w") as fh:
+        fh.write(f"tilepipe warm run under py-spy: wall {wall:.2f} s, report {json.dumps(report)}\n\n")
+        fh.write("\n\n".join(summaries.values()))
+    _say(f"  profile: {wall:.2f} s under py-spy -> {prof_dir}")
+    return {"wall_seconds_under_profiler": wall, "files": sorted(files.values()), "dask_report": html}
+
+
+# =========================================================================== reporting
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _brief(c: dict[str, Any]) -> str:
+    if c.get("skipped"):
+        return "skipped"
+    if c.get("error"):
+        return c["error"]
+    return f"{c['wall_seconds']:.2f} s, peak RSS {c.get('peak_rss', 0) / GB:.2f} GB"
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+CASE_NAMES = [
+    ("naive", "(a) naive to_dense + model"),
+    ("map_overlap", "(b) dask map_overlap, warm"),
+    ("tilepipe_warm", "(c) tilepipe.run, warm"),
+    ("tilepipe_cold_cli", "(c') tilepipe run CLI, cold (+ingest, export)"),
+    ("floor", "(d) floor: model calls only"),
+    ("floor_1thread_split", "(d') floor, 1 TF thread / workers"),
+]
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    a = doc["args"]
+    out = [
+        f"# tilepipe benchmark, {a['size']} x {a['size']} x {a['bands']}, tile {a['tile_size']}",
+        "",
+        f"Machine: {doc['machine']['cpus']} CPUs, {doc['machine']['memory_gb']} GB; cluster: LocalCluster "
+        f"{a['workers']} workers x 1 thread (processes). Times: best of {a['repeat']} for (b) and (c), single "
+        "run otherwise. Peak RSS: sum over the harness and all its child processes (idle cluster included), "
+        "sampled every 50 ms.",
+        "",
+    ]
+    rows = []
+    for r in doc["results"]:
+        for key, label in CASE_NAMES:
+            c = r["cases"].get(key, {})
+            if c.get("skipped"):
+                rows.append([f"{r['occupancy']:g}", label, "skipped", "", ""])
+            elif c.get("error"):
+                rows.append([f"{r['occupancy']:g}", label, c["error"], "", benchlib.gb(c.get("peak_rss"))])
+            else:
+                rows.append([f"{r['occupancy']:g}", label, fmt(c.get("wall_seconds")),
+                             fmt(c.get("megapixels_per_second"), ".1f"),
+                             benchlib.gb(c.get("peak_rss")) if key not in ("floor", "floor_1thread_split") else "-"])
+    out.append(markdown_table(["occupancy", "case", "wall s", "Mpx/s", "peak RSS GB"], rows))
+    out += ["", "## Ratios and targets (DESIGN.md)", ""]
+    rrows = []
+    for r in doc["results"]:
+        q = r["ratios"]
+        sparse = r["occupancy"] <= SPARSE_MAX_OCCUPANCY
+        dense = r["occupancy"] >= 1.0
+        checks = []
+        if sparse and q["naive_over_tilepipe"] is not None:
+            checks.append(f"naive>={TARGET_SPARSE_VS_NAIVE:g}x: "
+                          f"{'ok' if q['naive_over_tilepipe'] >= TARGET_SPARSE_VS_NAIVE else 'MISS'}")
+        if sparse:
+            checks.append(f"map_overlap>={TARGET_SPARSE_VS_MAPOVERLAP:g}x: "
+                          f"{'ok' if q['mapoverlap_over_tilepipe'] >= TARGET_SPARSE_VS_MAPOVERLAP else 'MISS'}")
+        if dense:
+            checks.append(f"<= {TARGET_DENSE_VS_MAPOVERLAP}x map_overlap: "
+                          f"{'ok' if q['tilepipe_over_mapoverlap'] <= TARGET_DENSE_VS_MAPOVERLAP else 'MISS'}")
+        if q["overhead_over_floor"] is not None:
+            checks.append(f"overhead<={TARGET_OVERHEAD:.0%}: "
+                          f"{'ok' if q['overhead_over_floor'] <= TARGET_OVERHEAD else 'MISS'}")
+        rrows.append([
+            f"{r['occupancy']:g}", f"{r['tiles_nonempty']}/{r['tiles_total']}",
+            fmt(q["naive_over_tilepipe"], ".1f"), fmt(q["mapoverlap_over_tilepipe"], ".2f"),
+            fmt(q["overhead_over_floor"], ".0%") if q["overhead_over_floor"] is not None else "-",
+            fmt(q["overhead_over_floor_1thread_split"], ".0%")
+            if q["overhead_over_floor_1thread_split"] is not None else "-",
+            f"{r['max_rel_err_tilepipe_vs_mapoverlap']:.1e}", "; ".join(checks),
+        ])
+    out.append(markdown_table(
+        ["occupancy", "non-empty tiles", "naive / tilepipe", "map_overlap / tilepipe", "(tilepipe-floor)/floor",
+         "vs 1-thread floor", "max rel err vs (b)", "targets"], rrows))
+    out.append("")
+    return "\n".join(out)
+
+
+# =========================================================================== main
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", type=int, default=8192, help="scene rows = cols (default 8192)")
+    p.add_argument("--bands", type=int, default=4)
+    p.add_argument("--tile-size", type=int, default=1024)
+    p.add_argument("--occupancy", default="0.01,0.05,0.25,1.0", help="comma-separated fractions of tiles")
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (1 thread each)")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions of (b) and (c); the best counts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--tmp", default=None, help="scratch folder (default: a new one under $TMPDIR)")
+    p.add_argument("--quick", action="store_true", help="smoke run: size 2048, occupancy 0.05,1.0, repeat 1")
+    p.add_argument("--profile", action="store_true",
+                   help="one extra warm tilepipe run per occupancy under py-spy + dask performance_report")
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--skip-cli", action="store_true")
+    p.add_argument("--child", choices=["naive", "floor"], help=argparse.SUPPRESS)
+    p.add_argument("--child-spec", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.occupancy, args.repeat = 2048, "0.05,1.0", 1
+    args.occupancies = [float(x) for x in args.occupancy.split(",") if x.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.child:
+        spec = json.loads(args.child_spec)
+        answer = child_naive(spec) if args.child == "naive" else child_floor(spec)
+        print("RESULT " + json.dumps(answer), flush=True)
+        return 0
+
+    from distributed import Client, LocalCluster
+
+    from tilepipe.demo import build_demo_model
+    from tilepipe.model import footprint_of
+
+    os.makedirs(args.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="tilepipe-bench-", dir=args.tmp)
+    sampler = RssSampler().start()
+    json_path = os.path.join(args.out, f"bench-{args.size}.json")
+    md_path = os.path.join(args.out, f"bench-{args.size}.md")
+    doc: dict[str, Any] = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("child", "child_spec")},
+        "machine": benchlib.machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": [],
+    }
+    try:
+        keras_model = build_demo_model(args.bands)
+        model_path = os.path.join(tmp, "model.keras")
+        keras_model.save(model_path)
+        halo = footprint_of(keras_model).halo
+        doc["halo"] = halo
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+        try:
+            client.run(_add_path, HERE)
+            for occ in args.occupancies:
+                rec = bench_occupancy(args, occ, client, sampler, tmp, model_path, keras_model, halo, args.out)
+                doc["results"].append(rec)
+                doc["overall_peak_rss"] = sampler.overall_peak
+                with open(json_path, "w") as fh:
+                    json.dump(doc, fh, indent=1, default=str)
+        finally:
+            client.close()
+            cluster.close()
+    finally:
+        sampler.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(json_path, "w") as fh:
+        json.dump(doc, fh, indent=1, default=str)
+    md = render_markdown(doc)
+    with open(md_path, "w") as fh:
+        fh.write(md)
+    print()
+    print(md)
+    print(f"written: {json_path}, {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
