@@ -36,17 +36,21 @@ def dask_client() -> Iterator[object]:
     Starting a cluster costs seconds, so tests share it and pass ``client=`` explicitly.
     """
     import logging
+    import warnings
 
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+    with warnings.catch_warnings():
+        # The scheduler's HTTP server falls back to a free port when 8787 is taken: harmless.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     client = Client(cluster)
     try:
         yield client

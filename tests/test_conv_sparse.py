@@ -135,7 +135,7 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=cases(), data_seed=st.integers(0, 2**31 - 1))
 def test_tiled_equals_whole_scene(case: dict[str, Any], data_seed: int, assert_exact: Callable[..., float]) -> None:
     model = _model(case["in_channels"], case["layers"], case["seed"])

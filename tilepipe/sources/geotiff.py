@@ -45,6 +45,9 @@ def _open(path: str):  # type: ignore[no-untyped-def]
 
 
 def _first_line(exc: BaseException) -> str:
+    """The most telling line of a GDAL error: rasterio's "see previous exception" points at its cause."""
+    if "previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
