@@ -170,8 +170,8 @@ def run_model(
         free = [j for j in todo if j.empty and free_interior and not _touches_border(j, info.shape)]
         free_ids = {(j.row, j.col) for j in free}
         work = [j for j in todo if (j.row, j.col) not in free_ids]
-        size = batch_size or 8
-        spec = RunSpec(scene_path, result_path, model_path, sha, footprint, info.bands, size)
+        size = batch_size or (32 if gpu else 8)  # tiles per task
+        spec = RunSpec(scene_path, result_path, model_path, sha, footprint, info.bands, batch_size or 0)
         per_worker: Counter[str] = Counter()
         computed = empty = 0
         model_seconds = 0.0

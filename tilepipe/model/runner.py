@@ -17,7 +17,7 @@ import numpy as np
 from tilepipe.errors import ModelError
 from tilepipe.model._tf import tf
 
-__all__ = ["CompiledModel", "densify"]
+__all__ = ["CompiledModel", "auto_batch_size", "densify", "gpu_free_bytes"]
 
 
 def densify(shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -47,6 +47,7 @@ class CompiledModel:
             if len(shape) != 4:
                 raise ModelError(f"expected a model taking images (N, H, W, C), it takes {shape}")
             self.in_channels = None if shape[-1] is None else int(shape[-1])
+        self.max_channels = _widest(model, self.in_channels or 1)
 
     def _fn(self, shape: tuple[int, ...]) -> Any:
         with self._lock:
@@ -77,3 +78,49 @@ class CompiledModel:
         if out.ndim != 4:
             raise ModelError(f"expected the model to return images (N, H, W, C), it returned {out.shape}")
         return out
+
+
+def _widest(model: Any, default: int) -> int:
+    """The most channels any layer outputs: what bounds a tile's activation memory."""
+    widest = default
+    for layer in getattr(model, "layers", []):
+        try:
+            channels = layer.output.shape[-1]
+        except (AttributeError, ValueError):
+            continue
+        if isinstance(channels, int):
+            widest = max(widest, channels)
+    return widest
+
+
+def gpu_free_bytes() -> int | None:
+    """Free memory of the GPU this process uses, in bytes (None without a GPU or nvidia-smi)."""
+    import os
+    import shutil
+    import subprocess
+
+    if not tf.config.list_physical_devices("GPU") or shutil.which("nvidia-smi") is None:
+        return None
+    index = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", index],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+        return int(out.strip().splitlines()[0]) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def auto_batch_size(window: tuple[int, int], channels: int, free_bytes: int | None, *, cap: int = 64) -> int:
+    """Tiles per model call that fit ``free_bytes`` of device memory.
+
+    A tile needs about four float32 activations of ``channels`` at once (the
+    input, the layer's output, and the workspace convolutions use); we take
+    half the free memory to leave room for TensorFlow's own buffers. Without a
+    GPU, batches of 8 keep the per-call overhead small at no memory risk.
+    """
+    if free_bytes is None:
+        return 8
+    per_tile = window[0] * window[1] * channels * 4 * 4
+    return int(max(1, min(cap, (free_bytes // 2) // max(per_tile, 1))))
