@@ -87,7 +87,8 @@ def run_workflow(
 
     fresh = not report.up_to_date
     geotiff = _export(wf.output.geotiff, fresh, overwrite, say,
-                      lambda out, ow: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow))
+                      lambda out, ow: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow,
+                                                     progress=progress))
     look = _export(wf.output.quicklook, fresh, overwrite, say,
                    lambda out, ow: quicklook(wf.output.zarr, out, overwrite=ow))
     return WorkflowOutcome(report, scene_path, wf.output.zarr, geotiff, look, time.perf_counter() - t0, dashboard)

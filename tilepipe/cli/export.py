@@ -12,9 +12,10 @@ from tilepipe.cli import options
 @click.argument("out")
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF.")
 @options.overwrite
-def command(result: str, out: str, cog: bool, overwrite: bool) -> None:
+@options.progress
+def command(result: str, out: str, cog: bool, overwrite: bool, progress: bool) -> None:
     """Export a RESULT store to a tiled, compressed GeoTIFF at OUT (windowed, bounded memory)."""
     from tilepipe.export import export_geotiff
 
-    path = export_geotiff(result, out, cog=cog, overwrite=overwrite)
+    path = export_geotiff(result, out, cog=cog, overwrite=overwrite, progress=progress)
     click.echo(f"wrote {path}")

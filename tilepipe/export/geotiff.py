@@ -263,7 +263,9 @@ def _read_window(info: ResultInfo, band: int, window: tuple[int, int, int, int])
     return np.asarray(block, dtype=np.float32)
 
 
-def _write_tiled(info: ResultInfo, bands: tuple[int, ...], path: Path, compress: str, blocksize: int) -> None:
+def _write_tiled(
+    info: ResultInfo, bands: tuple[int, ...], path: Path, compress: str, blocksize: int, progress: bool = False
+) -> None:
     """Write the chosen bands to a tiled, compressed, band-interleaved GeoTIFF at ``path``."""
     import rasterio
     from rasterio.crs import CRS
@@ -298,15 +300,25 @@ def _write_tiled(info: ResultInfo, bands: tuple[int, ...], path: Path, compress:
         profile["predictor"] = 3
     # Whole blocks per window; see the module docstring for why.
     side = blocksize * max(1, _WINDOW_SIDE // blocksize)
+    windows = list(_windows(rows, cols, side))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(windows) * len(bands), desc="export", unit="window")
     with rasterio.open(path, "w", **profile) as dst:
         dst.update_tags(**_provenance_tags(info.provenance))
         for index, band in enumerate(bands, start=1):
             # One-based names, as GDAL counts bands; they name the store's band.
             dst.set_band_description(index, f"band_{band + 1}")
-            for window in _windows(rows, cols, side):
+            for window in windows:
                 r0, c0, height, width = window
                 block = _read_window(info, band, window)
                 dst.write(block, index, window=Window(c0, r0, width, height))
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
 
 
 def _to_cog(src: Path, dst: Path, compress: str, blocksize: int, resampling: str) -> None:
@@ -343,6 +355,7 @@ def export_geotiff(
     compress: str = "deflate",
     blocksize: int = 512,
     resampling: str = "average",
+    progress: bool = False,
 ) -> Path:
     """Write a finished result store to a float32 GeoTIFF, block by block.
 
@@ -377,6 +390,8 @@ def export_geotiff(
     resampling : str, default "average"
         How COG overviews are computed: "nearest" (use it for class labels), "average",
         "bilinear", "cubic", "mode" or "rms". Ignored without ``cog``.
+    progress : bool, default False
+        Show a progress bar (one step per window and band).
 
     Returns
     -------
@@ -403,10 +418,10 @@ def export_geotiff(
         try:
             if cog:
                 tiled = partial.with_name(f"{partial.stem}.tiled.tif")
-                _write_tiled(info, chosen, tiled, compress, blocksize)
+                _write_tiled(info, chosen, tiled, compress, blocksize, progress)
                 _to_cog(tiled, partial, compress, blocksize, resampling)
             else:
-                _write_tiled(info, chosen, partial, compress, blocksize)
+                _write_tiled(info, chosen, partial, compress, blocksize, progress)
         except TilepipeError:
             raise
         except Exception as exc:  # GDAL errors (RasterioIOError, CPLE_*), OSError (disk full)
