@@ -74,7 +74,7 @@ def run_workflow(
             coo = synthetic_scene(spec.shape, bands=spec.bands, occupancy=spec.occupancy,
                                   tile_size=wf.tiling.tile_size, seed=spec.seed, dtype=spec.dtype)
             ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
-                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite)
+                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress)
         else:
             assert src.path is not None
             say(f"ingest: {src.path} -> {scene_path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import uuid
 from typing import Any
 
@@ -208,4 +209,9 @@ def _write_coo(scene: CooScene, store: SceneStore, progress: bool) -> int:
 
     buckets = TileBuckets(scene, store.info.grid, name="input")
     tasks = [dask.delayed(ingest_coo_block, pure=False)(buckets, store, b) for b in store.blocks()]
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr):
+            return int(sum(dask.compute(*tasks, scheduler="threads")))
     return int(sum(dask.compute(*tasks, scheduler="threads")))
