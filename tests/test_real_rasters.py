@@ -45,10 +45,8 @@ def _read_dense(path: Path, nodata: float | None = None) -> tuple[np.ndarray, An
     """``(y, x, band)`` float32 with nodata (the file's, or ``nodata``) set to 0; and CRS, transform."""
     with rasterio.open(path) as src:
         data = src.read()
-        if nodata is None:
-            valid = src.read_masks() != 0
-        else:
-            valid = data != np.asarray(nodata, dtype=data.dtype)
+        # The file's own mask, or the overriding nodata value.
+        valid = src.read_masks() != 0 if nodata is None else data != np.asarray(nodata, dtype=data.dtype)
         crs, transform = src.crs, src.transform
     dense = np.where(valid, data, 0).astype(np.float32)
     return np.moveaxis(dense, 0, -1), crs, transform
@@ -78,6 +76,8 @@ def _check_raster(
     report = tilepipe.run(scene, str(model_path), result, client=client)
     store = ResultStore.open(result, mode="r")
     ref = np.asarray(model(dense[None], training=False))[0].transpose(2, 0, 1)
+    if np.any(dense):
+        assert np.std(ref) > 1e-3, "the model saturates: the comparison would say little"
     assert_exact(store.read(), ref, path.name)
     attrs = store.attrs
     # Georeferencing carried through unchanged ('same' layers only: no shift).
@@ -100,9 +100,9 @@ def test_rgb1_nodata_collar(shared_data: Path, tmp_path: Path, dask_client: Any,
 def test_world_byte_geographic_non_square(
     shared_data: Path, tmp_path: Path, dask_client: Any, assert_exact: Checker
 ) -> None:
-    info = _check_raster(shared_data / "world.byte.tif", tmp_path, dask_client, assert_exact, tile_size=512, seed=2)
+    info = _check_raster(shared_data / "world.byte.tif", tmp_path, dask_client, assert_exact, tile_size=256, seed=2)
     assert info["crs"] == "EPSG:4326"
-    assert info["tiles_total"] == 3 * 6
+    assert info["tiles_total"] == 5 * 12  # neither 1200 nor 2880 is a multiple of 256
     assert 0 < info["tiles_occupied"] < info["tiles_total"]  # the open ocean tiles are empty
 
 
