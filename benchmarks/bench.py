@@ -178,7 +178,7 @@ class PySpy:
             return
         for name, pid in pids.items():
             path = os.path.join(folder, f"pyspy-{tag}-{name}.txt")
-            p = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+            p = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "50", "--format", "raw", "--idle",
                                   "--nonblocking", "-o", path],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append((name, path, p))
@@ -198,32 +198,74 @@ class PySpy:
         return out
 
 
-def summarize_collapsed(path: str, top: int = 25) -> str:
-    """Top frames (inclusive and self %) of a py-spy raw (collapsed) profile."""
-    incl: collections.Counter[str] = collections.Counter()
-    self_: collections.Counter[str] = collections.Counter()
+# (label, substrings of a frame): the deepest frame of a stack that matches decides its phase.
+WORKER_PHASES = [
+    ("model load (cache)", ("load_worker_model",)),
+    ("open stores", ("SceneStore.open", "ResultStore.open")),
+    ("read tile (zarr + decode)", ("read_tile",)),
+    ("crop COO to window", ("_crop_coo",)),
+    ("densify: SparseTensor -> to_dense", ("densify (",)),
+    ("model: numpy -> tf.constant copy", ("convert_to_eager_tensor", "constant (")),
+    ("model: graph execution", ("quick_execute", "call_flat", "_call_impl")),
+    ("model: wrapper (trace lookup, asarray)", ("CompiledModel.",)),
+    ("write core (zarr encode + store)", ("write_core",)),
+    ("empty-tile response", ("empty_response",)),
+    ("set status (zarr)", ("set_status",)),
+    ("batching (stack, concatenate)", ("compute_tiles",)),
+]
+HARNESS_PHASES = [
+    ("preflight (client.run probe)", ("check_workers",)),
+    ("load keras model", ("resolve_model", "load_keras_model")),
+    ("model sha256", ("file_sha256", "model_sha256")),
+    ("footprint", ("footprint_of",)),
+    ("compile + zero response", ("zero_response_interior", "CompiledModel.")),
+    ("open scene / index", ("SceneStore.open", "index (")),
+    ("create result store", ("ResultStore.create", "_open_or_create", "remove_store")),
+    ("plan jobs / batches", ("plan_jobs", "_batches")),
+    ("submit tasks", ("submit",)),
+    ("wait for workers (as_completed)", ("as_completed", "__next__", "result (")),
+    ("set status of free tiles", ("set_status",)),
+    ("write report attrs", ("update_attrs",)),
+]
+
+
+def _phase_of(frames: list[str], phases: list[tuple[str, tuple[str, ...]]]) -> str:
+    for frame in reversed(frames):
+        for label, keys in phases:
+            if any(k in frame for k in keys):
+                return label
+    return "other"
+
+
+def summarize_collapsed(path: str, focus: str, phases: list[tuple[str, tuple[str, ...]]], top: int = 20) -> str:
+    """Where the time of the ``focus`` function went, from a py-spy ``--idle`` raw profile.
+
+    Samples of stacks through ``focus`` (run_jobs on workers, run_model in the
+    harness) are counted as wall time and split into phases (deepest match).
+    """
+    phase: collections.Counter[str] = collections.Counter()
+    leaf: collections.Counter[str] = collections.Counter()
     total = 0
     with open(path) as fh:
         for line in fh:
             stack, _, n = line.rstrip().rpartition(" ")
-            if not stack or not n.isdigit():
+            if not n.isdigit():
                 continue
+            frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+            cut = next((i for i, f in enumerate(frames) if f.startswith(focus + " ")), None)
+            if cut is None:
+                continue
+            frames = frames[cut:]
             count = int(n)
-            frames = [f for f in stack.split(";") if f]
-            # drop the thread / process header frames py-spy adds
-            frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-            if not frames:
-                continue
             total += count
-            for f in set(frames):
-                incl[f] += count
-            self_[frames[-1]] += count
+            phase[_phase_of(frames, phases)] += count
+            leaf[frames[-1]] += count
     if not total:
-        return f"{path}: no samples"
-    lines = [f"{os.path.basename(path)}: {total} samples (busy threads only)", "  inclusive:"]
-    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in incl.most_common(top)]
-    lines.append("  self:")
-    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in self_.most_common(top)]
+        return f"{os.path.basename(path)}: no samples in {focus}"
+    lines = [f"{os.path.basename(path)}: {total} samples in {focus} (wall time, idle included)", "  phases:"]
+    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in phase.most_common()]
+    lines.append("  deepest frames:")
+    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in leaf.most_common(top)]
     return "\n".join(lines)
 
 
@@ -240,11 +282,22 @@ def _add_path(path: str) -> None:
 
 
 def predicted_naive_bytes(size: int, bands: int, nnz: int, model: Any) -> int:
-    """Dense input + the two widest activations alive at once + the output + the COO, + 1 GB runtime."""
+    """What whole-scene densify + model holds at its peak, + 1 GB of runtime.
+
+    Dense input, the two widest activations alive at once and the output, each
+    counted twice (oneDNN reorders every tensor into its blocked layout): calibrated
+    on 8192 x 8192 x 4 with the demo model, predicted 19.8 GB, measured 19.5 GB max RSS.
+    """
     widths = [int(layer.output.shape[-1]) for layer in model.layers]
     pair = max((a + b for a, b in zip([bands, *widths], widths, strict=False)), default=bands)
     px = size * size
-    return px * 4 * (bands + pair + widths[-1]) + nnz * (3 * 8 + 4) * 2 + GB
+    return 2 * px * 4 * (bands + pair + widths[-1]) + nnz * (3 * 8 + 4) * 2 + GB
+
+
+def fresh_workers(client: Any) -> None:
+    """Restart the cluster's worker processes (same cluster), so a case starts from idle memory."""
+    client.restart()
+    client.run(_add_path, HERE)
 
 
 def case_mapoverlap(client: Any, dense_path: str, out_path: str, model_path: str, halo: int, tile: int) -> float:
@@ -325,6 +378,7 @@ def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: 
     cases: dict[str, Any] = {}
 
     # ------------------------------------------------------------- (a) naive
+    fresh_workers(client)  # idle workers hold no memory left over from the previous case
     need = predicted_naive_bytes(size, bands, nnz, keras_model)
     avail = benchlib.psutil.virtual_memory().available
     spec = {"size": size, "bands": bands, "tile": tile, "occupancy": occ, "seed": args.seed, "model": model_path,
@@ -356,6 +410,7 @@ def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: 
     say(f"  map_overlap: {_brief(cases['map_overlap'])}")
 
     # ------------------------------------------------------------- (c) tilepipe, warm
+    fresh_workers(client)  # same cluster, new processes: (c)'s peak RSS carries nothing of (b)'s
     tp_out = os.path.join(tmp, "tilepipe.zarr")
     case_tilepipe(client, scene_path, model_path, os.path.join(tmp, "tp-warm.zarr"))
     _rm(os.path.join(tmp, "tp-warm.zarr"))
@@ -377,6 +432,7 @@ def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: 
         rec["profile"] = profile_tilepipe(client, scene_path, model_path, tmp, results_dir, size, occ)
 
     # ------------------------------------------------------------- (c') tilepipe CLI, cold
+    fresh_workers(client)  # the idle cluster beside the CLI's own holds as little as it can
     if args.skip_cli:
         cases["tilepipe_cold_cli"] = {"skipped": True}
     else:
@@ -433,7 +489,8 @@ def profile_tilepipe(client: Any, scene_path: str, model_path: str, tmp: str, re
         wall, report = case_tilepipe(client, scene_path, model_path, os.path.join(tmp, "tp-prof.zarr"))
     files = spy.stop()
     _rm(os.path.join(tmp, "tp-prof.zarr"))
-    summaries = {name: summarize_collapsed(path) for name, path in files.items()}
+    summaries = {name: summarize_collapsed(path, "run_model", HARNESS_PHASES) if name == "harness"
+                 else summarize_collapsed(path, "run_jobs", WORKER_PHASES) for name, path in files.items()}
     with open(os.path.join(prof_dir, f"pyspy-{tag}-summary.txt"), "w") as fh:
         fh.write(f"tilepipe warm run under py-spy: wall {wall:.2f} s, report {json.dumps(report)}\n\n")
         fh.write("\n\n".join(summaries.values()))

@@ -51,6 +51,7 @@ class RssSampler:
     guard_pid: int | None = None
     guard_fired: bool = False
     overall_peak: int = 0
+    _procs: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def start(self) -> RssSampler:
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
@@ -63,7 +64,7 @@ class RssSampler:
             self._thread.join()
 
     @staticmethod
-    def total_rss() -> int:
+    def total_rss(per_process: dict[int, int] | None = None) -> int:
         root = psutil.Process(os.getpid())
         try:
             procs = [root, *root.children(recursive=True)]
@@ -72,13 +73,46 @@ class RssSampler:
         total = 0
         for p in procs:
             with suppress(psutil.Error):
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                total += rss
+                if per_process is not None:
+                    per_process[p.pid] = rss
         return total
+
+    def reset_process_peaks(self) -> None:
+        """Forget the per-process peaks (see :meth:`process_peaks`)."""
+        with self._lock:
+            self._procs.clear()
+
+    def process_peaks(self) -> list[dict[str, Any]]:
+        """Peak RSS of each process seen since the last reset: ``{"pid", "name", "peak_rss"}``."""
+        with self._lock:
+            return [{"pid": pid, "name": name, "peak_rss": peak} for pid, (name, peak) in self._procs.items()]
+
+    @staticmethod
+    def _name(pid: int) -> str:
+        if pid == os.getpid():
+            return "harness"
+        try:
+            cmd = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return f"pid {pid}"
+        text = " ".join(cmd)
+        if "multiprocessing" in text and "spawn_main" in text:
+            return f"dask worker {pid}"
+        if "py-spy" in text:
+            return f"py-spy {pid}"
+        return f"{os.path.basename(cmd[0]) if cmd else '?'} {pid}"
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            rss = self.total_rss()
+            per: dict[int, int] = {}
+            rss = self.total_rss(per)
+            names = {pid: self._name(pid) for pid in per if pid not in self._procs}
             with self._lock:
+                for pid, value in per.items():
+                    name, peak = self._procs.get(pid, (names.get(pid, str(pid)), 0))
+                    self._procs[pid] = (name, max(peak, value))
                 self.overall_peak = max(self.overall_peak, rss)
                 for m in self._marks:
                     m.peak = max(m.peak, rss)

@@ -451,14 +451,10 @@ def test_dask_cli_options_exist() -> None:
 
 
 def test_tilepipe_run_options_exist() -> None:
-    click = pytest.importorskip("click")
-    entry = next((ep for ep in metadata.entry_points(group="console_scripts") if ep.name == "tilepipe"), None)
-    if entry is None:
-        pytest.skip("tilepipe is not installed")
-    main = entry.load()
-    if not isinstance(main, click.Group) or "run" not in main.commands:
-        pytest.skip("tilepipe CLI has no click `run` command yet")
-    options = {o for p in main.commands["run"].params for o in p.opts}
+    """The deploy files call `tilepipe run ... --scheduler ... --gpu`: those options must exist."""
+    from tilepipe.cli.run import command
+
+    options = {o for p in command.params for o in p.opts}
     assert {"--scheduler", "--gpu"} <= options
 
 

@@ -133,17 +133,7 @@ def test_duplicate_coordinates_are_refused(tmp_path: Path) -> None:
     [
         "not a crs",
         "EPSG:99999999",
-        pytest.param(
-            "EPSG:not-a-code",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=ValueError,
-                reason=(
-                    "tilepipe/sources/__init__.py _crs_wkt catches only rasterio's CRSError; "
-                    "CRS.from_user_input('EPSG:not-a-code') raises a bare ValueError (int() parse), which escapes"
-                ),
-            ),
-        ),
+        "EPSG:not-a-code",
     ],
 )
 def test_bad_crs(crs: str, tmp_path: Path) -> None:

@@ -134,14 +134,6 @@ def test_valid_layers_shrink_and_shift_the_georeferencing(
     np.testing.assert_allclose(ResultStore.open(result, mode="r").attrs["transform"], [2, 0, 1004, 0, -2, 4996])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "tilepipe/execute/engine.py plan_jobs skips tiles whose core lies past the output that 'valid' layers "
-        "shrink, and tilepipe/execute/run.py never sets their status: a complete result keeps status 0 "
-        "(info(result)['status']['todo'] > 0)"
-    ),
-)
 def test_complete_result_has_nothing_left_to_do(tmp_path: Path, dask_client: Any) -> None:
     model = _model(2, [_conv(1, 5, padding="valid")], seed=1)
     dense = _patches((41, 37, 2), [(3, 9, 4, 10)], seed=1)

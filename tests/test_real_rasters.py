@@ -143,16 +143,9 @@ def test_float_raster_with_far_nodata(
     assert info["nodata"] == pytest.approx(-3.4e38, rel=1e-6)
 
 
-_CORRUPT_ON_CLUSTER = (
-    "tilepipe/sources/geotiff.py read_window_entries chains the InputError to rasterio's RasterioIOError, "
-    "whose cause CPLE_AppDefinedError cannot be unpickled (tblib: property 'args' has no setter); "
-    "distributed then replaces the InputError raised on a worker with a plain Exception(repr)"
-)
-
-
 @pytest.mark.parametrize(
     "use_client",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, raises=Exception, reason=_CORRUPT_ON_CLUSTER))],
+    [False, True],
     ids=["threads", "cluster"],
 )
 def test_corrupt_tiff_is_an_input_error(

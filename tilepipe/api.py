@@ -98,7 +98,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
             "tiles_total": int(nnz.size),
             "tiles_occupied": int((nnz > 0).sum()),
             "occupancy": float((nnz > 0).mean()) if nnz.size else 0.0,
-            "nonzero_entries": int(nnz.sum()),
+            "nonzero_entries": int(scene.attrs.get("nnz_total", 0)),
             "source": si.source,
         }
     res = ResultStore.open(path, mode="r")

@@ -7,7 +7,6 @@ windows; knows nothing of Zarr or Dask.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,24 +127,20 @@ def compute_tiles(
     return [r for r in results if r is not None]
 
 
-_EMPTY_CACHE: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
-
-
-def empty_response(model: CompiledModel, job: TileJob, bands: int, *, key: object = None) -> np.ndarray:
+def empty_response(model: CompiledModel, job: TileJob, bands: int) -> np.ndarray:
     """The model's output core for an all-zero window shaped like ``job.need``.
 
-    Cached per (model key, window shape, core position): one model call per class.
+    Cached on the model per class (window shape, core position): one model call per class.
     """
-    cache_key = (key if key is not None else id(model), *job.empty_class)
-    hit = _EMPTY_CACHE.get(cache_key)
+    key = job.empty_class
+    hit = model.empty_cache.get(key)
     if hit is not None:
-        _EMPTY_CACHE.move_to_end(cache_key)
         return hit
     zeros = np.zeros((1, *job.need.shape, bands), dtype=np.float32)
     core = model(zeros)[0][job.core_in_output.slices]
-    _EMPTY_CACHE[cache_key] = core
-    if len(_EMPTY_CACHE) > 64:
-        _EMPTY_CACHE.popitem(last=False)
+    model.empty_cache[key] = core
+    if len(model.empty_cache) > 64:
+        model.empty_cache.pop(next(iter(model.empty_cache)))
     return core
 
 

@@ -139,7 +139,8 @@ def run_model(
                 result_path,
                 shape=(int(interior.size), out_rows, out_cols),
                 tile_size=info.tile_size,
-                grid_shape=grid.grid_shape,
+                # Tiles whose core lies past an output that 'valid' layers shrank have no output.
+                grid_shape=(-(-out_rows // info.tile_size[0]), -(-out_cols // info.tile_size[1])),
                 fill_value=fill,
                 crs_wkt=info.crs_wkt,
                 transform=_shifted(info.transform, footprint.cols.offset, footprint.rows.offset),
@@ -235,6 +236,7 @@ def run_model(
                 "the result is incomplete: run again to resume"
             )
         result.update_attrs(complete=True, report=report.to_dict())
+        result.consolidate()
         return report
     finally:
         if tmpdir is not None:

@@ -40,6 +40,8 @@ class CompiledModel:
         self._fns: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_traces
+        # Responses to all-zero windows, per (window shape, core position): see execute.engine.
+        self.empty_cache: dict[object, np.ndarray] = {}
         inputs = getattr(model, "inputs", None)
         self.in_channels: int | None = None
         if inputs:

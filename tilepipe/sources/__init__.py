@@ -136,7 +136,7 @@ def _crs_wkt(crs: Any) -> str | None:
 
     try:
         return str(CRS.from_user_input(crs).to_wkt())
-    except CRSError as exc:
+    except (CRSError, ValueError, TypeError) as exc:
         raise InputError(f"crs: not a coordinate reference system: {crs!r}") from exc
 
 
@@ -183,12 +183,17 @@ def _write_raster(raster: GeoTiffSource, store: SceneStore, client: Any, progres
         ]
         bar = _bar(len(blocks), "ingest", progress)
         total = 0
-        for future in as_completed(futures):
-            total += future.result()
+        try:
+            for future in as_completed(futures):
+                total += future.result()
+                if bar is not None:
+                    bar.update(1)
+        except BaseException:
+            client.cancel(futures)  # the rest would only fail once the store is removed
+            raise
+        finally:
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
         return total
     import dask
 

@@ -38,10 +38,14 @@ def _open(path: str):  # type: ignore[no-untyped-def]
 
     if "://" not in path and not os.path.exists(path):
         raise InputError(f"{path}: no such file")
+    # The InputError is raised outside the except block, with no chained context: GDAL's
+    # exception types do not survive pickling back from a Dask worker, and would turn it
+    # into a plain Exception there.
     try:
         return rasterio.open(path)
     except (RasterioError, OSError) as exc:
-        raise InputError(f"{path}: cannot open as a raster: {_first_line(exc)}") from exc
+        why = _first_line(exc)
+    raise InputError(f"{path}: cannot open as a raster: {why}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -90,6 +94,7 @@ def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  #
     from rasterio.windows import Window as RioWindow
 
     rio_window = RioWindow(window.col_start, window.row_start, window.width, window.height)  # type: ignore[call-arg]
+    why = None
     try:
         if dataset is None:
             with _open(source.path) as src:
@@ -97,10 +102,12 @@ def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  #
         else:
             data = dataset.read(list(source.bands), window=rio_window)
     except (RasterioError, OSError) as exc:
+        why = _first_line(exc)
+    if why is not None:  # raised here, unchained: see _open
         raise InputError(
             f"{source.path}: read failed in rows {window.row_start}-{window.row_stop}, "
-            f"cols {window.col_start}-{window.col_stop}: {_first_line(exc)}"
-        ) from exc
+            f"cols {window.col_start}-{window.col_stop}: {why}"
+        )
     data = np.moveaxis(data, 0, -1).astype(source.dtype, copy=False)  # (bands, y, x) -> (y, x, bands)
     present = data != 0
     if source.nodata is not None:

@@ -174,6 +174,14 @@ class ResultStore:
         self._group.attrs["tilepipe"] = attrs
         self._attrs = attrs
 
+    def consolidate(self) -> None:
+        """Write consolidated metadata, so readers (xarray) open the store with one read."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr notes that consolidated metadata is not in the v3 spec yet
+            zarr.consolidate_metadata(self._group.store)
+
     def read(self) -> np.ndarray:
         """The whole result as ``(band, y, x)``: for small results and tests only."""
         if not self.complete:
