@@ -16,7 +16,6 @@ import stat
 import subprocess
 import tomllib
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
