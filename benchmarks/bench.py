@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -294,10 +296,21 @@ def predicted_naive_bytes(size: int, bands: int, nnz: int, model: Any) -> int:
     return 2 * px * 4 * (bands + pair + widths[-1]) + nnz * (3 * 8 + 4) * 2 + GB
 
 
-def fresh_workers(client: Any) -> None:
-    """Restart the cluster's worker processes (same cluster), so a case starts from idle memory."""
-    client.restart()
-    client.run(_add_path, HERE)
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """A fresh LocalCluster (``workers`` processes x 1 thread) and its client; the same
+    configuration for (b) and (c), new processes for each so one's memory is not the other's."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=logging.CRITICAL)
+    client = Client(cluster)
+    try:
+        client.run(_add_path, HERE)
+        yield client
+    finally:
+        client.close()
+        cluster.close()
 
 
 def case_mapoverlap(client: Any, dense_path: str, out_path: str, model_path: str, halo: int, tile: int) -> float:
@@ -350,7 +363,7 @@ def case_cli(tmp: str, size: int, bands: int, occ: float, seed: int, tile: int, 
     return rec
 
 
-def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: RssSampler, tmp: str,
+def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, tmp: str,
                     model_path: str, keras_model: Any, halo: int, results_dir: str) -> dict[str, Any]:
     import tilepipe
     from tilepipe.sources import synthetic_scene
@@ -378,7 +391,6 @@ def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: 
     cases: dict[str, Any] = {}
 
     # ------------------------------------------------------------- (a) naive
-    fresh_workers(client)  # idle workers hold no memory left over from the previous case
     need = predicted_naive_bytes(size, bands, nnz, keras_model)
     avail = benchlib.psutil.virtual_memory().available
     spec = {"size": size, "bands": bands, "tile": tile, "occupancy": occ, "seed": args.seed, "model": model_path,
@@ -398,28 +410,31 @@ def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: 
 
     # ------------------------------------------------------------- (b) map_overlap, warm
     mo_out = os.path.join(tmp, "mapoverlap.zarr")
-    case_mapoverlap(client, dense_path, os.path.join(tmp, "mo-warm.zarr"), model_path, halo, tile)
-    _rm(os.path.join(tmp, "mo-warm.zarr"))
     times = []
-    with sampler.phase("map_overlap") as mark:
-        for _ in range(args.repeat):
-            _rm(mo_out)
-            times.append(case_mapoverlap(client, dense_path, mo_out, model_path, halo, tile))
+    with local_cluster(workers) as client:
+        case_mapoverlap(client, dense_path, os.path.join(tmp, "mo-warm.zarr"), model_path, halo, tile)
+        _rm(os.path.join(tmp, "mo-warm.zarr"))
+        with sampler.phase("map_overlap") as mark:
+            for _ in range(args.repeat):
+                _rm(mo_out)
+                times.append(case_mapoverlap(client, dense_path, mo_out, model_path, halo, tile))
     cases["map_overlap"] = {"wall_seconds": min(times), "all_seconds": times, "peak_rss": mark.peak,
                             "baseline_rss": mark.baseline}
     say(f"  map_overlap: {_brief(cases['map_overlap'])}")
 
     # ------------------------------------------------------------- (c) tilepipe, warm
-    fresh_workers(client)  # same cluster, new processes: (c)'s peak RSS carries nothing of (b)'s
     tp_out = os.path.join(tmp, "tilepipe.zarr")
-    case_tilepipe(client, scene_path, model_path, os.path.join(tmp, "tp-warm.zarr"))
-    _rm(os.path.join(tmp, "tp-warm.zarr"))
     times, reports = [], []
-    with sampler.phase("tilepipe") as mark:
-        for _ in range(args.repeat):
-            wall, report = case_tilepipe(client, scene_path, model_path, tp_out)
-            times.append(wall)
-            reports.append(report)
+    with local_cluster(workers) as client:
+        case_tilepipe(client, scene_path, model_path, os.path.join(tmp, "tp-warm.zarr"))
+        _rm(os.path.join(tmp, "tp-warm.zarr"))
+        with sampler.phase("tilepipe") as mark:
+            for _ in range(args.repeat):
+                wall, report = case_tilepipe(client, scene_path, model_path, tp_out)
+                times.append(wall)
+                reports.append(report)
+        if args.profile:
+            rec["profile"] = profile_tilepipe(client, scene_path, model_path, tmp, results_dir, size, occ)
     best = int(np.argmin(times))
     cases["tilepipe_warm"] = {"wall_seconds": times[best], "all_seconds": times, "peak_rss": mark.peak,
                               "baseline_rss": mark.baseline, "report": reports[best]}
@@ -428,11 +443,8 @@ def bench_occupancy(args: argparse.Namespace, occ: float, client: Any, sampler: 
     rec["max_rel_err_tilepipe_vs_mapoverlap"] = benchlib.max_rel_err(mo_out, tp_out, "data", tile)
     say(f"  max rel err tilepipe vs map_overlap: {rec['max_rel_err_tilepipe_vs_mapoverlap']:.2e}")
 
-    if args.profile:
-        rec["profile"] = profile_tilepipe(client, scene_path, model_path, tmp, results_dir, size, occ)
 
     # ------------------------------------------------------------- (c') tilepipe CLI, cold
-    fresh_workers(client)  # the idle cluster beside the CLI's own holds as little as it can
     if args.skip_cli:
         cases["tilepipe_cold_cli"] = {"skipped": True}
     else:
@@ -533,7 +545,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"# tilepipe benchmark, {a['size']} x {a['size']} x {a['bands']}, tile {a['tile_size']}",
         "",
         f"Machine: {doc['machine']['cpus']} CPUs, {doc['machine']['memory_gb']} GB; cluster: LocalCluster "
-        f"{a['workers']} workers x 1 thread (processes). Times: best of {a['repeat']} for (b) and (c), single "
+        f"{a['workers']} workers x 1 thread (processes), a fresh one for (b) and for (c). "
+        f"Times: best of {a['repeat']} for (b) and (c), single "
         "run otherwise. Peak RSS: sum over the harness and all its child processes (idle cluster included), "
         "sampled every 50 ms.",
         "",
@@ -621,8 +634,6 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(answer), flush=True)
         return 0
 
-    from distributed import Client, LocalCluster
-
     from tilepipe.demo import build_demo_model
     from tilepipe.model import footprint_of
 
@@ -643,20 +654,12 @@ def main(argv: list[str] | None = None) -> int:
         keras_model.save(model_path)
         halo = footprint_of(keras_model).halo
         doc["halo"] = halo
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
-        try:
-            client.run(_add_path, HERE)
-            for occ in args.occupancies:
-                rec = bench_occupancy(args, occ, client, sampler, tmp, model_path, keras_model, halo, args.out)
-                doc["results"].append(rec)
-                doc["overall_peak_rss"] = sampler.overall_peak
-                with open(json_path, "w") as fh:
-                    json.dump(doc, fh, indent=1, default=str)
-        finally:
-            client.close()
-            cluster.close()
+        for occ in args.occupancies:
+            rec = bench_occupancy(args, occ, sampler, tmp, model_path, keras_model, halo, args.out)
+            doc["results"].append(rec)
+            doc["overall_peak_rss"] = sampler.overall_peak
+            with open(json_path, "w") as fh:
+                json.dump(doc, fh, indent=1, default=str)
     finally:
         sampler.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def start() -> tuple[Any, Any]:
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                                   host="127.0.0.1", dashboard_address=None, silence_logs=logging.CRITICAL)
             return cluster, Client(cluster)
 
         cluster, client = run.phase("cluster start", start)

@@ -22,6 +22,9 @@ from tilepipe.store.scene import SceneStore
 
 __all__ = ["RunReport", "run_model"]
 
+# Models prepared in this (client) process, by file sha256: (footprint, compiled model).
+_DRIVER_MODELS: dict[str, tuple[Any, Any]] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
@@ -100,18 +103,28 @@ def run_model(
     only with ``overwrite``.
     """
     from tilepipe.conv import resolve_model
-    from tilepipe.model import CompiledModel, file_sha256, footprint_of
+    from tilepipe.model import CompiledModel, file_sha256, footprint_of, model_sha256
     from tilepipe.model.receptive import describe_footprint
 
     t_start = time.perf_counter()
     scene = SceneStore.open(scene_path)
     info = scene.info
-    keras_model = resolve_model(model)
-    model_path, tmpdir = _model_file(model, keras_model)
-    try:
+    if isinstance(model, (str, os.PathLike)):
+        # A model file already seen in this process (same sha256) is not loaded and traced again.
+        model_path, tmpdir = os.fspath(model), None
+        sha = model_sha256(model_path)
+        if sha not in _DRIVER_MODELS:
+            keras_model = resolve_model(model_path)
+            _DRIVER_MODELS[sha] = (footprint_of(keras_model), CompiledModel(keras_model))
+            while len(_DRIVER_MODELS) > 8:
+                _DRIVER_MODELS.pop(next(iter(_DRIVER_MODELS)))
+        footprint, compiled = _DRIVER_MODELS[sha]
+    else:
+        keras_model = resolve_model(model)
+        model_path, tmpdir = _model_file(model, keras_model)
         sha = file_sha256(model_path)
-        footprint = footprint_of(keras_model)
-        compiled = CompiledModel(keras_model)
+        footprint, compiled = footprint_of(keras_model), CompiledModel(keras_model)
+    try:
         if compiled.in_channels is not None and compiled.in_channels != info.bands:
             raise ModelError(
                 f"the model expects {compiled.in_channels} input bands, the scene {scene_path} has {info.bands}"
