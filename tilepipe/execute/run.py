@@ -207,7 +207,10 @@ def run_model(
             }
             from distributed import as_completed
 
-            bar = _progress(len(work), "run", progress)
+            # Start TensorFlow in every worker at once, so that the first worker up does
+            # not take every task while the others are still importing it.
+            client.run(_start_tensorflow)
+            bar = _progress(len(jobs), "run", progress, initial=len(jobs) - len(work))
             for future in as_completed(futures):
                 batch = futures[future]
                 try:
@@ -290,9 +293,13 @@ def _open_or_create(path: str, identity: dict[str, Any], overwrite: bool, create
     return create(), False
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="tile")
+    return tqdm(total=total, desc=desc, unit="tile", initial=initial)
+
+
+def _start_tensorflow() -> None:
+    import tilepipe.model._tf  # noqa: F401
