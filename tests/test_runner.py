@@ -39,4 +39,5 @@ def test_widest_layer_and_batch_size_for_free_memory() -> None:
     assert auto_batch_size((1030, 1030), 16, 10 * per_tile) == 5  # half the free memory
     assert auto_batch_size((1030, 1030), 16, per_tile) == 1  # never below one
     assert auto_batch_size((64, 64), 16, 80 * 2**30) == 64  # capped
-    assert auto_batch_size((1030, 1030), 16, None) == 8  # no GPU
+    assert auto_batch_size((1030, 1030), 16, None) == 1  # a CPU worker: 512 MiB of activations
+    assert auto_batch_size((262, 262), 16, None) == 30

@@ -50,7 +50,10 @@ def run_workflow(
     say = echo or (lambda _line: None)
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     t0 = time.perf_counter()
-    model = _model_path(wf)
+    if wf.model.path is not None:
+        from tilepipe.model.loader import model_sha256
+
+        model_sha256(wf.model.path)  # a clear error before any cluster starts
     with connect(
         wf.cluster.address,
         n_workers=wf.cluster.n_workers,
@@ -60,6 +63,7 @@ def run_workflow(
         dashboard = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
         say(f"cluster: {client.scheduler.address} ({len(client.scheduler_info()['workers'])} workers)"
             + (f", dashboard {dashboard}" if dashboard else ""))
+        model = wf.model.path or _builtin_model(wf, client)
         scene_path = wf.output.scene
         src = wf.input
         if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
@@ -74,7 +78,7 @@ def run_workflow(
             coo = synthetic_scene(spec.shape, bands=spec.bands, occupancy=spec.occupancy,
                                   tile_size=wf.tiling.tile_size, seed=spec.seed, dtype=spec.dtype)
             ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
-                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress)
+                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress, client=client)
         else:
             assert src.path is not None
             say(f"ingest: {src.path} -> {scene_path}")
@@ -108,16 +112,12 @@ def _export(out: str | None, fresh: bool, overwrite: bool, say: Callable[[str], 
     return out
 
 
-def _model_path(wf: Workflow) -> str:
-    if wf.model.path is not None:
-        from tilepipe.model.loader import model_sha256
-
-        model_sha256(wf.model.path)  # a clear error before any cluster starts
-        return wf.model.path
+def _builtin_model(wf: Workflow, client: Any) -> str:
+    """Build the built-in model on a worker (which has TensorFlow) into the output folder."""
     from tilepipe.demo import demo_model_path
 
     bands = wf.input.synthetic.bands if wf.input.synthetic is not None else _raster_bands(wf)
-    return demo_model_path(_folder_of(wf.output.zarr), bands)
+    return str(client.submit(demo_model_path, _folder_of(wf.output.zarr), bands, pure=False).result())
 
 
 def _raster_bands(wf: Workflow) -> int:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tilepipe.geometry import Footprint, TileGrid, Window
-from tilepipe.model.runner import CompiledModel, densify
+
+if TYPE_CHECKING:
+    from tilepipe.model.runner import CompiledModel
 from tilepipe.store.codec import TileData
 
 __all__ = ["TileJob", "compute_tiles", "empty_response", "plan_jobs", "zero_response_interior"]
@@ -96,6 +99,8 @@ def compute_tiles(
     batches of up to ``batch_size``; each batch is densified from COO through
     one ``tf.SparseTensor``.
     """
+    from tilepipe.model.runner import densify
+
     results: list[np.ndarray | None] = [None] * len(jobs)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, job in enumerate(jobs):

@@ -13,17 +13,14 @@ from typing import Any
 import numpy as np
 
 from tilepipe._version import __version__
-from tilepipe.errors import InputError, ModelError, StoreError, TilepipeError
-from tilepipe.execute.engine import TileJob, plan_jobs, zero_response_interior
+from tilepipe.errors import InputError, StoreError, TilepipeError
+from tilepipe.execute.engine import TileJob, plan_jobs
 from tilepipe.execute.tasks import RunSpec, run_jobs
 from tilepipe.store._zarr import remove_store, store_exists
 from tilepipe.store.result import STATUS_EMPTY, STATUS_TODO, ResultStore
 from tilepipe.store.scene import SceneStore
 
 __all__ = ["RunReport", "run_model"]
-
-# Models prepared in this (client) process, by file sha256: (footprint, compiled model).
-_DRIVER_MODELS: dict[str, tuple[Any, Any]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,33 +99,30 @@ def run_model(
     tiles not yet done are computed. A different existing store is replaced
     only with ``overwrite``.
     """
-    from tilepipe.conv import resolve_model
-    from tilepipe.model import CompiledModel, file_sha256, footprint_of, model_sha256
-    from tilepipe.model.receptive import describe_footprint
+    from tilepipe.execute.preflight import check_workers
+    from tilepipe.model.facts import ModelFacts, model_facts
+    from tilepipe.model.loader import file_sha256, model_sha256
 
     t_start = time.perf_counter()
     scene = SceneStore.open(scene_path)
     info = scene.info
+    tmpdir = None
     if isinstance(model, (str, os.PathLike)):
-        # A model file already seen in this process (same sha256) is not loaded and traced again.
-        model_path, tmpdir = os.fspath(model), None
+        model_path = os.fspath(model)
         sha = model_sha256(model_path)
-        if sha not in _DRIVER_MODELS:
-            keras_model = resolve_model(model_path)
-            _DRIVER_MODELS[sha] = (footprint_of(keras_model), CompiledModel(keras_model))
-            while len(_DRIVER_MODELS) > 8:
-                _DRIVER_MODELS.pop(next(iter(_DRIVER_MODELS)))
-        footprint, compiled = _DRIVER_MODELS[sha]
     else:
-        keras_model = resolve_model(model)
-        model_path, tmpdir = _model_file(model, keras_model)
+        # A model object: saved for the workers to load. TensorFlow is here already.
+        from tilepipe.conv import resolve_model
+
+        model_path, tmpdir = _model_file(model, resolve_model(model))
         sha = file_sha256(model_path)
-        footprint, compiled = footprint_of(keras_model), CompiledModel(keras_model)
     try:
-        if compiled.in_channels is not None and compiled.in_channels != info.bands:
-            raise ModelError(
-                f"the model expects {compiled.in_channels} input bands, the scene {scene_path} has {info.bands}"
-            )
+        check_workers(client, inputs=[scene_path, model_path], outputs=[result_path])
+        # A worker loads the model (and keeps it for the tasks); this process needs no TensorFlow.
+        facts: ModelFacts = client.submit(
+            model_facts, model_path, sha, info.bands, pure=False, resources={"GPU": 1} if gpu else None
+        ).result()
+        footprint = facts.footprint
         if footprint.halo > info.halo:
             raise StoreError(
                 f"{scene_path}: the model needs a halo of {footprint.halo} px but the store holds {info.halo}; "
@@ -139,7 +133,7 @@ def run_model(
             raise InputError(
                 f"{scene_path}: a {info.shape[0]} x {info.shape[1]} scene is smaller than the model's footprint"
             )
-        interior = zero_response_interior(compiled, footprint, info.bands)
+        interior = np.asarray(facts.interior, dtype=np.float32)
         fill = float(interior[0])
         identity = {
             "scene": {**info.source, "tile_size": list(info.tile_size), "halo": info.halo},
@@ -161,7 +155,7 @@ def run_model(
                     "identity": identity,
                     "model_sha256": sha,
                     "model_path": os.path.abspath(model_path) if "://" not in model_path else model_path,
-                    "footprint": describe_footprint(footprint),
+                    "footprint": footprint.describe(),
                     "halo": info.halo,
                     "tile_size": list(info.tile_size),
                     "tilepipe_version": __version__,
@@ -192,9 +186,6 @@ def run_model(
         batches = _batches(work, size)
         failed, first_error = 0, None
         if batches:
-            from tilepipe.execute.preflight import check_workers
-
-            check_workers(client, inputs=[scene_path, model_path], outputs=[result_path])
             futures = {
                 client.submit(
                     run_jobs, spec, batch,

@@ -35,7 +35,7 @@ class RunSpec:
     model_sha256: str
     footprint: Footprint
     bands: int
-    batch_size: int  # tiles per model call; 0: fit the GPU's free memory (8 on CPU)
+    batch_size: int  # tiles per model call; 0: fit the GPU's free memory (or a CPU budget)
 
 
 def worker_name() -> str:
@@ -99,7 +99,7 @@ def run_jobs(spec: RunSpec, jobs: tuple[TileJob, ...]) -> dict[str, Any]:
         from tilepipe.model.runner import auto_batch_size, gpu_free_bytes
 
         batch_size = auto_batch_size(busy[0].need.shape, model.max_channels, gpu_free_bytes())
-    cores = compute_tiles(model, busy, data, spec.bands, batch_size=batch_size or 8)
+    cores = compute_tiles(model, busy, data, spec.bands, batch_size=batch_size or 1)
     t2 = time.perf_counter()
     for job, core in zip(busy, cores, strict=True):
         result.write_core(job.out_core, core)

@@ -51,6 +51,14 @@ class Footprint:
         """The halo a tile store must hold for this model (pixels, all sides)."""
         return max(self.rows.radius, self.cols.radius)
 
+    def describe(self) -> str:
+        """A few words, e.g. ``"halo 7 px (rows 7/7, cols 7/7)"``; rows/cols are before/after margins."""
+        r, c = self.rows, self.cols
+        text = f"halo {self.halo} px (rows {r.before}/{r.after}, cols {c.before}/{c.after})"
+        if r.shrink or c.shrink:
+            text += f"; output {-r.shrink:+d} rows, {-c.shrink:+d} cols"
+        return text
+
     def output_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """Output raster shape for an input of ``shape = (rows, cols)``."""
         return (shape[0] - self.rows.shrink, shape[1] - self.cols.shrink)

@@ -52,6 +52,9 @@ def load_keras_model(path: str) -> Any:
     with _LOCK:
         try:
             return keras.saving.load_model(path, compile=False, safe_mode=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
             text = str(exc).strip().splitlines()
-            raise ModelError(f"{path}: cannot load the model: {text[0] if text else type(exc).__name__}") from exc
+            why = text[0] if text else type(exc).__name__
+    # Raised unchained, outside the except block: Keras' exception may not survive
+    # pickling back from a Dask worker, and would turn this into a plain Exception.
+    raise ModelError(f"{path}: cannot load the model: {why}")

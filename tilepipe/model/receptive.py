@@ -30,15 +30,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-import keras
 import numpy as np
-from keras import layers as kl
 
 # Functional is not exported by Keras 3; it is what keras.Model(inputs, outputs) returns.
+from keras import layers as kl
 from keras.src.models.functional import Functional
 
 from tilepipe.errors import ModelError, UntileableModelError
 from tilepipe.geometry.footprint import AxisFootprint, Footprint
+from tilepipe.model._tf import keras
 
 __all__ = ["describe_footprint", "footprint_of"]
 
@@ -248,11 +248,7 @@ def describe_footprint(fp: Footprint) -> str:
     ``rows b/a`` are the margins before/after a core (input pixels); a size
     change of the output, if any, follows as ``output -4 rows, -4 cols``.
     """
-    r, c = fp.rows, fp.cols
-    text = f"halo {fp.halo} px (rows {r.before}/{r.after}, cols {c.before}/{c.after})"
-    if r.shrink or c.shrink:
-        text += f"; output {-r.shrink:+d} rows, {-c.shrink:+d} cols"
-    return text
+    return fp.describe()
 
 
 def _refuse(op: Any, why: str) -> NoReturn:

@@ -114,15 +114,19 @@ def gpu_free_bytes() -> int | None:
         return None
 
 
+# Activation memory a CPU worker may spend on one model call: batching big tiles
+# on a CPU saves little time and costs memory in proportion.
+CPU_BATCH_BYTES = 512 * 2**20
+
+
 def auto_batch_size(window: tuple[int, int], channels: int, free_bytes: int | None, *, cap: int = 64) -> int:
-    """Tiles per model call that fit ``free_bytes`` of device memory.
+    """Tiles per model call that fit ``free_bytes`` of GPU memory (None: a CPU worker).
 
     A tile needs about four float32 activations of ``channels`` at once (the
-    input, the layer's output, and the workspace convolutions use); we take
-    half the free memory to leave room for TensorFlow's own buffers. Without a
-    GPU, batches of 8 keep the per-call overhead small at no memory risk.
+    input, the layer's output, and the workspace convolutions use). On a GPU we
+    take half the free memory, leaving room for TensorFlow's own buffers; on a
+    CPU, :data:`CPU_BATCH_BYTES`.
     """
-    if free_bytes is None:
-        return 8
+    budget = CPU_BATCH_BYTES if free_bytes is None else free_bytes // 2
     per_tile = window[0] * window[1] * channels * 4 * 4
-    return int(max(1, min(cap, (free_bytes // 2) // max(per_tile, 1))))
+    return int(max(1, min(cap, budget // max(per_tile, 1))))

@@ -67,15 +67,16 @@ def ingest(
         Replace an existing store. Without it, an existing complete store of
         the same source and tiling is reused, and anything else is refused.
     client
-        A ``distributed.Client``: raster windows are then read by its workers.
-        Without one, tasks run on local threads.
+        A ``distributed.Client``: raster windows are then read by its workers,
+        and a worker reads the model's footprint. Without one, tasks run on
+        local threads. Scenes already in memory are always written from here.
     """
     store_path = os.fspath(store)
     try:
         tile = parse_tile_size(tile_size)
     except ValueError as exc:
         raise InputError(f"tile_size: {exc}") from exc
-    halo = _resolve_halo(halo, model)
+    halo = _resolve_halo(halo, model, client)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         raster = probe_geotiff(path, bands=tuple(bands) if bands else None, nodata=nodata)
@@ -95,15 +96,23 @@ def ingest(
     return _write(store_path, info, overwrite, lambda s: _write_coo(scene, s, progress))
 
 
-def _resolve_halo(halo: int | None, model: Any) -> int:
+def _resolve_halo(halo: int | None, model: Any, client: Any = None) -> int:
     if halo is not None and (isinstance(halo, bool) or not isinstance(halo, int) or halo < 0):
         raise InputError(f"halo: expected an integer >= 0, got {halo!r}")
     if model is None:
         return DEFAULT_HALO if halo is None else halo
-    from tilepipe.conv import resolve_model
-    from tilepipe.model import footprint_of
+    if client is not None and isinstance(model, (str, os.PathLike)):
+        # A worker reads the model's footprint: this process needs no TensorFlow.
+        from tilepipe.model.facts import model_facts
+        from tilepipe.model.loader import model_sha256
 
-    need = footprint_of(resolve_model(model)).halo
+        path = os.fspath(model)
+        need = client.submit(model_facts, path, model_sha256(path), None, pure=False).result().footprint.halo
+    else:
+        from tilepipe.conv import resolve_model
+        from tilepipe.model import footprint_of
+
+        need = footprint_of(resolve_model(model)).halo
     if halo is not None and halo < need:
         raise InputError(f"halo {halo} is less than the {need} pixels the model needs")
     return need if halo is None else halo

@@ -1,0 +1,51 @@
+"""What a run needs to know about a model, worked out wherever TensorFlow is.
+
+A client that submits work to a cluster need not load TensorFlow (about 600 MB
+of memory): it asks a worker for these facts, and the worker keeps the model
+loaded for the tasks that follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tilepipe.geometry import Footprint
+
+__all__ = ["ModelFacts", "model_facts"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """A model's footprint, channels and response to an all-zero interior window.
+
+    ``interior`` holds one value per output band: what the model gives deep
+    inside an empty scene of ``bands`` input bands.
+    """
+
+    sha256: str
+    footprint: Footprint
+    in_channels: int | None
+    max_channels: int
+    interior: tuple[float, ...]
+
+
+def model_facts(path: str, sha256: str, bands: int | None) -> ModelFacts:
+    """Load (or reuse) the model at ``path`` in this process and describe it.
+
+    With ``bands``, also check the model takes that many input bands and work out
+    its response to zeros; without, ``interior`` is empty (for ingest, which only
+    needs the footprint).
+    """
+    from tilepipe.errors import ModelError
+    from tilepipe.execute.engine import zero_response_interior
+    from tilepipe.execute.tasks import load_worker_model
+    from tilepipe.model.receptive import footprint_of
+
+    compiled = load_worker_model(path, sha256)
+    footprint = footprint_of(compiled.model)
+    interior: tuple[float, ...] = ()
+    if bands is not None:
+        if compiled.in_channels is not None and compiled.in_channels != bands:
+            raise ModelError(f"{path}: the model expects {compiled.in_channels} input bands, the scene has {bands}")
+        interior = tuple(float(v) for v in zero_response_interior(compiled, footprint, bands))
+    return ModelFacts(sha256, footprint, compiled.in_channels, compiled.max_channels, interior)
