@@ -114,14 +114,17 @@ def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
         tile = scene.read_tile(job.row, job.col)
         assert tile is not None
         windows.append(np.ascontiguousarray(tile.to_dense()[job.need.relative_to(job.stored).slices]))
-    # one tile per call
+    # one tile per call; each tile's time is its best of `passes` calls (this VM's timings are noisy)
+    passes = spec.get("passes", 3)
     for shape in {w.shape for w in windows}:
         compiled(np.zeros((1, *shape), np.float32))
-    per_tile = 0.0
-    for w in windows:
-        t0 = time.perf_counter()
-        compiled(w[None])
-        per_tile += time.perf_counter() - t0
+    best = [float("inf")] * len(windows)
+    for _ in range(passes):
+        for i, w in enumerate(windows):
+            t0 = time.perf_counter()
+            compiled(w[None])
+            best[i] = min(best[i], time.perf_counter() - t0)
+    per_tile = float(sum(best))
     # same-shape batches of `batch`, as tilepipe groups them
     batch = spec["batch"]
     groups: dict[tuple[int, ...], list[np.ndarray]] = collections.defaultdict(list)
@@ -130,13 +133,15 @@ def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
     batches = [np.stack(ws[i : i + batch]) for ws in groups.values() for i in range(0, len(ws), batch)]
     for shape in {b.shape for b in batches}:
         compiled(np.zeros(shape, np.float32))
-    batched = 0.0
-    for b in batches:
-        t0 = time.perf_counter()
-        compiled(b)
-        batched += time.perf_counter() - t0
+    best_b = [float("inf")] * len(batches)
+    for _ in range(passes):
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            compiled(b)
+            best_b[i] = min(best_b[i], time.perf_counter() - t0)
+    batched = float(sum(best_b))
     return {"tiles": len(windows), "threads": spec["threads"], "per_tile_seconds": per_tile,
-            "batched_seconds": batched, "batch": batch, "child_max_rss": _maxrss()}
+            "batched_seconds": batched, "batch": batch, "passes": passes, "child_max_rss": _maxrss()}
 
 
 def run_child(kind: str, spec: dict[str, Any], sampler: RssSampler, *, guard: bool = False,
@@ -296,6 +301,15 @@ def predicted_naive_bytes(size: int, bands: int, nnz: int, model: Any) -> int:
     return 2 * px * 4 * (bands + pair + widths[-1]) + nnz * (3 * 8 + 4) * 2 + GB
 
 
+def _trim_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @contextlib.contextmanager
 def local_cluster(workers: int) -> Iterator[Any]:
     """A fresh LocalCluster (``workers`` processes x 1 thread) and its client; the same
@@ -391,13 +405,14 @@ def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, t
     cases: dict[str, Any] = {}
 
     # ------------------------------------------------------------- (a) naive
+    _trim_memory()  # give the harness's freed heap back, so the naive child has all it can get
     need = predicted_naive_bytes(size, bands, nnz, keras_model)
     avail = benchlib.psutil.virtual_memory().available
     spec = {"size": size, "bands": bands, "tile": tile, "occupancy": occ, "seed": args.seed, "model": model_path,
             "threads": workers}
     if args.skip_naive:
         cases["naive"] = {"skipped": True}
-    elif need > avail - GB:
+    elif need > avail:
         cases["naive"] = {"oom": True, "predicted_bytes": need,
                           "error": f"out of memory at {need / GB:.1f} GB (predicted; {avail / GB:.1f} GB free)"}
     else:

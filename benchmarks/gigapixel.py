@@ -75,8 +75,9 @@ class Runner:
         self.current: dict[str, Any] | None = None
         self._lock = threading.Lock()
         os.makedirs(args.out, exist_ok=True)
-        self.json_path = os.path.join(args.out, f"gigapixel-{args.size}.json")
-        self.md_path = os.path.join(args.out, f"gigapixel-{args.size}.md")
+        stem = f"gigapixel-{args.size}" + (f"-batch{args.batch_size}" if args.batch_size else "")
+        self.json_path = os.path.join(args.out, stem + ".json")
+        self.md_path = os.path.join(args.out, stem + ".md")
         threading.Thread(target=self._watchdog, daemon=True).start()
 
     def phase(self, name: str, fn: Any) -> Any:
@@ -146,7 +147,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                    default=0)
     lines = [
         f"# tilepipe gigapixel run, {size:,} x {size:,} x {a['bands']}, occupancy {a['occupancy']:g}, "
-        f"tile {a['tile_size']}",
+        f"tile {a['tile_size']}, batch {a.get('batch_size') or 'default (8)'}",
         "",
         f"Status: {doc['status']}; {doc.get('elapsed_seconds', 0):.0f} s in all. Machine: "
         f"{doc['machine']['cpus']} CPUs, {doc['machine']['memory_gb']} GB; LocalCluster {a['workers']} workers x "
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tmp", default="/tmp", help="folder for the scratch directory")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--max-minutes", type=float, default=25.0)
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per model call (tilepipe's default: 8)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = p.parse_args(argv)
 
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster, client = run.phase("cluster start", start)
         result_path = os.path.join(tmp, "result.zarr")
         try:
-            report = run.phase("run", lambda: tilepipe.run(scene_path, model_path, result_path, client=client))
+            report = run.phase("run", lambda: tilepipe.run(scene_path, model_path, result_path, client=client,
+                                                                batch_size=args.batch_size))
         finally:
             client.close()
             cluster.close()

@@ -118,6 +118,9 @@ def run_model(
         sha = file_sha256(model_path)
     try:
         check_workers(client, inputs=[scene_path, model_path], outputs=[result_path])
+        # Start TensorFlow in every worker at once (seconds each, in parallel), so that
+        # the first worker up does not take every task while the others import it.
+        client.run(_start_tensorflow)
         # A worker loads the model (and keeps it for the tasks); this process needs no TensorFlow.
         facts: ModelFacts = client.submit(
             model_facts, model_path, sha, info.bands, pure=False, resources={"GPU": 1} if gpu else None
@@ -198,9 +201,6 @@ def run_model(
             }
             from distributed import as_completed
 
-            # Start TensorFlow in every worker at once, so that the first worker up does
-            # not take every task while the others are still importing it.
-            client.run(_start_tensorflow)
             bar = _progress(len(jobs), "run", progress, initial=len(jobs) - len(work))
             for future in as_completed(futures):
                 batch = futures[future]
