@@ -98,6 +98,17 @@ def child_naive(spec: dict[str, Any]) -> dict[str, Any]:
             "checksum": checksum, "child_max_rss": _maxrss()}
 
 
+def child_model(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build and save the demo model; its halo and layer widths (so the harness needs no TensorFlow)."""
+    from tilepipe.demo import build_demo_model
+    from tilepipe.model import footprint_of
+
+    model = build_demo_model(spec["bands"])
+    model.save(spec["model"])
+    return {"halo": int(footprint_of(model).halo),
+            "widths": [int(layer.output.shape[-1]) for layer in model.layers]}
+
+
 def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """Sum of compiled-model call times over the non-empty tiles' windows (warm, per shape)."""
     _child_tf(spec["threads"])
@@ -220,20 +231,26 @@ WORKER_PHASES = [
     ("set status (zarr)", ("set_status",)),
     ("batching (stack, concatenate)", ("compute_tiles",)),
 ]
-HARNESS_PHASES = [
-    ("preflight (client.run probe)", ("check_workers",)),
-    ("load keras model", ("resolve_model", "load_keras_model")),
-    ("model sha256", ("file_sha256", "model_sha256")),
-    ("footprint", ("footprint_of",)),
-    ("compile + zero response", ("zero_response_interior", "CompiledModel.")),
-    ("open scene / index", ("SceneStore.open", "index (")),
-    ("create result store", ("ResultStore.create", "_open_or_create", "remove_store")),
-    ("plan jobs / batches", ("plan_jobs", "_batches")),
-    ("submit tasks", ("submit",)),
-    ("wait for workers (as_completed)", ("as_completed", "__next__", "result (")),
-    ("set status of free tiles", ("set_status",)),
-    ("write report attrs", ("update_attrs",)),
-]
+# The harness (run_model) is split by the function run_model called directly.
+HARNESS_CALLEES = {
+    "check_workers": "preflight (workers can read / write the paths)",
+    "Client.run": "start TensorFlow on the workers",
+    "Future.result": "model facts on a worker (submit + wait)",
+    "model_sha256": "model sha256",
+    "file_sha256": "model sha256",
+    "SceneStore.open": "open scene store",
+    "SceneStore.index": "read the tile index",
+    "_open_or_create": "create result store",
+    "plan_jobs": "plan jobs",
+    "_batches": "plan batches",
+    "run_model.<locals>.<dictcomp>": "submit tasks",
+    "Client.submit": "submit tasks",
+    "as_completed.__next__": "wait for workers (as_completed)",
+    "as_completed.__init__": "submit tasks",
+    "ResultStore.set_status": "set status of free tiles",
+    "ResultStore.update_attrs": "write report attrs",
+    "ResultStore.consolidate": "consolidate metadata",
+}
 
 
 def _phase_of(frames: list[str], phases: list[tuple[str, tuple[str, ...]]]) -> str:
@@ -244,11 +261,20 @@ def _phase_of(frames: list[str], phases: list[tuple[str, tuple[str, ...]]]) -> s
     return "other"
 
 
-def summarize_collapsed(path: str, focus: str, phases: list[tuple[str, tuple[str, ...]]], top: int = 20) -> str:
+def _callee_phase(frames: list[str]) -> str:
+    if len(frames) < 2:
+        return "run_model itself"
+    name = frames[1].split(" (")[0]
+    return HARNESS_CALLEES.get(name, name)
+
+
+def summarize_collapsed(path: str, focus: str, phases: list[tuple[str, tuple[str, ...]]] | None,
+                        top: int = 20) -> str:
     """Where the time of the ``focus`` function went, from a py-spy ``--idle`` raw profile.
 
     Samples of stacks through ``focus`` (run_jobs on workers, run_model in the
-    harness) are counted as wall time and split into phases (deepest match).
+    harness) are counted as wall time and split into phases: by the deepest frame
+    that matches ``phases``, or (``phases`` None) by the function ``focus`` called.
     """
     phase: collections.Counter[str] = collections.Counter()
     leaf: collections.Counter[str] = collections.Counter()
@@ -265,7 +291,7 @@ def summarize_collapsed(path: str, focus: str, phases: list[tuple[str, tuple[str
             frames = frames[cut:]
             count = int(n)
             total += count
-            phase[_phase_of(frames, phases)] += count
+            phase[_phase_of(frames, phases) if phases is not None else _callee_phase(frames)] += count
             leaf[frames[-1]] += count
     if not total:
         return f"{os.path.basename(path)}: no samples in {focus}"
@@ -288,14 +314,13 @@ def _add_path(path: str) -> None:
         sys.path.insert(0, path)
 
 
-def predicted_naive_bytes(size: int, bands: int, nnz: int, model: Any) -> int:
+def predicted_naive_bytes(size: int, bands: int, nnz: int, widths: list[int]) -> int:
     """What whole-scene densify + model holds at its peak, + 1 GB of runtime.
 
     Dense input, the two widest activations alive at once and the output, each
     counted twice (oneDNN reorders every tensor into its blocked layout): calibrated
     on 8192 x 8192 x 4 with the demo model, predicted 19.8 GB, measured 19.5 GB max RSS.
     """
-    widths = [int(layer.output.shape[-1]) for layer in model.layers]
     pair = max((a + b for a, b in zip([bands, *widths], widths, strict=False)), default=bands)
     px = size * size
     return 2 * px * 4 * (bands + pair + widths[-1]) + nnz * (3 * 8 + 4) * 2 + GB
@@ -378,7 +403,7 @@ def case_cli(tmp: str, size: int, bands: int, occ: float, seed: int, tile: int, 
 
 
 def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, tmp: str,
-                    model_path: str, keras_model: Any, halo: int, results_dir: str) -> dict[str, Any]:
+                    model_path: str, widths: list[int], halo: int, results_dir: str) -> dict[str, Any]:
     import tilepipe
     from tilepipe.sources import synthetic_scene
 
@@ -394,7 +419,8 @@ def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, t
     scene_path = os.path.join(tmp, "scene.zarr")
     dense_path = os.path.join(tmp, "dense.zarr")
     _rm(scene_path)
-    tilepipe.ingest(coo, scene_path, tile_size=tile, model=model_path, overwrite=True)
+    # halo = the model's footprint (what model=model_path would derive, without TensorFlow in this process)
+    tilepipe.ingest(coo, scene_path, tile_size=tile, halo=halo, overwrite=True)
     index = tilepipe.open_scene(scene_path).index()
     chunks = benchlib.write_dense_zarr(coo, dense_path, tile)
     rec.update(nonzero_entries=nnz, tiles_total=int(index.size), tiles_nonempty=int((index > 0).sum()),
@@ -406,7 +432,7 @@ def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, t
 
     # ------------------------------------------------------------- (a) naive
     _trim_memory()  # give the harness's freed heap back, so the naive child has all it can get
-    need = predicted_naive_bytes(size, bands, nnz, keras_model)
+    need = predicted_naive_bytes(size, bands, nnz, widths)
     avail = benchlib.psutil.virtual_memory().available
     spec = {"size": size, "bands": bands, "tile": tile, "occupancy": occ, "seed": args.seed, "model": model_path,
             "threads": workers}
@@ -516,7 +542,7 @@ def profile_tilepipe(client: Any, scene_path: str, model_path: str, tmp: str, re
         wall, report = case_tilepipe(client, scene_path, model_path, os.path.join(tmp, "tp-prof.zarr"))
     files = spy.stop()
     _rm(os.path.join(tmp, "tp-prof.zarr"))
-    summaries = {name: summarize_collapsed(path, "run_model", HARNESS_PHASES) if name == "harness"
+    summaries = {name: summarize_collapsed(path, "run_model", None) if name == "harness"
                  else summarize_collapsed(path, "run_jobs", WORKER_PHASES) for name, path in files.items()}
     with open(os.path.join(prof_dir, f"pyspy-{tag}-summary.txt"), "w") as fh:
         fh.write(f"tilepipe warm run under py-spy: wall {wall:.2f} s, report {json.dumps(report)}\n\n")
@@ -556,8 +582,12 @@ CASE_NAMES = [
 
 def render_markdown(doc: dict[str, Any]) -> str:
     a = doc["args"]
+    lib = doc.get("tilepipe", {})
     out = [
         f"# tilepipe benchmark, {a['size']} x {a['size']} x {a['bands']}, tile {a['tile_size']}",
+        "",
+        f"tilepipe {lib.get('version')} at commit {lib.get('commit')}{' (dirty)' if lib.get('dirty') else ''}, "
+        f"from {lib.get('path')}; {doc.get('started')}.",
         "",
         f"Machine: {doc['machine']['cpus']} CPUs, {doc['machine']['memory_gb']} GB; cluster: LocalCluster "
         f"{a['workers']} workers x 1 thread (processes), a fresh one for (b) and for (c). "
@@ -632,7 +662,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one extra warm tilepipe run per occupancy under py-spy + dask performance_report")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-cli", action="store_true")
-    p.add_argument("--child", choices=["naive", "floor"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["naive", "floor", "model"], help=argparse.SUPPRESS)
     p.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -645,12 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.child:
         spec = json.loads(args.child_spec)
-        answer = child_naive(spec) if args.child == "naive" else child_floor(spec)
+        answer = {"naive": child_naive, "floor": child_floor, "model": child_model}[args.child](spec)
         print("RESULT " + json.dumps(answer), flush=True)
         return 0
-
-    from tilepipe.demo import build_demo_model
-    from tilepipe.model import footprint_of
 
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="tilepipe-bench-", dir=args.tmp)
@@ -660,17 +687,20 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "args": {k: v for k, v in vars(args).items() if k not in ("child", "child_spec")},
         "machine": benchlib.machine(),
+        "tilepipe": benchlib.library_identity(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": [],
     }
     try:
-        keras_model = build_demo_model(args.bands)
         model_path = os.path.join(tmp, "model.keras")
-        keras_model.save(model_path)
-        halo = footprint_of(keras_model).halo
+        built = run_child("model", {"bands": args.bands, "model": model_path}, sampler)
+        if "error" in built:
+            raise RuntimeError(f"building the model failed: {built['error']}")
+        halo, widths = int(built["halo"]), list(built["widths"])
         doc["halo"] = halo
         for occ in args.occupancies:
-            rec = bench_occupancy(args, occ, sampler, tmp, model_path, keras_model, halo, args.out)
+            rec = bench_occupancy(args, occ, sampler, tmp, model_path, widths, halo, args.out)
+            rec["harness_imported_tensorflow"] = "tensorflow" in sys.modules
             doc["results"].append(rec)
             doc["overall_peak_rss"] = sampler.overall_peak
             with open(json_path, "w") as fh:

@@ -256,6 +256,37 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def library_identity() -> dict[str, Any]:
+    """Which tilepipe is measured: its folder, version and git commit.
+
+    A snapshot folder (``git archive HEAD tilepipe | tar -x -C SNAP`` with the commit
+    in ``SNAP/COMMIT``, run with ``PYTHONPATH=SNAP``) pins the library while its
+    repository moves on; otherwise the commit of the checkout and whether
+    ``tilepipe/`` differs from it.
+    """
+    import subprocess
+
+    import tilepipe
+
+    pkg = os.path.dirname(os.path.abspath(tilepipe.__file__))
+    root = os.path.dirname(pkg)
+    out: dict[str, Any] = {"path": pkg, "version": tilepipe.__version__, "commit": None, "dirty": None}
+    stamp = os.path.join(root, "COMMIT")
+    if os.path.exists(stamp):
+        with open(stamp) as fh:
+            out.update(commit=fh.read().strip(), dirty=False)
+        return out
+    try:
+        out["commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                       check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tilepipe"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        out["dirty"] = bool(changed)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return out
+
+
 def machine() -> dict[str, Any]:
     import platform
 

@@ -67,6 +67,7 @@ class Runner:
         self.doc: dict[str, Any] = {
             "args": vars(args),
             "machine": benchlib.machine(),
+            "tilepipe": benchlib.library_identity(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "naive_would_need": naive_bytes(args.size, args.bands),
             "phases": [],
@@ -145,9 +146,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
     peak = doc.get("overall_peak_rss", 0)
     run_peak = max((p.get("peak_rss", 0) for p in doc["phases"] if p["phase"] in ("cluster start", "run")),
                    default=0)
+    lib = doc.get("tilepipe", {})
     lines = [
         f"# tilepipe gigapixel run, {size:,} x {size:,} x {a['bands']}, occupancy {a['occupancy']:g}, "
         f"tile {a['tile_size']}, batch {a.get('batch_size') or 'default (8)'}",
+        "",
+        f"tilepipe {lib.get('version')} at commit {lib.get('commit')}{' (dirty)' if lib.get('dirty') else ''}, "
+        f"from {lib.get('path')}; {doc.get('started')}.",
         "",
         f"Status: {doc['status']}; {doc.get('elapsed_seconds', 0):.0f} s in all. Machine: "
         f"{doc['machine']['cpus']} CPUs, {doc['machine']['memory_gb']} GB; LocalCluster {a['workers']} workers x "
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--max-minutes", type=float, default=25.0)
     p.add_argument("--batch-size", type=int, default=None, help="tiles per model call (tilepipe's default: 8)")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy (50 Hz, --idle) on the harness and the workers during the run phase")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = p.parse_args(argv)
 
@@ -198,17 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     run.doc["scratch"] = tmp
     size, tile = args.size, args.tile_size
     try:
+        import bench
+
         import tilepipe
-        from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM, build_demo_model
+        from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM
         from tilepipe.sources import synthetic_scene
 
         model_path = os.path.join(tmp, "model.keras")
-        run.phase("import + model", lambda: build_demo_model(args.bands).save(model_path))
+        # In a subprocess: this process (tilepipe's client) needs no TensorFlow.
+        built = run.phase("build model (subprocess)", lambda: bench.run_child(
+            "model", {"bands": args.bands, "model": model_path}, run.sampler))
+        if "error" in built:
+            raise RuntimeError(f"building the model failed: {built['error']}")
+        halo = int(built["halo"])
         held = {"coo": run.phase("generate COO", lambda: synthetic_scene(
             (size, size), bands=args.bands, occupancy=args.occupancy, tile_size=(tile, tile), seed=args.seed))}
         run.doc["nonzero_entries"] = int(held["coo"].values.size)
         scene_path = os.path.join(tmp, "scene.zarr")
-        run.phase("ingest", lambda: tilepipe.ingest(held["coo"], scene_path, tile_size=tile, model=model_path,
+        # halo = the model's footprint, what model=model_path would derive (with TensorFlow in this process)
+        run.phase("ingest", lambda: tilepipe.ingest(held["coo"], scene_path, tile_size=tile, halo=halo,
                                                    crs=DEMO_CRS, transform=DEMO_TRANSFORM))
         held.clear()
         idx = tilepipe.open_scene(scene_path).index()
@@ -223,18 +238,32 @@ def main(argv: list[str] | None = None) -> int:
 
         cluster, client = run.phase("cluster start", start)
         result_path = os.path.join(tmp, "result.zarr")
+        spy = None
+        if args.profile:
+            pids = {"harness": os.getpid()}
+            pids.update({f"worker{i}": pid for i, pid in enumerate(client.run(os.getpid).values())})
+            spy = bench.PySpy(pids, args.out, f"gigapixel-{size}")
         try:
             report = run.phase("run", lambda: tilepipe.run(scene_path, model_path, result_path, client=client,
                                                                 batch_size=args.batch_size))
         finally:
             client.close()
             cluster.close()
+        if spy is not None:
+            files = spy.stop()
+            text = "\n\n".join(
+                bench.summarize_collapsed(path, "run_model", None) if name == "harness"
+                else bench.summarize_collapsed(path, "run_jobs", bench.WORKER_PHASES) for name, path in files.items())
+            with open(os.path.join(args.out, f"pyspy-gigapixel-{size}-summary.txt"), "w") as fh:
+                fh.write(text)
+            run.doc["profile"] = sorted(files.values())
         run.doc["report"] = report.to_dict()
         tif = os.path.join(tmp, "result.tif")
         run.phase("export GeoTIFF", lambda: tilepipe.export_geotiff(result_path, tif))
         run.doc["sizes"] = {"scene store": _du(scene_path), "result store": _du(result_path),
                             "GeoTIFF": os.path.getsize(tif)}
         run.doc["check"] = check(result_path, tif, idx, tile)
+        run.doc["harness_imported_tensorflow"] = "tensorflow" in sys.modules
         run.doc["status"] = "complete"
     except Exception as exc:
         run.doc["status"] = f"failed: {type(exc).__name__}: {exc}"
