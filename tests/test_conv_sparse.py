@@ -273,3 +273,25 @@ def test_empty_response_cache_survives_model_turnover() -> None:
             del got
             gc.collect()
     assert len(seen) == 24  # one compiled model per call, so short-lived ones come and go
+
+
+@pytest.mark.parametrize("valid_first", [False, True])
+def test_empty_tiles_from_small_proxy_windows_are_exact(valid_first: bool) -> None:
+    """Empty tiles take their response from a proxy window a few pixels wide; big scenes prove it."""
+    rng = np.random.default_rng(8)
+    model = keras.Sequential([
+        keras.Input((None, None, 2)),
+        keras.layers.Conv2D(4, 5, padding="valid" if valid_first else "same", dilation_rate=2,
+                            activation="tanh", bias_initializer="random_normal"),
+        keras.layers.Conv2D(3, 4, padding="same", activation="sigmoid", bias_initializer="random_normal"),
+        keras.layers.AveragePooling2D(3, strides=1, padding="same"),
+    ])
+    dense = np.zeros((181, 167, 2), np.float32)
+    dense[90:94, 80:83] = rng.random((4, 3, 2))  # one busy spot: every other tile is empty
+    indices = np.argwhere(dense != 0)
+    st_ = tf.SparseTensor(indices, dense[tuple(indices.T)], dense.shape)
+    ref = np.asarray(model(dense[None]))[0]
+    for tile in (37, 64, 500):
+        got = tilepipe.conv_sparse(st_, model, tile_size=tile)
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5

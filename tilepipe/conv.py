@@ -108,7 +108,8 @@ def _run_scene(
             busy_jobs.append(job)
             busy_data.append(TileData(shape, vals, flat))
     cores = compute_tiles(model, busy_jobs, busy_data, bands, batch_size=batch_size)
-    for job, core in [*zip(busy_jobs, cores, strict=True), *((j, empty_response(model, j, bands)) for j in empties)]:
+    empty_cores = [(j, empty_response(model, j, bands, footprint)) for j in empties]
+    for job, core in [*zip(busy_jobs, cores, strict=True), *empty_cores]:
         if out is None:
             out = np.empty((out_rows, out_cols, core.shape[2]), dtype=np.float32)
         out[job.out_core.slices] = core

@@ -104,7 +104,7 @@ def run_jobs(spec: RunSpec, jobs: tuple[TileJob, ...]) -> dict[str, Any]:
     for job, core in zip(busy, cores, strict=True):
         result.write_core(job.out_core, core)
     for job in empties:
-        result.write_core(job.out_core, empty_response(model, job, spec.bands))
+        result.write_core(job.out_core, empty_response(model, job, spec.bands, spec.footprint))
     result.set_status(np.array([j.row for j in busy]), np.array([j.col for j in busy]), STATUS_COMPUTED)
     result.set_status(np.array([j.row for j in empties]), np.array([j.col for j in empties]), STATUS_EMPTY)
     return {
