@@ -181,6 +181,7 @@ def run_model(
         free = [j for j in todo if j.empty and free_interior and not _touches_border(j, info.shape)]
         free_ids = {(j.row, j.col) for j in free}
         work = [j for j in todo if (j.row, j.col) not in free_ids]
+        _record(result, [(j.row, j.col, STATUS_EMPTY) for j in free])  # nothing to compute or write
         size = batch_size or (32 if gpu else 8)  # tiles per task
         spec = RunSpec(scene_path, result_path, model_path, sha, footprint, info.bands, batch_size or 0)
         per_worker: Counter[str] = Counter()
@@ -202,6 +203,7 @@ def run_model(
             from distributed import as_completed
 
             bar = _progress(len(jobs), "run", progress, initial=len(jobs) - len(work))
+            pending: list[tuple[int, int, int]] = []
             for future in as_completed(futures):
                 batch = futures[future]
                 try:
@@ -212,15 +214,18 @@ def run_model(
                     failed += len(batch)
                     first_error = first_error or f"{type(exc).__name__}: {exc}"
                     continue
+                pending.extend(out["status"])
+                if len(pending) >= _STATUS_FLUSH:
+                    _record(result, pending)
                 per_worker[out["worker"]] += out["computed"] + out["empty"]
                 computed += out["computed"]
                 empty += out["empty"]
                 model_seconds += out["model_seconds"]
                 if bar is not None:
                     bar.update(out["computed"] + out["empty"])
+            _record(result, pending)
             if bar is not None:
                 bar.close()
-        result.set_status(np.array([j.row for j in free]), np.array([j.col for j in free]), STATUS_EMPTY)
         empty += len(free)
         wall = time.perf_counter() - t_start
         report = RunReport(
@@ -248,6 +253,21 @@ def run_model(
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
+
+
+# Statuses are written in groups: each write rewrites the block chunks it touches.
+_STATUS_FLUSH = 256
+
+
+def _record(result: ResultStore, pending: list[tuple[int, int, int]]) -> None:
+    """Write pending ``(row, col, status)`` records and empty the list."""
+    if not pending:
+        return
+    table = np.asarray(pending, dtype=np.int64)
+    for value in np.unique(table[:, 2]):
+        sel = table[:, 2] == value
+        result.set_status(table[sel, 0], table[sel, 1], int(value))
+    pending.clear()
 
 
 def _shifted(transform: tuple[float, ...], dx: int, dy: int) -> tuple[float, ...]:

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tilepipe.errors import ModelError
 from tilepipe.execute.engine import TileJob, compute_tiles, empty_response
 from tilepipe.geometry import Footprint
@@ -80,7 +78,7 @@ def load_worker_model(path: str, sha256: str) -> Any:
 
 
 def run_jobs(spec: RunSpec, jobs: tuple[TileJob, ...]) -> dict[str, Any]:
-    """Compute, trim and write a batch of tiles; record their status. Idempotent."""
+    """Compute, trim and write a batch of tiles; return their status for the client to record. Idempotent."""
     t0 = time.perf_counter()
     model = load_worker_model(spec.model_path, spec.model_sha256)
     scene = SceneStore.open(spec.scene)
@@ -105,9 +103,10 @@ def run_jobs(spec: RunSpec, jobs: tuple[TileJob, ...]) -> dict[str, Any]:
         result.write_core(job.out_core, core)
     for job in empties:
         result.write_core(job.out_core, empty_response(model, job, spec.bands, spec.footprint))
-    result.set_status(np.array([j.row for j in busy]), np.array([j.col for j in busy]), STATUS_COMPUTED)
-    result.set_status(np.array([j.row for j in empties]), np.array([j.col for j in empties]), STATUS_EMPTY)
+    # The status of these tiles is recorded by the client once this task is done: status
+    # chunks cover blocks of tiles, and a chunk must have only one writer.
     return {
+        "status": [(j.row, j.col, STATUS_COMPUTED) for j in busy] + [(j.row, j.col, STATUS_EMPTY) for j in empties],
         "worker": worker_name(),
         "computed": len(busy),
         "empty": len(empties),

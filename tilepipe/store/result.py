@@ -14,8 +14,9 @@ Layout
     to an all-zero interior window (band 0), so empty interior tiles need no
     write at all.
 ``status``
-    uint8 per tile, one chunk per tile: 0 not done, 1 computed, 2 empty. A
-    rerun resumes from it.
+    uint8 per tile: 0 not done, 1 computed, 2 empty. One chunk per block of
+    tiles, written only by the client as tasks finish (a task that dies before
+    its status is written is simply redone). A rerun resumes from it.
 ``y``, ``x``, ``band``
     Coordinates (pixel centres in CRS units) so ``xarray.open_zarr`` gives
     named, georeferenced axes.
@@ -88,10 +89,13 @@ class ResultStore:
             dimension_names=("band", "y", "x"),
             compressors=[ZstdCodec(level=3)],
         )
+        from tilepipe.store.scene import block_size_for
+
         group.create_array(
             "status",
             shape=grid_shape,
-            chunks=(1, 1),
+            # One chunk per block of tiles, written by the client alone as tasks finish.
+            chunks=block_size_for(tile_size, grid_shape),
             dtype="uint8",
             fill_value=STATUS_TODO,
             dimension_names=("tile_row", "tile_col"),
