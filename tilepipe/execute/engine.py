@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -118,14 +118,17 @@ def compute_tiles(
                 idx_parts.append(np.stack([np.full(r.size, k), r, c, b], axis=1))
                 val_parts.append(v)
             full_shape = (len(chunk), shape[0], shape[1], bands)
+            batch: Any
             if idx_parts:
                 indices = np.concatenate(idx_parts).astype(np.int64, copy=False)
                 batch = densify(full_shape, indices, np.concatenate(val_parts))
             else:
                 batch = np.zeros(full_shape, dtype=np.float32)
-            for k, i in dense_members:
-                rel = jobs[i].need.relative_to(jobs[i].stored)
-                batch[k] = data[i].values[rel.slices].astype(np.float32)
+            if dense_members:  # tiles stored dense go in as they are, beside the densified ones
+                batch = np.array(batch)
+                for k, i in dense_members:
+                    rel = jobs[i].need.relative_to(jobs[i].stored)
+                    batch[k] = data[i].values[rel.slices].astype(np.float32)
             out = model(batch)
             for k, i in enumerate(chunk):
                 results[i] = out[k][jobs[i].core_in_output.slices]

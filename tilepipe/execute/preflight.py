@@ -43,9 +43,17 @@ def _writable_parent(path: str) -> tuple[bool, str]:
     return True, ""
 
 
-def probe_paths(inputs: list[str], outputs: list[str]) -> list[str]:
-    """Problems this process has opening ``inputs`` and writing ``outputs`` (runs on each worker)."""
+def probe_paths(inputs: list[str], outputs: list[str], start_tensorflow: bool = False) -> list[str]:
+    """Problems this process has opening ``inputs`` and writing ``outputs`` (runs on each worker).
+
+    With ``start_tensorflow``, also import TensorFlow here, ready for the model tasks.
+    """
     problems = []
+    if start_tensorflow:
+        try:
+            import tilepipe.model._tf  # noqa: F401
+        except ImportError as exc:
+            problems.append(f"cannot import TensorFlow ({exc})")
     for path in inputs:
         ok, why = _exists(path)
         if not ok:
@@ -57,9 +65,9 @@ def probe_paths(inputs: list[str], outputs: list[str]) -> list[str]:
     return problems
 
 
-def check_workers(client: Any, *, inputs: list[str], outputs: list[str]) -> None:
+def check_workers(client: Any, *, inputs: list[str], outputs: list[str], start_tensorflow: bool = False) -> None:
     """Raise :class:`ClusterError` naming each worker that cannot open an input or write an output."""
-    answers: dict[str, list[str]] = client.run(probe_paths, inputs, outputs)
+    answers: dict[str, list[str]] = client.run(probe_paths, inputs, outputs, start_tensorflow)
     if not answers:
         raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers")
     bad = [f"worker {worker}: {'; '.join(problems)}" for worker, problems in sorted(answers.items()) if problems]

@@ -117,14 +117,16 @@ def run_model(
         model_path, tmpdir = _model_file(model, resolve_model(model))
         sha = file_sha256(model_path)
     try:
-        check_workers(client, inputs=[scene_path, model_path], outputs=[result_path])
-        # Start TensorFlow in every worker at once (seconds each, in parallel), so that
-        # the first worker up does not take every task while the others import it.
-        client.run(_start_tensorflow)
+        # Every worker checks it can open the inputs and write the output, and starts
+        # TensorFlow, all at once: the first worker up does not take every task then.
+        check_workers(client, inputs=[scene_path, model_path], outputs=[result_path], start_tensorflow=True)
         # A worker loads the model (and keeps it for the tasks); this process needs no TensorFlow.
-        facts: ModelFacts = client.submit(
-            model_facts, model_path, sha, info.bands, pure=False, resources={"GPU": 1} if gpu else None
-        ).result()
+        facts: ModelFacts | None = _FACTS.get((sha, info.bands))
+        if facts is None:
+            facts = client.submit(
+                model_facts, model_path, sha, info.bands, pure=False, resources={"GPU": 1} if gpu else None
+            ).result()
+            _FACTS[(sha, info.bands)] = facts
         footprint = facts.footprint
         if footprint.halo > info.halo:
             raise StoreError(
@@ -255,6 +257,9 @@ def run_model(
             tmpdir.cleanup()
 
 
+# What workers said of models this process ran before, by (sha256, input bands).
+_FACTS: dict[tuple[str, int], Any] = {}
+
 # Statuses are written in groups: each write rewrites the block chunks it touches.
 _STATUS_FLUSH = 256
 
@@ -311,6 +316,3 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
 
     return tqdm(total=total, desc=desc, unit="tile", initial=initial)
 
-
-def _start_tensorflow() -> None:
-    import tilepipe.model._tf  # noqa: F401

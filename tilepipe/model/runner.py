@@ -20,13 +20,14 @@ from tilepipe.model._tf import tf
 __all__ = ["CompiledModel", "auto_batch_size", "densify", "gpu_free_bytes"]
 
 
-def densify(shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+def densify(shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> Any:
     """Densify a batch given as COO through ``tf.SparseTensor`` -> ``tf.sparse.to_dense``.
 
-    ``indices`` is ``(n, len(shape))`` int64 in row-major sorted order; returns float32.
+    ``indices`` is ``(n, len(shape))`` int64; returns a float32 ``tf.Tensor``, which
+    goes into the model as it is (``np.asarray`` of it is read-only).
     """
     st = tf.SparseTensor(indices=indices, values=values.astype(np.float32, copy=False), dense_shape=shape)
-    return np.array(tf.sparse.to_dense(st, validate_indices=False))  # a writable copy
+    return tf.sparse.to_dense(st, validate_indices=False)
 
 
 class CompiledModel:
@@ -70,10 +71,11 @@ class CompiledModel:
                 self._fns.popitem(last=False)
             return fn
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on ``batch`` of shape ``(N, rows, cols, bands)``, float32."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        out = self._fn(batch.shape)(tf.constant(batch))
+    def __call__(self, batch: Any) -> np.ndarray:
+        """Run the model on ``batch`` of shape ``(N, rows, cols, bands)``: float32 numpy or a tf.Tensor."""
+        if not isinstance(batch, tf.Tensor):
+            batch = tf.constant(np.ascontiguousarray(batch, dtype=np.float32))
+        out = self._fn(tuple(batch.shape))(batch)
         if isinstance(out, (list, tuple)):
             out = out[0]
         out = np.asarray(out)
