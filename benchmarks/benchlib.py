@@ -30,6 +30,7 @@ class _Mark:
     baseline: int
     peak: int = 0
     samples: int = 0
+    peak_pss: int = 0
 
 
 @dataclass
@@ -51,6 +52,11 @@ class RssSampler:
     guard_pid: int | None = None
     guard_fired: bool = False
     overall_peak: int = 0
+    # With ``pss``, also the peak of the summed PSS (proportional set size): pages shared
+    # by several processes (TensorFlow's libraries in every worker) count once in all,
+    # where a sum of RSS counts them once per process. Slower to sample (reads smaps).
+    pss: bool = False
+    overall_peak_pss: int = 0
     _procs: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def start(self) -> RssSampler:
@@ -77,6 +83,19 @@ class RssSampler:
                 total += rss
                 if per_process is not None:
                     per_process[p.pid] = rss
+        return total
+
+    @staticmethod
+    def total_pss() -> int:
+        root = psutil.Process(os.getpid())
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = [root]
+        total = 0
+        for p in procs:
+            with suppress(psutil.Error):
+                total += p.memory_full_info().pss
         return total
 
     def reset_process_peaks(self) -> None:
@@ -108,6 +127,12 @@ class RssSampler:
         while not self._stop.is_set():
             per: dict[int, int] = {}
             rss = self.total_rss(per)
+            if self.pss:
+                pss = self.total_pss()
+                with self._lock:
+                    self.overall_peak_pss = max(self.overall_peak_pss, pss)
+                    for m in self._marks:
+                        m.peak_pss = max(m.peak_pss, pss)
             names = {pid: self._name(pid) for pid in per if pid not in self._procs}
             with self._lock:
                 for pid, value in per.items():

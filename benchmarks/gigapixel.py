@@ -61,7 +61,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.sampler = RssSampler().start()
+        self.sampler = RssSampler(pss=True).start()
         self.t_start = time.perf_counter()
         self.deadline = self.t_start + args.max_minutes * 60
         self.doc: dict[str, Any] = {
@@ -92,7 +92,8 @@ class Runner:
             t0 = time.perf_counter()
             value = fn()
             rec["wall_seconds"] = time.perf_counter() - t0
-        rec.update(peak_rss=mark.peak, baseline_rss=mark.baseline, processes=self.sampler.process_peaks())
+        rec.update(peak_rss=mark.peak, peak_pss=mark.peak_pss, baseline_rss=mark.baseline,
+                   processes=self.sampler.process_peaks())
         with self._lock:
             self.current = None
             rec.pop("_t0", None)
@@ -125,6 +126,7 @@ class Runner:
     def save(self) -> None:
         self.doc["elapsed_seconds"] = time.perf_counter() - self.t_start
         self.doc["overall_peak_rss"] = self.sampler.overall_peak
+        self.doc["overall_peak_pss"] = self.sampler.overall_peak_pss
         with open(self.json_path, "w") as fh:
             json.dump(self.doc, fh, indent=1, default=str)
         with open(self.md_path, "w") as fh:
@@ -140,16 +142,18 @@ def render_markdown(doc: dict[str, Any]) -> str:
         top = sorted(p.get("processes", []), key=lambda q: -q["peak_rss"])[:3]
         rows.append([
             p["phase"], fmt(p.get("wall_seconds"), ".1f") + (" (stopped)" if p.get("stopped") else ""),
-            benchlib.gb(p.get("peak_rss")), benchlib.gb(p.get("baseline_rss")),
+            benchlib.gb(p.get("peak_rss")), benchlib.gb(p.get("peak_pss")), benchlib.gb(p.get("baseline_rss")),
             ", ".join(f"{q['name']} {q['peak_rss'] / GB:.2f}" for q in top),
         ])
     peak = doc.get("overall_peak_rss", 0)
     run_peak = max((p.get("peak_rss", 0) for p in doc["phases"] if p["phase"] in ("cluster start", "run")),
                    default=0)
+    run_pss = max((p.get("peak_pss", 0) for p in doc["phases"] if p["phase"] in ("cluster start", "run")),
+                  default=0)
     lib = doc.get("tilepipe", {})
     lines = [
         f"# tilepipe gigapixel run, {size:,} x {size:,} x {a['bands']}, occupancy {a['occupancy']:g}, "
-        f"tile {a['tile_size']}, batch {a.get('batch_size') or 'default (8)'}",
+        f"tile {a['tile_size']}, batch {a.get('batch_size') or 'default (auto)'}",
         "",
         f"tilepipe {lib.get('version')} at commit {lib.get('commit')}{' (dirty)' if lib.get('dirty') else ''}, "
         f"from {lib.get('path')}; {doc.get('started')}.",
@@ -158,10 +162,14 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"{doc['machine']['cpus']} CPUs, {doc['machine']['memory_gb']} GB; LocalCluster {a['workers']} workers x "
         "1 thread (processes). Peak RSS: sum over this process and all its children, sampled every 50 ms.",
         "",
-        markdown_table(["phase", "wall s", "peak RSS GB (all)", "RSS before GB", "largest processes (GB)"], rows),
+        markdown_table(["phase", "wall s", "peak RSS GB (all)", "peak PSS GB (all)", "RSS before GB",
+                        "largest processes (GB)"], rows),
         "",
         f"Overall peak RSS (all processes): {peak / GB:.2f} GB; during the run phase: {run_peak / GB:.2f} GB "
-        f"(target < {TARGET_PEAK_GB:g} GB: {'ok' if 0 < run_peak < TARGET_PEAK_GB * GB else 'MISS'}).",
+        f"(target < {TARGET_PEAK_GB:g} GB: {'ok' if 0 < run_peak < TARGET_PEAK_GB * GB else 'MISS'}). "
+        f"As PSS (shared library pages counted once): peak {doc.get('overall_peak_pss', 0) / GB:.2f} GB, "
+        f"run phase {run_pss / GB:.2f} GB "
+        f"(target: {'ok' if 0 < run_pss < TARGET_PEAK_GB * GB else 'MISS'}). GB here are GiB.",
         f"Whole-scene densify + model would need about {nv['peak_estimate_gb']:.0f} GB "
         f"(dense input {nv['dense_input_gb']:.0f} GB, one 16-filter activation {nv['one_activation_gb']:.0f} GB): "
         "not attempted.",
@@ -242,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             pids = {"harness": os.getpid()}
             pids.update({f"worker{i}": pid for i, pid in enumerate(client.run(os.getpid).values())})
-            spy = bench.PySpy(pids, args.out, f"gigapixel-{size}")
+            prof_dir = os.path.join(args.out, "profiles")
+            os.makedirs(prof_dir, exist_ok=True)
+            spy = bench.PySpy(pids, prof_dir, f"gigapixel-{size}")
         try:
             report = run.phase("run", lambda: tilepipe.run(scene_path, model_path, result_path, client=client,
                                                                 batch_size=args.batch_size))
@@ -254,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             text = "\n\n".join(
                 bench.summarize_collapsed(path, "run_model", None) if name == "harness"
                 else bench.summarize_collapsed(path, "run_jobs", bench.WORKER_PHASES) for name, path in files.items())
-            with open(os.path.join(args.out, f"pyspy-gigapixel-{size}-summary.txt"), "w") as fh:
+            with open(os.path.join(args.out, "profiles", f"pyspy-gigapixel-{size}-summary.txt"), "w") as fh:
                 fh.write(text)
             run.doc["profile"] = sorted(files.values())
         run.doc["report"] = report.to_dict()

@@ -369,3 +369,19 @@ def test_reingest_same_source_is_reused_and_other_is_refused(tmp_path: Path) -> 
     tilepipe.ingest(_coo(other), scene, tile_size=8, halo=2, overwrite=True)
     assert tilepipe.info(scene)["nonzero_entries"] == int(np.count_nonzero(other))
     shutil.rmtree(scene)
+
+
+def test_stores_at_fsspec_urls(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
+    """Scene and result stores given as URLs (here file://; s3:// and gs:// go the same way through fsspec)."""
+    model = _model(2, [_conv(3, 3, padding="same", activation="relu"), _conv(1, 3, padding="same")], seed=9)
+    model_path = tmp_path / "m.keras"
+    model.save(model_path)
+    dense = _patches((70, 90, 2), [(10, 20, 30, 45), (60, 70, 80, 90)], seed=9)
+    indices = np.argwhere(dense != 0)
+    scene_url = (tmp_path / "scene.zarr").as_uri()
+    result_url = (tmp_path / "result.zarr").as_uri()
+    tilepipe.ingest((indices, dense[tuple(indices.T)], dense.shape), scene_url, tile_size=32, model=model_path)
+    report = tilepipe.run(scene_url, model_path, result_url, client=dask_client)
+    assert report.computed > 0
+    got = ResultStore.open(result_url).read()
+    assert_exact(got, _reference(model, dense), "file:// URLs")

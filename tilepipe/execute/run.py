@@ -65,14 +65,22 @@ def _touches_border(job: TileJob, shape: tuple[int, int]) -> bool:
     return n.row_start == 0 or n.col_start == 0 or n.row_stop == shape[0] or n.col_stop == shape[1]
 
 
-def _batches(jobs: list[TileJob], size: int) -> list[tuple[TileJob, ...]]:
-    """Same-shaped jobs together, non-empty first, in chunks of ``size``."""
+def _batches(jobs: list[TileJob], size: int, workers: int) -> list[tuple[TileJob, ...]]:
+    """Tasks: same-shaped jobs together, non-empty first.
+
+    Non-empty tiles go in tasks of up to ``size``, but small enough that every
+    worker gets about two tasks (a few busy tiles must not all land on one
+    worker); empty tiles, which cost a write each, go 16 to a task.
+    """
+    busy = sum(1 for j in jobs if not j.empty)
+    busy_size = max(1, min(size, -(-busy // (2 * max(workers, 1)))))
     ordered = sorted(jobs, key=lambda j: (j.empty, j.need.shape, j.row, j.col))
     out: list[tuple[TileJob, ...]] = []
     current: list[TileJob] = []
     for job in ordered:
         new_group = (current[0].empty, current[0].need.shape) != (job.empty, job.need.shape) if current else False
-        if current and (len(current) >= size or new_group):
+        limit = 16 if current and current[0].empty else busy_size
+        if current and (len(current) >= limit or new_group):
             out.append(tuple(current))
             current = []
         current.append(job)
@@ -189,7 +197,7 @@ def run_model(
         per_worker: Counter[str] = Counter()
         computed = empty = 0
         model_seconds = 0.0
-        batches = _batches(work, size)
+        batches = _batches(work, size, len(client.scheduler_info().get("workers", {})))
         failed, first_error = 0, None
         if batches:
             futures = {
