@@ -371,8 +371,8 @@ def test_reingest_same_source_is_reused_and_other_is_refused(tmp_path: Path) -> 
     shutil.rmtree(scene)
 
 
-def test_stores_at_fsspec_urls(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
-    """Scene and result stores given as URLs (here file://; s3:// and gs:// go the same way through fsspec)."""
+def test_stores_given_as_file_urls(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
+    """Scene and result stores given as ``file://`` URLs, as a workflow on a shared filesystem may name them."""
     model = _model(2, [_conv(3, 3, padding="same", activation="relu"), _conv(1, 3, padding="same")], seed=9)
     model_path = tmp_path / "m.keras"
     model.save(model_path)

@@ -11,9 +11,18 @@ import zarr
 
 from tilepipe.errors import StoreError
 
-__all__ = ["is_url", "open_group", "remove_store", "store_exists", "vlen_bytes_dtype"]
+__all__ = ["is_url", "local_path", "open_group", "remove_store", "store_exists", "vlen_bytes_dtype"]
 
 FORMAT_VERSION = 1
+
+
+def local_path(path: str) -> str:
+    """``file://`` URLs as plain paths (zarr's fsspec store would not create their folders)."""
+    if path.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(path).path)
+    return path
 
 
 def is_url(path: str) -> bool:
@@ -23,6 +32,7 @@ def is_url(path: str) -> bool:
 
 def store_exists(path: str) -> bool:
     """Whether a Zarr group already exists at ``path``."""
+    path = local_path(path)
     if not is_url(path):
         return os.path.exists(os.path.join(path, "zarr.json"))
     try:
@@ -34,6 +44,7 @@ def store_exists(path: str) -> bool:
 
 def remove_store(path: str) -> None:
     """Delete a store (local folders only; remote stores are emptied by zarr)."""
+    path = local_path(path)
     if not is_url(path):
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -43,6 +54,7 @@ def remove_store(path: str) -> None:
 
 def open_group(path: str, mode: str, *, kind: str) -> tuple[zarr.Group, dict[str, Any]]:
     """Open a tilepipe group of ``kind`` ("scene" or "result") and return it with its attrs."""
+    path = local_path(path)
     try:
         group = zarr.open_group(path, mode=mode)  # type: ignore[arg-type]
     except FileNotFoundError as exc:

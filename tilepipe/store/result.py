@@ -33,7 +33,7 @@ from zarr.codecs import ZstdCodec
 
 from tilepipe.errors import StoreError
 from tilepipe.geometry import Window
-from tilepipe.store._zarr import FORMAT_VERSION, open_group
+from tilepipe.store._zarr import FORMAT_VERSION, local_path, open_group
 
 __all__ = ["ResultStore", "STATUS_COMPUTED", "STATUS_EMPTY", "STATUS_TODO"]
 
@@ -66,7 +66,7 @@ class ResultStore:
         provenance: dict[str, Any],
     ) -> ResultStore:
         """Create an empty, incomplete result store (replacing whatever is at ``path``)."""
-        group = zarr.open_group(path, mode="w")
+        group = zarr.open_group(local_path(path), mode="w")
         attrs: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "kind": "result",

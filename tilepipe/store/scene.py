@@ -39,7 +39,7 @@ from zarr.codecs import ZstdCodec
 
 from tilepipe.errors import StoreError
 from tilepipe.geometry import TileGrid
-from tilepipe.store._zarr import FORMAT_VERSION, open_group, vlen_bytes_dtype
+from tilepipe.store._zarr import FORMAT_VERSION, local_path, open_group, vlen_bytes_dtype
 from tilepipe.store.codec import TileData, decode_tile, encode_tile
 
 __all__ = ["SceneInfo", "SceneStore", "block_size_for", "source_identity"]
@@ -146,7 +146,7 @@ class SceneStore:
     def create(cls, path: str, info: SceneInfo) -> SceneStore:
         """Create an empty, incomplete store at ``path`` (which must not exist)."""
         ny, nx = info.grid.grid_shape
-        group = zarr.open_group(path, mode="w")
+        group = zarr.open_group(local_path(path), mode="w")
         attrs = {"format_version": FORMAT_VERSION, "kind": "scene", "complete": False, **info.to_attrs()}
         group.attrs["tilepipe"] = attrs
         group.create_array(
