@@ -193,7 +193,7 @@ def run_model(
         work = [j for j in todo if (j.row, j.col) not in free_ids]
         _record(result, [(j.row, j.col, STATUS_EMPTY) for j in free])  # nothing to compute or write
         size = batch_size or (32 if gpu else 8)  # tiles per task
-        spec = RunSpec(scene_path, result_path, model_path, sha, footprint, info.bands, batch_size or 0)
+        spec = RunSpec(scene_path, result_path, model_path, sha, footprint, info.bands, batch_size or 0, run_id)
         per_worker: Counter[str] = Counter()
         computed = empty = 0
         model_seconds = 0.0
@@ -207,6 +207,8 @@ def run_model(
                     resources={"GPU": 1} if gpu else None,
                     pure=False,
                     retries=1,
+                    # Busy tiles first: they are the long tasks, empty ones fill the gaps.
+                    priority=0 if batch[0].empty else 1,
                 ): batch
                 for i, batch in enumerate(batches)
             }

@@ -34,6 +34,7 @@ class RunSpec:
     footprint: Footprint
     bands: int
     batch_size: int  # tiles per model call; 0: fit the GPU's free memory (or a CPU budget)
+    run_id: str = ""  # stores opened for one run are reused by its tasks in a worker
 
 
 def worker_name() -> str:
@@ -77,12 +78,27 @@ def load_worker_model(path: str, sha256: str) -> Any:
         return model
 
 
+_STORES: dict[tuple[str, str, str], tuple[SceneStore, ResultStore]] = {}
+
+
+def _stores(spec: RunSpec) -> tuple[SceneStore, ResultStore]:
+    """The run's scene and result stores, opened once per worker process and run."""
+    key = (spec.scene, spec.result, spec.run_id)
+    with _LOCK:
+        stores = _STORES.get(key) if spec.run_id else None
+        if stores is None:
+            stores = (SceneStore.open(spec.scene), ResultStore.open(spec.result))
+            _STORES[key] = stores
+            while len(_STORES) > 4:
+                _STORES.pop(next(iter(_STORES)))
+        return stores
+
+
 def run_jobs(spec: RunSpec, jobs: tuple[TileJob, ...]) -> dict[str, Any]:
     """Compute, trim and write a batch of tiles; return their status for the client to record. Idempotent."""
     t0 = time.perf_counter()
     model = load_worker_model(spec.model_path, spec.model_sha256)
-    scene = SceneStore.open(spec.scene)
-    result = ResultStore.open(spec.result)
+    scene, result = _stores(spec)
     busy, data, empties = [], [], []
     for job in jobs:
         tile = None if job.empty else scene.read_tile(job.row, job.col)
