@@ -710,17 +710,14 @@ def main(argv: list[str] | None = None) -> int:
             rec["harness_imported_tensorflow"] = "tensorflow" in sys.modules
             doc["results"].append(rec)
             doc["overall_peak_rss"] = sampler.overall_peak
-            with open(json_path, "w") as fh:
-                json.dump(doc, fh, indent=1, default=str)
+            benchlib.write_text(json_path, json.dumps(doc, indent=1, default=str))
     finally:
         sampler.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with open(json_path, "w") as fh:
-        json.dump(doc, fh, indent=1, default=str)
+    benchlib.write_text(json_path, json.dumps(doc, indent=1, default=str))
     md = render_markdown(doc)
-    with open(md_path, "w") as fh:
-        fh.write(md)
+    benchlib.write_text(md_path, md)
     print()
     print(md)
     print(f"written: {json_path}, {md_path}")

@@ -267,6 +267,24 @@ def max_rel_err(a_path: str, b_path: str, b_component: str | None, tile: int) ->
 # --------------------------------------------------------------------------- formatting
 
 
+def scrub_paths(text: str) -> str:
+    """Results name no path of the machine they ran on: the repository becomes ``.``,
+    temporary folders ``<tmp>`` and the home folder ``~``."""
+    import re
+    import tempfile
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = text.replace(repo + os.sep, "").replace(repo, ".")
+    text = re.sub(re.escape(tempfile.gettempdir()) + r"/[^\s\"',;)]*", "<tmp>", text)
+    return text.replace(os.path.expanduser("~"), "~")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` with machine paths scrubbed (see :func:`scrub_paths`)."""
+    with open(path, "w") as fh:
+        fh.write(scrub_paths(text))
+
+
 def gb(n: float | None) -> str:
     return "-" if n is None else f"{n / GB:.2f}"
 

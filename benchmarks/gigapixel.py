@@ -127,10 +127,8 @@ class Runner:
         self.doc["elapsed_seconds"] = time.perf_counter() - self.t_start
         self.doc["overall_peak_rss"] = self.sampler.overall_peak
         self.doc["overall_peak_pss"] = self.sampler.overall_peak_pss
-        with open(self.json_path, "w") as fh:
-            json.dump(self.doc, fh, indent=1, default=str)
-        with open(self.md_path, "w") as fh:
-            fh.write(render_markdown(self.doc))
+        benchlib.write_text(self.json_path, json.dumps(self.doc, indent=1, default=str))
+        benchlib.write_text(self.md_path, render_markdown(self.doc))
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
