@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
-import sys
 import uuid
 from typing import Any
 
@@ -198,16 +199,45 @@ def _write_raster(raster: GeoTiffSource, store: SceneStore, client: Any, progres
                 if bar is not None:
                     bar.update(1)
         except BaseException:
-            client.cancel(futures)  # the rest would only fail once the store is removed
+            # Stop the rest and let running ones end before the store is removed under them.
+            from distributed import wait
+
+            client.cancel(futures)
+            with contextlib.suppress(Exception):
+                wait(futures, timeout=60)
             raise
         finally:
             if bar is not None:
                 bar.close()
         return total
-    import dask
+    return _run_local([functools.partial(ingest_geotiff_block, raster, store.path, b) for b in blocks], progress)
 
-    tasks = [dask.delayed(ingest_geotiff_block, pure=False)(raster, store.path, b) for b in blocks]
-    return int(sum(dask.compute(*tasks, scheduler="threads")))
+
+def _run_local(calls: list[Any], progress: bool) -> int:
+    """Run block tasks on local threads; on a failure, wait for the running ones before raising.
+
+    (Dask's threaded scheduler raises while other tasks still write, and the
+    store would be removed under them.)
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    bar = _bar(len(calls), "ingest", progress)
+    total = 0
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            for future in as_completed(futures):
+                total += future.result()
+                if bar is not None:
+                    bar.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise  # leaving the with-block waits for the tasks already running
+        finally:
+            if bar is not None:
+                bar.close()
+    return total
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -219,13 +249,5 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
 
 
 def _write_coo(scene: CooScene, store: SceneStore, progress: bool) -> int:
-    import dask
-
     buckets = TileBuckets(scene, store.info.grid, name="input")
-    tasks = [dask.delayed(ingest_coo_block, pure=False)(buckets, store, b) for b in store.blocks()]
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(out=sys.stderr):
-            return int(sum(dask.compute(*tasks, scheduler="threads")))
-    return int(sum(dask.compute(*tasks, scheduler="threads")))
+    return _run_local([functools.partial(ingest_coo_block, buckets, store, b) for b in store.blocks()], progress)

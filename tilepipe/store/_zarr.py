@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import warnings
 from typing import Any
 
@@ -46,6 +47,11 @@ def remove_store(path: str) -> None:
     """Delete a store (local folders only; remote stores are emptied by zarr)."""
     path = local_path(path)
     if not is_url(path):
+        for _ in range(10):  # a writer that was still finishing may add a file as we go
+            if not os.path.isdir(path):
+                return
+            shutil.rmtree(path, ignore_errors=True)
+            time.sleep(0.05)
         if os.path.isdir(path):
             shutil.rmtree(path)
         return
