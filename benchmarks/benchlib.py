@@ -70,14 +70,18 @@ class RssSampler:
             self._thread.join()
 
     @staticmethod
-    def total_rss(per_process: dict[int, int] | None = None) -> int:
+    def _tree() -> list[psutil.Process]:
+        """This process and all its children, recursively."""
         root = psutil.Process(os.getpid())
         try:
-            procs = [root, *root.children(recursive=True)]
+            return [root, *root.children(recursive=True)]
         except psutil.Error:
-            procs = [root]
+            return [root]
+
+    @classmethod
+    def total_rss(cls, per_process: dict[int, int] | None = None) -> int:
         total = 0
-        for p in procs:
+        for p in cls._tree():
             with suppress(psutil.Error):
                 rss = p.memory_info().rss
                 total += rss
@@ -85,15 +89,10 @@ class RssSampler:
                     per_process[p.pid] = rss
         return total
 
-    @staticmethod
-    def total_pss() -> int:
-        root = psutil.Process(os.getpid())
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            procs = [root]
+    @classmethod
+    def total_pss(cls) -> int:
         total = 0
-        for p in procs:
+        for p in cls._tree():
             with suppress(psutil.Error):
                 total += p.memory_full_info().pss
         return total

@@ -17,7 +17,7 @@ from tilepipe.errors import InputError, StoreError, TilepipeError
 from tilepipe.execute.engine import TileJob, plan_jobs
 from tilepipe.execute.tasks import RunSpec, run_jobs
 from tilepipe.store._zarr import remove_store, store_exists
-from tilepipe.store.result import STATUS_EMPTY, STATUS_TODO, ResultStore
+from tilepipe.store.result import STATUS_EMPTY, STATUS_NOT_DONE, ResultStore
 from tilepipe.store.scene import SceneStore
 
 __all__ = ["RunReport", "run_model"]
@@ -185,7 +185,7 @@ def run_model(
         run_id = result.attrs["provenance"]["run_id"]
         jobs = plan_jobs(grid, footprint, scene.index())
         status = result.status() if resumed else None
-        todo = [j for j in jobs if status is None or status[j.row, j.col] == STATUS_TODO]
+        todo = [j for j in jobs if status is None or status[j.row, j.col] == STATUS_NOT_DONE]
         already = len(jobs) - len(todo)
         free_interior = bool(np.all(interior == np.float32(fill)))
         free = [j for j in todo if j.empty and free_interior and not _touches_border(j, info.shape)]

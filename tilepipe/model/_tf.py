@@ -43,10 +43,8 @@ def _worker_threads() -> int:
         from distributed import Worker, get_worker
     except ImportError:
         return 0
-    try:
+    with contextlib.suppress(ValueError):  # not in a task's thread: see below
         return int(get_worker().state.nthreads)
-    except ValueError:
-        pass
     # Task functions are unpickled (importing TensorFlow) outside the task's thread,
     # where get_worker() does not answer; the process's worker is still known.
     workers = list(getattr(Worker, "_instances", ()))

@@ -191,13 +191,8 @@ def _write_raster(raster: GeoTiffSource, store: SceneStore, client: Any, progres
                           key=f"tilepipe-ingest-{token}-{b[0]}-{b[1]}")
             for b in blocks
         ]
-        bar = _bar(len(blocks), "ingest", progress)
-        total = 0
         try:
-            for future in as_completed(futures):
-                total += future.result()
-                if bar is not None:
-                    bar.update(1)
+            return _sum_completed(futures, as_completed(futures), progress)
         except BaseException:
             # Stop the rest and let running ones end before the store is removed under them.
             from distributed import wait
@@ -206,10 +201,6 @@ def _write_raster(raster: GeoTiffSource, store: SceneStore, client: Any, progres
             with contextlib.suppress(Exception):
                 wait(futures, timeout=60)
             raise
-        finally:
-            if bar is not None:
-                bar.close()
-        return total
     return _run_local([functools.partial(ingest_geotiff_block, raster, store.path, b) for b in blocks], progress)
 
 
@@ -221,22 +212,28 @@ def _run_local(calls: list[Any], progress: bool) -> int:
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    bar = _bar(len(calls), "ingest", progress)
-    total = 0
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         futures = [pool.submit(call) for call in calls]
         try:
-            for future in as_completed(futures):
-                total += future.result()
-                if bar is not None:
-                    bar.update(1)
+            return _sum_completed(futures, as_completed(futures), progress)
         except BaseException:
             for future in futures:
                 future.cancel()
             raise  # leaving the with-block waits for the tasks already running
-        finally:
+
+
+def _sum_completed(futures: list[Any], completed: Any, progress: bool) -> int:
+    """Sum the results of block tasks as they complete, with an optional progress bar."""
+    bar = _bar(len(futures), "ingest", progress)
+    total = 0
+    try:
+        for future in completed:
+            total += future.result()
             if bar is not None:
-                bar.close()
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return total
 
 

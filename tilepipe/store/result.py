@@ -35,9 +35,9 @@ from tilepipe.errors import StoreError
 from tilepipe.geometry import Window
 from tilepipe.store._zarr import FORMAT_VERSION, local_path, open_group
 
-__all__ = ["ResultStore", "STATUS_COMPUTED", "STATUS_EMPTY", "STATUS_TODO"]
+__all__ = ["ResultStore", "STATUS_COMPUTED", "STATUS_EMPTY", "STATUS_NOT_DONE"]
 
-STATUS_TODO = 0
+STATUS_NOT_DONE = 0
 STATUS_COMPUTED = 1
 STATUS_EMPTY = 2
 
@@ -99,7 +99,7 @@ class ResultStore:
             # One chunk per block of tiles, written by the client alone as tasks finish.
             chunks=block_size_for(tile_size, grid_shape),
             dtype="uint8",
-            fill_value=STATUS_TODO,
+            fill_value=STATUS_NOT_DONE,
             dimension_names=("tile_row", "tile_col"),
         )
         a, b, c, d, e, f = transform
