@@ -17,7 +17,7 @@ import pytest
 #: Where the shared real GeoTIFFs live: ``../shared/data`` from the repository root. Never copied in.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-#: DESIGN.md's exactness bound: max |tiled - whole| / max |whole| at every pixel.
+#: The exactness bound (float32 round-off): max |tiled - whole| / max |whole| at every pixel.
 EXACT_TOLERANCE = 1e-5
 
 

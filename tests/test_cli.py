@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,68 +10,70 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tilepipe.cli import cli, main  # noqa: F401  (main registers the subcommands lazily)
+from tilepipe.cli import cli
+
+from helpers import assert_one_clear_line, run_tilepipe, write_geotiff
 
 SUBCOMMANDS = ["ingest", "run", "export", "info", "quicklook"]
 
 
-def _tilepipe(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "tilepipe", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout, check=False)
+def test_the_group_lists_its_subcommands_without_main() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    listed = result.output.split("Commands:")[1].split()
+    assert all(name in listed for name in SUBCOMMANDS)
 
 
-def _registered() -> None:
-    from tilepipe.cli import export, info, ingest, quicklook, run
+def test_importing_the_cli_loads_no_subcommand() -> None:
+    code = "import sys, tilepipe.cli; print(sorted(m for m in sys.modules if m.startswith('tilepipe.cli.')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"
 
-    for module in (ingest, run, export, info, quicklook):
-        cli.add_command(module.command)
+
+def test_console_script_help_lists_the_subcommands() -> None:
+    proc = run_tilepipe("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: tilepipe ")
+    assert all(f"\n  {name} " in proc.stdout for name in SUBCOMMANDS)
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_every_subcommand_has_help(name: str) -> None:
-    _registered()
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0
     assert f"Usage: cli {name}" in result.output or f"Usage: tilepipe {name}" in result.output
     assert "--help" in result.output
 
 
-def _one_clear_line(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: ")
-    for needle in needles:
-        assert needle in last, (needle, last)
-
-
 def test_bad_inputs_end_in_one_line_and_leave_nothing(tmp_path: Path) -> None:
     (tmp_path / "not_a_tiff.tif").write_text("hello")
-    _one_clear_line(_tilepipe("ingest", str(tmp_path / "missing.tif"), str(tmp_path / "a.zarr")), "missing.tif")
-    _one_clear_line(_tilepipe("ingest", str(tmp_path / "not_a_tiff.tif"), str(tmp_path / "b.zarr")), "not_a_tiff.tif")
+    assert_one_clear_line(run_tilepipe("ingest", str(tmp_path / "missing.tif"), str(tmp_path / "a.zarr")),
+                          "missing.tif")
+    assert_one_clear_line(run_tilepipe("ingest", str(tmp_path / "not_a_tiff.tif"), str(tmp_path / "b.zarr")),
+                          "not_a_tiff.tif")
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
     (tmp_path / "model.h5").write_bytes(b"\x89HDF")
     (tmp_path / "bad_model.yaml").write_text(
         "input: {synthetic: {shape: [64, 64]}}\nmodel: {path: model.h5}\noutput: {zarr: out/r.zarr}\n")
-    _one_clear_line(_tilepipe("run", str(tmp_path / "bad_model.yaml")), "bad_model.yaml", "model.path", ".keras")
+    assert_one_clear_line(run_tilepipe("run", str(tmp_path / "bad_model.yaml")),
+                          "bad_model.yaml", "model.path", ".keras")
     (tmp_path / "no_model.yaml").write_text("input: {synthetic: {shape: [64, 64]}}\noutput: {zarr: out/r.zarr}\n")
-    _one_clear_line(_tilepipe("run", str(tmp_path / "no_model.yaml")), "no_model.yaml", "model")
+    assert_one_clear_line(run_tilepipe("run", str(tmp_path / "no_model.yaml")), "no_model.yaml", "model")
     (tmp_path / "bad_tile.yaml").write_text(
         "input: {synthetic: {shape: [64, 64]}}\nmodel: {builtin: demo}\ntiling: {tile_size: 0}\n"
         "output: {zarr: out/r.zarr}\n")
-    _one_clear_line(_tilepipe("run", str(tmp_path / "bad_tile.yaml")), "bad_tile.yaml", "tiling.tile_size")
+    assert_one_clear_line(run_tilepipe("run", str(tmp_path / "bad_tile.yaml")), "bad_tile.yaml", "tiling.tile_size")
     (tmp_path / "wrong_type.yaml").write_text(
         "input: {synthetic: {shape: [64, 64]}}\nmodel: {builtin: demo}\ncluster: {gpu: 'yes please'}\n"
         "output: {zarr: out/r.zarr}\n")
-    _one_clear_line(_tilepipe("run", str(tmp_path / "wrong_type.yaml")), "wrong_type.yaml", "cluster.gpu")
-    _one_clear_line(_tilepipe("run", str(tmp_path / "absent.yaml")), "absent.yaml")
+    assert_one_clear_line(run_tilepipe("run", str(tmp_path / "wrong_type.yaml")), "wrong_type.yaml", "cluster.gpu")
+    assert_one_clear_line(run_tilepipe("run", str(tmp_path / "absent.yaml")), "absent.yaml")
     assert not (tmp_path / "out").exists()
 
 
 def test_corrupt_geotiff_is_refused_not_zero_filled(shared_data: Path, tmp_path: Path) -> None:
-    proc = _tilepipe("ingest", str(shared_data / "corrupt.tif"), str(tmp_path / "c.zarr"), "--tile-size", "256")
-    _one_clear_line(proc, "corrupt.tif", "read failed")
+    proc = run_tilepipe("ingest", str(shared_data / "corrupt.tif"), str(tmp_path / "c.zarr"), "--tile-size", "256")
+    assert_one_clear_line(proc, "corrupt.tif", "read failed")
     assert not (tmp_path / "c.zarr").exists()
 
 
@@ -90,7 +91,7 @@ def test_workflow_end_to_end_equals_the_dense_model(tmp_path: Path) -> None:
         "output: {zarr: out/result.zarr, geotiff: out/result.tif, quicklook: out/look.png}\n"
         "cluster: {n_workers: 2}\n"
     )
-    proc = _tilepipe("run", str(tmp_path / "wf.yaml"), "--no-progress")
+    proc = run_tilepipe("run", str(tmp_path / "wf.yaml"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     summary = proc.stdout
     assert "tiles total 48 / computed" in summary and "Mpx/s" in summary
@@ -107,36 +108,33 @@ def test_workflow_end_to_end_equals_the_dense_model(tmp_path: Path) -> None:
     assert np.abs(got - reference).max() / np.abs(reference).max() <= 1e-5
     assert (tmp_path / "out/look.png").stat().st_size > 0
 
-    again = _tilepipe("run", str(tmp_path / "wf.yaml"), "--no-progress")
+    again = run_tilepipe("run", str(tmp_path / "wf.yaml"), "--no-progress")
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stdout
 
-    info = _tilepipe("info", str(tmp_path / "out/result.zarr"))
+    info = run_tilepipe("info", str(tmp_path / "out/result.zarr"))
     assert info.returncode == 0
     assert "computed:" in info.stdout and "model_sha256" in info.stdout and "megapixels_per_second" in info.stdout
 
 
 def test_ingest_info_export_quicklook_commands(tmp_path: Path) -> None:
-    import rasterio
     from rasterio.transform import from_origin
 
     data = np.zeros((1, 300, 260), dtype=np.uint8)
     data[0, 40:60, 30:90] = 7
-    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", width=260, height=300, count=1, dtype="uint8",
-                       nodata=0, crs="EPSG:4326", transform=from_origin(10, 50, 0.01, 0.01)) as dst:
-        dst.write(data)
-    ingest = _tilepipe("ingest", str(tmp_path / "s.tif"), str(tmp_path / "s.zarr"), "--tile-size", "128")
+    write_geotiff(tmp_path / "s.tif", data, crs="EPSG:4326", transform=from_origin(10, 50, 0.01, 0.01), nodata=0)
+    ingest = run_tilepipe("ingest", str(tmp_path / "s.tif"), str(tmp_path / "s.zarr"), "--tile-size", "128")
     assert ingest.returncode == 0, ingest.stderr
     assert "3 x 3 tiles" in ingest.stdout
-    info = _tilepipe("info", str(tmp_path / "s.zarr"), "--json")
+    info = run_tilepipe("info", str(tmp_path / "s.zarr"), "--json")
     assert info.returncode == 0
     import json
 
     d = json.loads(info.stdout)
     assert d["kind"] == "scene" and d["shape"] == [300, 260] and d["crs"] == "EPSG:4326"
     assert d["tiles_total"] == 9 and d["nonzero_entries"] == 20 * 60
-    again = _tilepipe("ingest", str(tmp_path / "s.tif"), str(tmp_path / "s.zarr"), "--tile-size", "64")
-    _one_clear_line(again, "s.zarr", "--overwrite")
-    export = _tilepipe("export", str(tmp_path / "missing.zarr"), str(tmp_path / "x.tif"))
-    _one_clear_line(export, "missing.zarr")
+    again = run_tilepipe("ingest", str(tmp_path / "s.tif"), str(tmp_path / "s.zarr"), "--tile-size", "64")
+    assert_one_clear_line(again, "s.zarr", "--overwrite")
+    export = run_tilepipe("export", str(tmp_path / "missing.zarr"), str(tmp_path / "x.tif"))
+    assert_one_clear_line(export, "missing.zarr")
     assert not (tmp_path / "x.tif").exists()

@@ -8,7 +8,6 @@ the CPU here just as it would on a card.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import free_port, run_tilepipe, write_geotiff
+
 pytestmark = pytest.mark.cluster
 
 DASK = str(Path(sys.executable).with_name("dask"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def cluster_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not os.path.exists(DASK):
         pytest.skip(f"the dask CLI is not installed beside {sys.executable}")
     logs = tmp_path_factory.mktemp("cluster-logs")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     procs = [
@@ -89,7 +84,6 @@ def _model(bands: int):  # type: ignore[no-untyped-def]
 
 def _geotiff(path: Path, rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
     """A sparse uint16 GeoTIFF with nodata 0; returns its dense (y, x, band) float32 values."""
-    import rasterio
     from rasterio.transform import from_origin
 
     bands, rows, cols = shape
@@ -97,9 +91,7 @@ def _geotiff(path: Path, rng: np.random.Generator, shape: tuple[int, int, int]) 
     mask = rng.random((rows, cols)) < 0.01
     data[:, mask] = rng.integers(1, 1000, size=(bands, int(mask.sum())))
     data[:, 100:140, 200:260] = rng.integers(1, 1000, size=(bands, 40, 60))  # one dense cluster
-    with rasterio.open(path, "w", driver="GTiff", width=cols, height=rows, count=bands, dtype="uint16",
-                       nodata=0, crs="EPSG:32618", transform=from_origin(500000, 4600000, 10, 10)) as dst:
-        dst.write(data)
+    write_geotiff(path, data, crs="EPSG:32618", transform=from_origin(500000, 4600000, 10, 10), nodata=0)
     return np.moveaxis(data, 0, -1).astype(np.float32)
 
 
@@ -149,16 +141,11 @@ def test_cli_run_by_address_equals_embedded_run(cluster_address: str, tmp_path: 
             f"output: {{zarr: {name}/result.zarr, geotiff: {name}/result.tif}}\n"
             + (f"cluster: {{address: '{address}'}}\n" if address else "cluster: {n_workers: 2}\n")
         )
-    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
-    remote = subprocess.run([sys.executable, "-m", "tilepipe", "run", str(tmp_path / "remote.yaml"), "--no-progress"],
-                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    remote = run_tilepipe("run", str(tmp_path / "remote.yaml"), "--no-progress")
     assert remote.returncode == 0, remote.stderr
     assert "tiles total" in remote.stdout
     # The same workflow without an address, sent by the environment variable.
-    by_env = subprocess.run(
-        [sys.executable, "-m", "tilepipe", "run", str(tmp_path / "embedded.yaml"), "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )
+    by_env = run_tilepipe("run", str(tmp_path / "embedded.yaml"), "--no-progress")
     assert by_env.returncode == 0, by_env.stderr
     remote_result = np.moveaxis(ResultStore.open(tmp_path / "remote/result.zarr").read(), 0, -1)
     embedded_result = np.moveaxis(ResultStore.open(tmp_path / "embedded/result.zarr").read(), 0, -1)
@@ -189,11 +176,8 @@ def test_cli_bad_scheduler_address_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "wf.yaml").write_text(
         "input: {synthetic: {shape: [64, 64]}}\nmodel: {builtin: demo}\noutput: {zarr: out/result.zarr}\n"
     )
-    port = _free_port()  # nothing listens there
-    proc = subprocess.run(
-        [sys.executable, "-m", "tilepipe", "run", str(tmp_path / "wf.yaml"), "--scheduler", f"tcp://127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
+    port = free_port()  # nothing listens there
+    proc = run_tilepipe("run", str(tmp_path / "wf.yaml"), "--scheduler", f"tcp://127.0.0.1:{port}")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr.strip().splitlines()[-1]

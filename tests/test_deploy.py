@@ -251,9 +251,21 @@ def test_compose_scheduler(compose: dict[str, Any]) -> None:
     assert argv[:2] == ["dask", "scheduler"]
     assert _option_value(argv, "--port") == SCHEDULER_PORT
     assert _option_value(argv, "--dashboard-address") == f":{DASHBOARD_PORT}"
-    published = {str(p).split(":")[-1] for p in scheduler.get("ports", [])}
-    assert {SCHEDULER_PORT, DASHBOARD_PORT} <= published
+    # Published on the host's loopback only: the scheduler runs whatever its clients send.
+    assert [str(p) for p in scheduler.get("ports", [])] == [
+        f"127.0.0.1:{SCHEDULER_PORT}:{SCHEDULER_PORT}",
+        f"127.0.0.1:{DASHBOARD_PORT}:{DASHBOARD_PORT}",
+    ]
     assert "healthcheck" in scheduler
+
+
+def test_compose_publishes_nothing_beyond_loopback(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):  # long syntax: {target, published, host_ip, ...}
+                assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} on every interface"
+            else:  # short syntax: [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]
+                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port!r} on every interface"
 
 
 def test_compose_workers_reach_scheduler(compose: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import layers as kl
 
 import tilepipe
@@ -21,6 +20,8 @@ from tilepipe.errors import (
     UntileableModelError,
     WorkflowError,
 )
+
+from helpers import empty_sparse_tensor, write_geotiff
 
 
 def _conv_model(bands: int = 2) -> keras.Model:
@@ -88,10 +89,9 @@ def test_not_a_raster_names_the_file(tmp_path: Path) -> None:
 
 
 def test_band_that_does_not_exist(tmp_path: Path) -> None:
-    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("rasterio")
     tif = tmp_path / "two.tif"
-    with rasterio.open(tif, "w", driver="GTiff", height=4, width=4, count=2, dtype="uint8") as dst:
-        dst.write(np.ones((2, 4, 4), np.uint8))
+    write_geotiff(tif, np.ones((2, 4, 4), np.uint8))
     with pytest.raises(InputError, match="band 3"):
         tilepipe.ingest(str(tif), tmp_path / "s.zarr", bands=[1, 3])
 
@@ -100,7 +100,7 @@ def test_band_that_does_not_exist(tmp_path: Path) -> None:
 def test_tile_size_must_be_positive(tile_size: Any, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="tile_size"):
         tilepipe.ingest(_coo(), tmp_path / "s.zarr", tile_size=tile_size)
-    st_ = tf.SparseTensor(np.zeros((0, 3), np.int64), np.zeros(0, np.float32), (10, 10, 2))
+    st_ = empty_sparse_tensor((10, 10, 2))
     with pytest.raises(InputError, match="tile_size"):
         tilepipe.conv_sparse(st_, _conv_model(), tile_size=tile_size)
     assert not (tmp_path / "s.zarr").exists()
@@ -160,7 +160,7 @@ def test_model_path_must_end_in_keras(name: str, tmp_path: Path, dask_client: An
     path.write_bytes(b"whatever")
     with pytest.raises(ModelError, match=r"\.keras"):
         tilepipe.ingest(_coo(), tmp_path / "s.zarr", model=str(path))
-    st_ = tf.SparseTensor(np.zeros((0, 3), np.int64), np.zeros(0, np.float32), (10, 10, 2))
+    st_ = empty_sparse_tensor((10, 10, 2))
     with pytest.raises(ModelError, match=r"\.keras"):
         tilepipe.conv_sparse(st_, str(path))
     scene = tilepipe.ingest(_coo(), tmp_path / "scene.zarr", tile_size=8, halo=2)
@@ -179,7 +179,7 @@ def test_missing_or_broken_keras_file(tmp_path: Path) -> None:
 
 
 def test_not_a_model() -> None:
-    st_ = tf.SparseTensor(np.zeros((0, 3), np.int64), np.zeros(0, np.float32), (10, 10, 2))
+    st_ = empty_sparse_tensor((10, 10, 2))
     with pytest.raises(ModelError):
         tilepipe.conv_sparse(st_, object())
     with pytest.raises(ModelError):
@@ -193,7 +193,7 @@ def test_untileable_model_names_the_layer(index: int, tmp_path: Path, dask_clien
     with pytest.raises(UntileableModelError, match=layer) as err:
         tilepipe.footprint_of(model)
     assert isinstance(err.value, ModelError) and isinstance(err.value, ValueError)
-    st_ = tf.SparseTensor(np.zeros((0, 3), np.int64), np.zeros(0, np.float32), (16, 16, 2))
+    st_ = empty_sparse_tensor((16, 16, 2))
     with pytest.raises(UntileableModelError, match=layer):
         tilepipe.conv_sparse(st_, model)
     with pytest.raises(UntileableModelError, match=layer):
@@ -221,7 +221,7 @@ def test_bands_mismatch(tmp_path: Path, dask_client: Any) -> None:
         tilepipe.run(scene.path, str(path), tmp_path / "r.zarr", client=dask_client)
     assert "2" in str(err.value)
     assert not (tmp_path / "r.zarr").exists()
-    st_ = tf.SparseTensor(np.zeros((0, 3), np.int64), np.zeros(0, np.float32), (10, 10, 3))
+    st_ = empty_sparse_tensor((10, 10, 3))
     with pytest.raises(ModelError, match="channels"):
         tilepipe.conv_sparse(st_, _conv_model(2))
 

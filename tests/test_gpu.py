@@ -13,6 +13,8 @@ import pytest
 
 from tilepipe.model._tf import keras, tf
 
+from helpers import coo
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="TensorFlow sees no GPU here"),
@@ -32,13 +34,11 @@ def test_gpu_run_equals_dense_model(tmp_path: Path) -> None:
     dense = np.zeros((600, 700, 3), np.float32)
     mask = rng.random((600, 700)) < 0.02
     dense[mask] = rng.random((int(mask.sum()), 3))
-    indices = np.argwhere(dense != 0)
     model: Any = keras.Sequential([keras.Input((None, None, 3)),
                                    keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
                                    keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")])
     model.save(tmp_path / "m.keras")
-    tilepipe.ingest((indices, dense[tuple(indices.T)], dense.shape), tmp_path / "s.zarr", tile_size=256,
-                    model=model)
+    tilepipe.ingest(coo(dense), tmp_path / "s.zarr", tile_size=256, model=model)
     report = tilepipe.run(tmp_path / "s.zarr", tmp_path / "m.keras", tmp_path / "r.zarr", gpu=True)
     assert report.computed > 0
     got = np.moveaxis(ResultStore.open(tmp_path / "r.zarr").read(), 0, -1)

@@ -8,7 +8,6 @@ here from the test's own arrays, never from tilepipe's stores. All runs share on
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import keras
 import numpy as np
 import pytest
 import rasterio
-from keras import layers as kl
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
@@ -24,32 +22,18 @@ import tilepipe
 from tilepipe.errors import StoreError
 from tilepipe.store import ResultStore
 
-pytestmark = pytest.mark.cluster
+from helpers import Checker, conv, coo, expected_status, reference, sequential, write_geotiff
 
-Checker = Callable[..., float]
+pytestmark = pytest.mark.cluster
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def _model(bands: int, layers: list[kl.Layer], seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((None, None, bands)), *layers])
-
-
-def _conv(filters: int, kernel: int, **kwargs: Any) -> kl.Conv2D:
-    return kl.Conv2D(filters, kernel, bias_initializer=keras.initializers.RandomNormal(stddev=0.5), **kwargs)
 
 
 def _save(model: keras.Model, tmp_path: Path, name: str = "m") -> str:
     path = tmp_path / f"{name}.keras"
     model.save(path)
     return str(path)
-
-
-def _coo(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    indices = np.argwhere(dense != 0)
-    return indices, dense[tuple(indices.T)], dense.shape
 
 
 def _patches(shape: tuple[int, int, int], boxes: list[tuple[int, int, int, int]], seed: int = 0) -> np.ndarray:
@@ -63,11 +47,6 @@ def _patches(shape: tuple[int, int, int], boxes: list[tuple[int, int, int, int]]
     return dense
 
 
-def _reference(model: keras.Model, dense: np.ndarray) -> np.ndarray:
-    """Keras on the whole dense scene ``(y, x, band)``, as ``(band, y, x)``."""
-    return np.asarray(model(dense[None], training=False))[0].transpose(2, 0, 1)
-
-
 def _ingest_run(
     source: Any, model_path: str, tmp_path: Path, client: Any, *, tag: str = "", **ingest_kwargs: Any
 ) -> tuple[np.ndarray, Any, str, str]:
@@ -78,38 +57,23 @@ def _ingest_run(
     return ResultStore.open(result, mode="r").read(), report, scene, result
 
 
-def _expected_status(shape: tuple[int, int], tile: int, halo: int, dense: np.ndarray) -> np.ndarray:
-    """1 where a tile's haloed, clipped window holds a value, else 2 (computed here, not by tilepipe)."""
-    rows, cols = shape
-    ny, nx = -(-rows // tile), -(-cols // tile)
-    status = np.empty((ny, nx), np.uint8)
-    for r in range(ny):
-        for c in range(nx):
-            win = dense[
-                max(r * tile - halo, 0) : min((r + 1) * tile + halo, rows),
-                max(c * tile - halo, 0) : min((c + 1) * tile + halo, cols),
-            ]
-            status[r, c] = 1 if np.any(win != 0) else 2
-    return status
-
-
 # -- values -----------------------------------------------------------------------------------------
 
 
 def test_multiband_multichannel_tile_not_dividing(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
-    model = _model(3, [_conv(4, 3, padding="same", activation="relu"),
-                       _conv(2, 3, padding="same", dilation_rate=2, activation="sigmoid")])
+    model = sequential(3, conv(4, 3, padding="same", activation="relu"),
+                          conv(2, 3, padding="same", dilation_rate=2, activation="sigmoid"), seed=0)
     dense = _patches((70, 53, 3), [(3, 12, 40, 53), (30, 37, 20, 26), (60, 70, 0, 9)])
     got, report, scene, result = _ingest_run(
-        _coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=16, model=model
+        coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=16, model=model
     )
     assert got.shape == (2, 70, 53)
-    assert_exact(got, _reference(model, dense), "multi-band, multi-channel, 16 px tiles over 70 x 53")
+    assert_exact(got, reference(model, dense), "multi-band, multi-channel, 16 px tiles over 70 x 53")
     info = tilepipe.info(scene)
     assert info["tiles_total"] == 5 * 4 and info["shape"] == [70, 53] and info["bands"] == 3
     halo = info["halo"]
     assert halo == tilepipe.footprint_of(model).halo
-    expected = _expected_status((70, 53), 16, halo, dense)
+    expected = expected_status(dense, 16, halo)
     np.testing.assert_array_equal(ResultStore.open(result, mode="r").status(), expected)
     assert report.tiles_total == 20
     assert report.computed == int((expected == 1).sum())
@@ -120,24 +84,24 @@ def test_multiband_multichannel_tile_not_dividing(tmp_path: Path, dask_client: A
 def test_valid_layers_shrink_and_shift_the_georeferencing(
     tmp_path: Path, dask_client: Any, assert_exact: Checker
 ) -> None:
-    model = _model(2, [_conv(3, 5, padding="valid", activation="tanh"),
-                       _conv(1, 3, padding="same", dilation_rate=3, activation="sigmoid")], seed=1)
+    model = sequential(2, conv(3, 5, padding="valid", activation="tanh"),
+                          conv(1, 3, padding="same", dilation_rate=3, activation="sigmoid"), seed=1)
     dense = _patches((41, 37, 2), [(0, 41, 0, 6), (17, 25, 30, 37)], seed=1)
     transform = (2.0, 0.0, 1000.0, 0.0, -2.0, 5000.0)
     got, _, _, result = _ingest_run(
-        _coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=10, model=model,
+        coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=10, model=model,
         crs="EPSG:32633", transform=transform,
     )
     assert got.shape == (1, 37, 33)
-    assert_exact(got, _reference(model, dense), "valid + dilated same, 10 px tiles")
+    assert_exact(got, reference(model, dense), "valid + dilated same, 10 px tiles")
     # Output pixel j sits at input pixel j + 2 (a 5 x 5 'valid' kernel): the transform moves by 2 px.
     np.testing.assert_allclose(ResultStore.open(result, mode="r").attrs["transform"], [2, 0, 1004, 0, -2, 4996])
 
 
 def test_complete_result_has_nothing_left_to_do(tmp_path: Path, dask_client: Any) -> None:
-    model = _model(2, [_conv(1, 5, padding="valid")], seed=1)
+    model = sequential(2, conv(1, 5, padding="valid"), seed=1)
     dense = _patches((41, 37, 2), [(3, 9, 4, 10)], seed=1)
-    _, _, _, result = _ingest_run(_coo(dense), _save(model, tmp_path), tmp_path, dask_client,
+    _, _, _, result = _ingest_run(coo(dense), _save(model, tmp_path), tmp_path, dask_client,
                                   tile_size=10, model=model)
     info = tilepipe.info(result)
     assert info["complete"]
@@ -148,43 +112,41 @@ def test_two_dimensional_sparse_tensor_and_integer_values(
     tmp_path: Path, dask_client: Any, assert_exact: Checker
 ) -> None:
     tf = pytest.importorskip("tensorflow")
-    model = _model(1, [_conv(2, 3, padding="same", activation="tanh")], seed=14)
+    model = sequential(1, conv(2, 3, padding="same", activation="tanh"), seed=14)
     path = _save(model, tmp_path)
     plane = np.zeros((20, 23), np.float32)
     plane[4, 7], plane[19, 22], plane[0, 0] = 3.0, -1.0, 0.5
-    idx = np.argwhere(plane != 0)
-    got, _, scene, _ = _ingest_run(tf.SparseTensor(idx, plane[tuple(idx.T)], plane.shape), path, tmp_path,
-                                   dask_client, tile_size=8, halo=1)
+    got, _, scene, _ = _ingest_run(tf.SparseTensor(*coo(plane)), path, tmp_path, dask_client, tile_size=8, halo=1)
     assert tilepipe.info(scene)["bands"] == 1
-    assert_exact(got, _reference(model, plane[:, :, None]), "H x W SparseTensor")
+    assert_exact(got, reference(model, plane[:, :, None]), "H x W SparseTensor")
     # Integer values beyond uint16 and negative ones keep their dtype in the store.
     ints = np.zeros((20, 20, 1), np.int64)
     ints[3, 3, 0], ints[15, 2, 0] = 70000, -5
-    got, _, scene, _ = _ingest_run(_coo(ints), path, tmp_path, dask_client, tag="-int", tile_size=8, halo=1)
+    got, _, scene, _ = _ingest_run(coo(ints), path, tmp_path, dask_client, tag="-int", tile_size=8, halo=1)
     assert tilepipe.info(scene)["dtype"] == "int64"
-    assert_exact(got, _reference(model, ints.astype(np.float32)), "int64 COO values")
+    assert_exact(got, reference(model, ints.astype(np.float32)), "int64 COO values")
 
 
 def test_scene_smaller_than_one_tile(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
-    model = _model(1, [_conv(2, 3, padding="same", activation="relu"), _conv(1, 5, padding="same")], seed=2)
+    model = sequential(1, conv(2, 3, padding="same", activation="relu"), conv(1, 5, padding="same"), seed=2)
     dense = _patches((12, 13, 1), [(0, 12, 0, 13)], seed=2)
-    got, report, scene, _ = _ingest_run(_coo(dense), _save(model, tmp_path), tmp_path, dask_client,
+    got, report, scene, _ = _ingest_run(coo(dense), _save(model, tmp_path), tmp_path, dask_client,
                                         tile_size=64, model=model)
     assert tilepipe.info(scene)["tiles_total"] == 1
     assert report.tiles_total == 1 and report.computed == 1
-    assert_exact(got, _reference(model, dense), "12 x 13 scene in one 64 px tile")
+    assert_exact(got, reference(model, dense), "12 x 13 scene in one 64 px tile")
 
 
 def test_all_empty_scene_is_the_response_to_zeros(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
-    model = _model(2, [_conv(3, 3, padding="same", activation="relu"),
-                       _conv(2, 3, padding="same", activation="sigmoid")], seed=3)
+    model = sequential(2, conv(3, 3, padding="same", activation="relu"),
+                          conv(2, 3, padding="same", activation="sigmoid"), seed=3)
     shape = (50, 47, 2)
     empty = (np.zeros((0, 3), np.int64), np.zeros(0, np.float32), shape)
     got, report, scene, _ = _ingest_run(empty, _save(model, tmp_path), tmp_path, dask_client,
                                         tile_size=12, model=model)
     assert tilepipe.info(scene)["tiles_occupied"] == 0
     assert report.computed == 0 and report.empty == report.tiles_total == 5 * 4
-    ref = _reference(model, np.zeros(shape, np.float32))
+    ref = reference(model, np.zeros(shape, np.float32))
     assert_exact(got, ref, "all-empty scene")
     assert np.all(got != 0)  # sigmoid: never zero, and borders differ from the interior
     assert not np.allclose(got[:, 0, 0], got[:, 25, 25])
@@ -195,15 +157,15 @@ def test_every_empty_tile_class(out_bands: int, tmp_path: Path, dask_client: Any
     # 6 x 6 tiles of 9 px over 50 x 52: empty interior, edge and corner tiles around two busy
     # ones. One output band takes the store's fill value for empty interior tiles; with two
     # bands (different responses to zeros) every empty tile is written.
-    model = _model(1, [_conv(2, 3, padding="same", activation="tanh"),
-                       _conv(out_bands, 3, padding="same", activation="sigmoid")], seed=4)
+    model = sequential(1, conv(2, 3, padding="same", activation="tanh"),
+                          conv(out_bands, 3, padding="same", activation="sigmoid"), seed=4)
     dense = _patches((50, 52, 1), [(21, 24, 20, 25), (47, 50, 0, 3)], seed=4)
     got, _, _, result = _ingest_run(
-        _coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=9, model=model
+        coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=9, model=model
     )
-    ref = _reference(model, dense)
+    ref = reference(model, dense)
     assert_exact(got, ref, f"empty tile classes, {out_bands} output band(s)")
-    expected = _expected_status((50, 52), 9, tilepipe.footprint_of(model).halo, dense)
+    expected = expected_status(dense, 9, tilepipe.footprint_of(model).halo)
     np.testing.assert_array_equal(ResultStore.open(result, mode="r").status(), expected)
     # Each class on its own: corners, edges and interior empty tiles.
     tile = 9
@@ -214,39 +176,39 @@ def test_every_empty_tile_class(out_bands: int, tmp_path: Path, dask_client: Any
 
 
 def test_model_object_and_tuple_tile_size(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
-    model = _model(2, [_conv(2, 3, padding="same", activation="relu")], seed=5)
+    model = sequential(2, conv(2, 3, padding="same", activation="relu"), seed=5)
     dense = _patches((33, 40, 2), [(5, 30, 10, 20)], seed=5)
     scene, result = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr")
-    tilepipe.ingest(_coo(dense), scene, tile_size=(7, 11), halo=4)
+    tilepipe.ingest(coo(dense), scene, tile_size=(7, 11), halo=4)
     report = tilepipe.run(scene, model, result, client=dask_client, batch_size=2)
     assert report.tiles_total == 5 * 4
-    assert_exact(ResultStore.open(result, mode="r").read(), _reference(model, dense), "keras.Model, (7, 11) tiles")
+    assert_exact(ResultStore.open(result, mode="r").read(), reference(model, dense), "keras.Model, (7, 11) tiles")
 
 
 # -- resume, overwrite, halo ------------------------------------------------------------------------
 
 
 def test_second_run_is_up_to_date_and_changes_nothing(tmp_path: Path, dask_client: Any) -> None:
-    model = _model(1, [_conv(1, 3, padding="same", activation="sigmoid")], seed=6)
+    model = sequential(1, conv(1, 3, padding="same", activation="sigmoid"), seed=6)
     dense = _patches((30, 30, 1), [(10, 20, 10, 20)], seed=6)
     path = _save(model, tmp_path)
-    first, _, scene, result = _ingest_run(_coo(dense), path, tmp_path, dask_client, tile_size=8, model=model)
+    first, _, scene, result = _ingest_run(coo(dense), path, tmp_path, dask_client, tile_size=8, model=model)
     report = tilepipe.run(scene, path, result, client=dask_client)
     assert report.up_to_date
     np.testing.assert_array_equal(ResultStore.open(result, mode="r").read(), first)
 
 
 def test_interrupted_run_resumes_only_missing_tiles(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
-    model = _model(2, [_conv(3, 3, padding="same", activation="relu"), _conv(2, 3, padding="same")], seed=7)
+    model = sequential(2, conv(3, 3, padding="same", activation="relu"), conv(2, 3, padding="same"), seed=7)
     dense = _patches((40, 40, 2), [(0, 40, 0, 40)], seed=7)
     path = _save(model, tmp_path)
-    _, first, scene, result = _ingest_run(_coo(dense), path, tmp_path, dask_client, tile_size=10, model=model)
+    _, first, scene, result = _ingest_run(coo(dense), path, tmp_path, dask_client, tile_size=10, model=model)
     assert first.computed == 16
     # Pretend the run died after some tiles: their status is 0 and their chunks were never written.
     lost = [(0, 0), (1, 2), (3, 3)]
     store = ResultStore.open(result)
     store.set_status(np.array([r for r, _ in lost]), np.array([c for _, c in lost]), 0)
-    store.update_attrs(complete=False)
+    store.mark_incomplete()
     for r, c in lost:
         for band in range(2):
             chunk = Path(result) / "data" / "c" / str(band) / str(r) / str(c)
@@ -259,31 +221,31 @@ def test_interrupted_run_resumes_only_missing_tiles(tmp_path: Path, dask_client:
     assert report.already_done == 16 - len(lost)
     assert report.computed + report.empty == len(lost)
     got = ResultStore.open(result, mode="r").read()
-    assert_exact(got, _reference(model, dense), "resumed run")
+    assert_exact(got, reference(model, dense), "resumed run")
     assert np.all(ResultStore.open(result, mode="r").status() == 1)
 
 
 def test_other_model_into_same_result_needs_overwrite(
     tmp_path: Path, dask_client: Any, assert_exact: Checker
 ) -> None:
-    a = _model(1, [_conv(1, 3, padding="same", activation="relu")], seed=8)
-    b = _model(1, [_conv(1, 3, padding="same", activation="sigmoid")], seed=9)
+    a = sequential(1, conv(1, 3, padding="same", activation="relu"), seed=8)
+    b = sequential(1, conv(1, 3, padding="same", activation="sigmoid"), seed=9)
     dense = _patches((20, 20, 1), [(2, 18, 2, 18)], seed=8)
     path_a, path_b = _save(a, tmp_path, "a"), _save(b, tmp_path, "b")
-    first, _, scene, result = _ingest_run(_coo(dense), path_a, tmp_path, dask_client, tile_size=8, halo=2)
+    first, _, scene, result = _ingest_run(coo(dense), path_a, tmp_path, dask_client, tile_size=8, halo=2)
     with pytest.raises(StoreError, match="overwrite"):
         tilepipe.run(scene, path_b, result, client=dask_client)
     np.testing.assert_array_equal(ResultStore.open(result, mode="r").read(), first)  # left alone
     tilepipe.run(scene, path_b, result, client=dask_client, overwrite=True)
-    assert_exact(ResultStore.open(result, mode="r").read(), _reference(b, dense), "overwritten with model b")
+    assert_exact(ResultStore.open(result, mode="r").read(), reference(b, dense), "overwritten with model b")
 
 
 def test_store_halo_smaller_than_the_model_needs(tmp_path: Path, dask_client: Any) -> None:
-    model = _model(1, [_conv(1, 3, padding="same"), _conv(1, 5, padding="same")], seed=10)
+    model = sequential(1, conv(1, 3, padding="same"), conv(1, 5, padding="same"), seed=10)
     need = tilepipe.footprint_of(model).halo
     assert need == 3
     scene, result = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr")
-    tilepipe.ingest(_coo(_patches((20, 20, 1), [(5, 9, 5, 9)])), scene, tile_size=8, halo=need - 1)
+    tilepipe.ingest(coo(_patches((20, 20, 1), [(5, 9, 5, 9)])), scene, tile_size=8, halo=need - 1)
     with pytest.raises(StoreError, match="halo") as err:
         tilepipe.run(scene, _save(model, tmp_path), result, client=dask_client)
     assert str(need) in str(err.value)
@@ -297,15 +259,15 @@ def test_georeferencing_and_xarray(tmp_path: Path, dask_client: Any, assert_exac
     xr = pytest.importorskip("xarray")
     # One output band and empty interior tiles: those are never written and read as the
     # store's fill value (the response to zeros), which xarray must not turn into NaN.
-    model = _model(2, [_conv(1, 3, padding="same", activation="sigmoid")], seed=11)
+    model = sequential(2, conv(1, 3, padding="same", activation="sigmoid"), seed=11)
     dense = _patches((40, 48, 2), [(0, 6, 3, 27)], seed=11)
     transform = (30.0, 0.0, 500000.0, 0.0, -30.0, 4600000.0)
     got, report, _, result = _ingest_run(
-        _coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=8, model=model,
+        coo(dense), _save(model, tmp_path), tmp_path, dask_client, tile_size=8, model=model,
         crs="EPSG:32633", transform=Affine(*transform),
     )
     assert report.empty > 0
-    ref = _reference(model, dense)
+    ref = reference(model, dense)
     assert_exact(got, ref, "georeferenced")
     attrs = ResultStore.open(result, mode="r").attrs
     assert CRS.from_wkt(attrs["crs_wkt"]) == CRS.from_epsg(32633)
@@ -330,11 +292,9 @@ def test_geotiff_ingest(tmp_path: Path, dask_client: Any, assert_exact: Checker)
     pixels[1, 30:, :] = 0  # one band empty where the others are not
     tif = tmp_path / "scene.tif"
     transform = Affine(10.0, 0.0, 300000.0, 0.0, -10.0, 5000000.0)
-    with rasterio.open(tif, "w", driver="GTiff", height=rows, width=cols, count=3, dtype="uint16",
-                       crs="EPSG:32618", transform=transform, nodata=0) as dst:
-        dst.write(pixels)
-    model = _model(3, [_conv(2, 3, padding="same", activation="relu"),
-                       _conv(2, 3, padding="valid", activation="sigmoid")], seed=12)
+    write_geotiff(tif, pixels, crs="EPSG:32618", transform=transform, nodata=0)
+    model = sequential(3, conv(2, 3, padding="same", activation="relu"),
+                          conv(2, 3, padding="valid", activation="sigmoid"), seed=12)
     # The reference reads the file with rasterio itself: (band, y, x) -> (y, x, band), nodata -> 0.
     with rasterio.open(tif) as src:
         data = src.read().astype(np.float32)
@@ -343,7 +303,7 @@ def test_geotiff_ingest(tmp_path: Path, dask_client: Any, assert_exact: Checker)
     got, _, scene, result = _ingest_run(
         str(tif), _save(model, tmp_path), tmp_path, dask_client, tile_size=16, model=model
     )
-    assert_exact(got, _reference(model, np.moveaxis(data, 0, -1)), "3-band uint16 GeoTIFF")
+    assert_exact(got, reference(model, np.moveaxis(data, 0, -1)), "3-band uint16 GeoTIFF")
     info = tilepipe.info(scene)
     assert info["bands"] == 3 and info["dtype"] == "uint16" and info["crs"] == "EPSG:32618"
     attrs = ResultStore.open(result, mode="r").attrs
@@ -352,36 +312,35 @@ def test_geotiff_ingest(tmp_path: Path, dask_client: Any, assert_exact: Checker)
     np.testing.assert_allclose(attrs["transform"], [10, 0, 300010, 0, -10, 4999990])
 
     # A band subset, in a chosen order.
-    sub = _model(2, [_conv(1, 3, padding="same", activation="tanh")], seed=13)
+    sub = sequential(2, conv(1, 3, padding="same", activation="tanh"), seed=13)
     got2, _, _, _ = _ingest_run(str(tif), _save(sub, tmp_path, "sub"), tmp_path, dask_client, tag="-bands",
                                 tile_size=16, model=sub, bands=[3, 1])
-    assert_exact(got2, _reference(sub, np.moveaxis(data[[2, 0]], 0, -1)), "GeoTIFF bands [3, 1]")
+    assert_exact(got2, reference(sub, np.moveaxis(data[[2, 0]], 0, -1)), "GeoTIFF bands [3, 1]")
 
 
 def test_reingest_same_source_is_reused_and_other_is_refused(tmp_path: Path) -> None:
     dense = _patches((20, 20, 1), [(5, 9, 5, 9)])
     scene = str(tmp_path / "s.zarr")
-    tilepipe.ingest(_coo(dense), scene, tile_size=8, halo=2)
-    tilepipe.ingest(_coo(dense), scene, tile_size=8, halo=2)  # same scene, same tiling: reused
+    tilepipe.ingest(coo(dense), scene, tile_size=8, halo=2)
+    tilepipe.ingest(coo(dense), scene, tile_size=8, halo=2)  # same scene, same tiling: reused
     other = _patches((20, 20, 1), [(1, 3, 1, 3)], seed=1)
     with pytest.raises(StoreError, match="overwrite"):
-        tilepipe.ingest(_coo(other), scene, tile_size=8, halo=2)
-    tilepipe.ingest(_coo(other), scene, tile_size=8, halo=2, overwrite=True)
+        tilepipe.ingest(coo(other), scene, tile_size=8, halo=2)
+    tilepipe.ingest(coo(other), scene, tile_size=8, halo=2, overwrite=True)
     assert tilepipe.info(scene)["nonzero_entries"] == int(np.count_nonzero(other))
     shutil.rmtree(scene)
 
 
 def test_stores_given_as_file_urls(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
     """Scene and result stores given as ``file://`` URLs, as a workflow on a shared filesystem may name them."""
-    model = _model(2, [_conv(3, 3, padding="same", activation="relu"), _conv(1, 3, padding="same")], seed=9)
+    model = sequential(2, conv(3, 3, padding="same", activation="relu"), conv(1, 3, padding="same"), seed=9)
     model_path = tmp_path / "m.keras"
     model.save(model_path)
     dense = _patches((70, 90, 2), [(10, 20, 30, 45), (60, 70, 80, 90)], seed=9)
-    indices = np.argwhere(dense != 0)
     scene_url = (tmp_path / "scene.zarr").as_uri()
     result_url = (tmp_path / "result.zarr").as_uri()
-    tilepipe.ingest((indices, dense[tuple(indices.T)], dense.shape), scene_url, tile_size=32, model=model_path)
+    tilepipe.ingest(coo(dense), scene_url, tile_size=32, model=model_path)
     report = tilepipe.run(scene_url, model_path, result_url, client=dask_client)
     assert report.computed > 0
     got = ResultStore.open(result_url).read()
-    assert_exact(got, _reference(model, dense), "file:// URLs")
+    assert_exact(got, reference(model, dense), "file:// URLs")

@@ -7,7 +7,6 @@ The files stay in the shared folder; tests skip where it is absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,9 @@ import tilepipe
 from tilepipe.errors import InputError
 from tilepipe.store import ResultStore
 
-pytestmark = pytest.mark.cluster
+from helpers import Checker, expected_status, reference
 
-Checker = Callable[..., float]
+pytestmark = pytest.mark.cluster
 
 
 def _model(bands: int, seed: int) -> keras.Model:
@@ -52,17 +51,6 @@ def _read_dense(path: Path, nodata: float | None = None) -> tuple[np.ndarray, An
     return np.moveaxis(dense, 0, -1), crs, transform
 
 
-def _occupied_tiles(dense: np.ndarray, tile: int, halo: int) -> int:
-    """Tiles whose haloed, clipped window holds a value (computed here, not by tilepipe)."""
-    rows, cols = dense.shape[:2]
-    any_value = np.any(dense != 0, axis=2)
-    return sum(
-        bool(np.any(any_value[max(r - halo, 0) : r + tile + halo, max(c - halo, 0) : c + tile + halo]))
-        for r in range(0, rows, tile)
-        for c in range(0, cols, tile)
-    )
-
-
 def _check_raster(
     path: Path, tmp_path: Path, client: Any, assert_exact: Checker, *, tile_size: int, seed: int,
     nodata: float | None = None,
@@ -75,7 +63,7 @@ def _check_raster(
     tilepipe.ingest(str(path), scene, tile_size=tile_size, model=model, nodata=nodata, client=client)
     report = tilepipe.run(scene, str(model_path), result, client=client)
     store = ResultStore.open(result, mode="r")
-    ref = np.asarray(model(dense[None], training=False))[0].transpose(2, 0, 1)
+    ref = reference(model, dense)
     if np.any(dense):
         assert np.std(ref) > 1e-3, "the model saturates: the comparison would say little"
     assert_exact(store.read(), ref, path.name)
@@ -87,7 +75,7 @@ def _check_raster(
     info = tilepipe.info(scene)
     assert info["shape"] == list(dense.shape[:2]) and info["bands"] == dense.shape[2]
     assert info["halo"] == tilepipe.footprint_of(model).halo
-    assert info["tiles_occupied"] == _occupied_tiles(dense, tile_size, info["halo"])
+    assert info["tiles_occupied"] == int((expected_status(dense, tile_size, info["halo"]) == 1).sum())
     assert report.computed + report.empty == report.tiles_total == info["tiles_total"]
     return info
 

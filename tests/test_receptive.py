@@ -20,16 +20,13 @@ from keras import layers as kl
 from tilepipe.errors import ModelError, UntileableModelError
 from tilepipe.geometry.footprint import AxisFootprint, Footprint
 from tilepipe.geometry.window import Window
-from tilepipe.model.receptive import describe_footprint, footprint_of
+from tilepipe.model.receptive import footprint_of
+
+from helpers import conv, predict, sequential
 
 BANDS = 3
 SCENE = (37, 41)  # odd sizes on purpose: TF's odd-size edge cases live there
-TOLERANCE = 1e-5  # max |err| / max |ref|, as DESIGN.md asks
-
-
-def _conv(filters: int, kernel: int | tuple[int, int], **kwargs: object) -> kl.Conv2D:
-    # Non-zero biases make border effects visible (a zero bias can hide them).
-    return kl.Conv2D(filters, kernel, bias_initializer=keras.initializers.RandomNormal(stddev=0.5), **kwargs)
+TOLERANCE = 1e-5  # max |err| / max |ref|: the exactness bound, float32 round-off
 
 
 def _input(bands: int = BANDS) -> keras.KerasTensor:
@@ -42,14 +39,10 @@ def _scene(rng: np.random.Generator, shape: tuple[int, int], bands: int = BANDS)
     return x
 
 
-def _run(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model(x, training=False))
-
-
 def _relative_error(model: keras.Model, fp: Footprint, x: np.ndarray, tile: tuple[int, int]) -> float:
     """Tile the scene as the executor will (window, run, trim) and compare with the whole."""
     shape = (x.shape[1], x.shape[2])
-    ref = _run(model, x)
+    ref = predict(model, x)
     assert ref.shape[1:3] == fp.output_shape(shape)
     out_rows, out_cols = ref.shape[1:3]
     got = np.full_like(ref, np.nan)
@@ -57,17 +50,13 @@ def _relative_error(model: keras.Model, fp: Footprint, x: np.ndarray, tile: tupl
         for c0 in range(0, out_cols, tile[1]):
             core = Window(r0, min(r0 + tile[0], out_rows), c0, min(c0 + tile[1], out_cols))
             win = fp.input_window(core, shape)
-            y = _run(model, x[:, win.row_start : win.row_stop, win.col_start : win.col_stop])
+            y = predict(model, x[:, win.row_start : win.row_stop, win.col_start : win.col_stop])
             assert y.shape[1:3] == fp.output_shape(win.shape)
             r, c = core.row_start - win.row_start, core.col_start - win.col_start
             got[:, core.row_start : core.row_stop, core.col_start : core.col_stop] = y[
                 :, r : r + core.height, c : c + core.width
             ]
     return float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
-
-
-def _seq(*layers: kl.Layer, bands: int = BANDS) -> keras.Sequential:
-    return keras.Sequential([_input(bands), *layers])
 
 
 def _axis(before: int, after: int, shrink: int = 0, offset: int = 0) -> AxisFootprint:
@@ -82,21 +71,27 @@ def _square(before: int, after: int, shrink: int = 0, offset: int = 0) -> Footpr
 
 
 HAND: dict[str, tuple[Callable[[], keras.Model], Footprint]] = {
-    "three same 3x3": (lambda: _seq(*[_conv(4, 3, padding="same") for _ in range(3)]), _square(3, 3)),
-    "5x5 dilation 2 same": (lambda: _seq(_conv(4, 5, dilation_rate=2, padding="same")), _square(4, 4)),
+    "three same 3x3": (lambda: sequential(BANDS, *[conv(4, 3, padding="same") for _ in range(3)]), _square(3, 3)),
+    "5x5 dilation 2 same": (lambda: sequential(BANDS, conv(4, 5, dilation_rate=2, padding="same")), _square(4, 4)),
     # TF puts the odd pixel of an even kernel's padding after.
-    "two even 4x4 same": (lambda: _seq(_conv(4, 4, padding="same"), _conv(2, 4, padding="same")), _square(2, 4)),
-    "two 3x3 valid": (lambda: _seq(_conv(4, 3), _conv(2, 3)), _square(0, 4, 4, 2)),
-    "3x7 valid": (lambda: _seq(_conv(2, (3, 7))), Footprint(_axis(0, 2, 2, 1), _axis(0, 6, 6, 3))),
+    "two even 4x4 same": (
+        lambda: sequential(BANDS, conv(4, 4, padding="same"), conv(2, 4, padding="same")),
+        _square(2, 4),
+    ),
+    "two 3x3 valid": (lambda: sequential(BANDS, conv(4, 3), conv(2, 3)), _square(0, 4, 4, 2)),
+    "3x7 valid": (lambda: sequential(BANDS, conv(2, (3, 7))), Footprint(_axis(0, 2, 2, 1), _axis(0, 6, 6, 3))),
     # The same layer's padding still reaches 1 px in after the valid layer.
-    "same then valid": (lambda: _seq(_conv(4, 3, padding="same"), _conv(2, 3)), _square(1, 3, 2, 1)),
-    "zero padding then valid is same": (lambda: _seq(kl.ZeroPadding2D(1), _conv(2, 3)), _square(1, 1)),
+    "same then valid": (lambda: sequential(BANDS, conv(4, 3, padding="same"), conv(2, 3)), _square(1, 3, 2, 1)),
+    "zero padding then valid is same": (lambda: sequential(BANDS, kl.ZeroPadding2D(1), conv(2, 3)), _square(1, 1)),
     "same then crop is valid": (
-        lambda: _seq(_conv(2, 3, padding="same"), kl.Cropping2D(1)),
+        lambda: sequential(BANDS, conv(2, 3, padding="same"), kl.Cropping2D(1)),
         _square(0, 2, 2, 1),
     ),
-    "max pool 3 stride 1 same": (lambda: _seq(kl.MaxPooling2D(3, strides=1, padding="same")), _square(1, 1)),
-    "pointwise only": (lambda: _seq(kl.BatchNormalization(), kl.ReLU(), kl.Dense(2)), _square(0, 0)),
+    "max pool 3 stride 1 same": (
+        lambda: sequential(BANDS, kl.MaxPooling2D(3, strides=1, padding="same")),
+        _square(1, 1),
+    ),
+    "pointwise only": (lambda: sequential(BANDS, kl.BatchNormalization(), kl.ReLU(), kl.Dense(2)), _square(0, 0)),
 }
 
 
@@ -107,15 +102,17 @@ def test_footprint_matches_hand_computation(case: str) -> None:
 
 
 def test_halo_is_the_largest_margin() -> None:
-    fp = footprint_of(_seq(_conv(2, 3, padding="same"), _conv(2, (5, 9), dilation_rate=(1, 2), padding="same")))
+    fp = footprint_of(
+        sequential(BANDS, conv(2, 3, padding="same"), conv(2, (5, 9), dilation_rate=(1, 2), padding="same"))
+    )
     assert (fp.rows.before, fp.rows.after, fp.cols.before, fp.cols.after) == (3, 3, 9, 9)
     assert fp.halo == 9
 
 
 def test_describe_footprint() -> None:
-    assert describe_footprint(_square(7, 7)) == "halo 7 px (rows 7/7, cols 7/7)"
+    assert _square(7, 7).describe() == "halo 7 px (rows 7/7, cols 7/7)"
     fp = Footprint(_axis(0, 4, 4, 2), _axis(1, 2))
-    assert describe_footprint(fp) == "halo 4 px (rows 0/4, cols 1/2); output -4 rows, +0 cols"
+    assert fp.describe() == "halo 4 px (rows 0/4, cols 1/2); output -4 rows, +0 cols"
 
 
 # --- tiled == whole scene ---------------------------------------------------------------
@@ -123,38 +120,38 @@ def test_describe_footprint() -> None:
 
 def _branches() -> keras.Model:
     x = _input()
-    c1 = _conv(4, 3, padding="same", activation="relu")(x)
-    b1 = _conv(4, 5, dilation_rate=2, padding="same")(c1)
-    b2 = _conv(4, 1)(c1)
+    c1 = conv(4, 3, padding="same", activation="relu")(x)
+    b1 = conv(4, 5, dilation_rate=2, padding="same")(c1)
+    b2 = conv(4, 1)(c1)
     y = kl.Concatenate()([kl.Add()([b1, b2]), c1, x])
-    return keras.Model(x, _conv(2, 3, padding="same")(y))
+    return keras.Model(x, conv(2, 3, padding="same")(y))
 
 
 def _valid_branches() -> keras.Model:
     # Equal shrink, different offsets: (5x5 valid) vs (1x1 then crop 2 before / 2 after).
     x = _input()
-    b1 = _conv(4, 5)(x)
-    b2 = kl.Cropping2D(((1, 3), (3, 1)))(_conv(4, 1)(x))
+    b1 = conv(4, 5)(x)
+    b2 = kl.Cropping2D(((1, 3), (3, 1)))(conv(4, 1)(x))
     y = kl.Multiply()([kl.Subtract()([b1, b2]), kl.Maximum()([b1, b2])])
-    return keras.Model(x, _conv(2, 3, padding="same")(y))
+    return keras.Model(x, conv(2, 3, padding="same")(y))
 
 
 def _nested() -> keras.Model:
     inner_seq = keras.Sequential(
-        [_input(4), _conv(4, 3, padding="same"), kl.BatchNormalization(), kl.ReLU()], name="inner_seq"
+        [_input(4), conv(4, 3, padding="same"), kl.BatchNormalization(), kl.ReLU()], name="inner_seq"
     )
     i = _input(4)
-    inner_fn = keras.Model(i, kl.Average()([_conv(4, 2, padding="same")(i), _conv(4, 3)(kl.ZeroPadding2D(1)(i))]))
+    inner_fn = keras.Model(i, kl.Average()([conv(4, 2, padding="same")(i), conv(4, 3)(kl.ZeroPadding2D(1)(i))]))
     x = _input()
-    h = _conv(4, 3, padding="same")(x)
+    h = conv(4, 3, padding="same")(x)
     y = kl.Add()([inner_seq(h), inner_fn(h)])
     outer = keras.Model(x, y)
-    return keras.Sequential([_input(), outer, _conv(2, 3, dilation_rate=2, padding="same")])
+    return keras.Sequential([_input(), outer, conv(2, 3, dilation_rate=2, padding="same")])
 
 
 def _batchnorm() -> keras.Model:
     bn = kl.BatchNormalization()
-    model = _seq(_conv(4, 3, padding="same"), bn, kl.ReLU(), _conv(2, 3, padding="same"))
+    model = sequential(BANDS, conv(4, 3, padding="same"), bn, kl.ReLU(), conv(2, 3, padding="same"))
     rng = np.random.default_rng(3)
     gamma, beta, mean = (rng.normal(size=4).astype(np.float32) for _ in range(3))
     bn.set_weights([gamma, beta, mean, rng.uniform(0.2, 3.0, size=4).astype(np.float32)])
@@ -163,9 +160,10 @@ def _batchnorm() -> keras.Model:
 
 def _normalization() -> keras.Model:
     norm = kl.Normalization(mean=[0.5, -1.0, 2.0], variance=[1.0, 4.0, 0.25])
-    return _seq(
+    return sequential(
+        BANDS,
         norm,
-        _conv(4, 3, padding="same"),
+        conv(4, 3, padding="same"),
         kl.LayerNormalization(),
         kl.PReLU(shared_axes=[1, 2]),
         kl.Dense(4),
@@ -178,43 +176,48 @@ def _normalization() -> keras.Model:
         kl.Activation("tanh"),
         kl.LeakyReLU(),
         kl.ELU(),
-        _conv(2, 3, padding="same"),
+        conv(2, 3, padding="same"),
     )
 
 
 EXACT: dict[str, Callable[[], keras.Model]] = {
-    "same stack": lambda: _seq(*[_conv(4, 3, padding="same", activation="relu") for _ in range(3)]),
-    "even kernels": lambda: _seq(
-        *[_conv(3, 2, padding="same", activation="tanh") for _ in range(3)], _conv(2, 4, padding="same")
+    "same stack": lambda: sequential(BANDS, *[conv(4, 3, padding="same", activation="relu") for _ in range(3)]),
+    "even kernels": lambda: sequential(
+        BANDS, *[conv(3, 2, padding="same", activation="tanh") for _ in range(3)], conv(2, 4, padding="same")
     ),
-    "valid mix": lambda: _seq(_conv(4, 5), _conv(4, 4, padding="same"), _conv(2, (3, 2), dilation_rate=(2, 1))),
+    "valid mix": lambda: sequential(
+        BANDS, conv(4, 5), conv(4, 4, padding="same"), conv(2, (3, 2), dilation_rate=(2, 1))
+    ),
     "branches": _branches,
     "valid branches": _valid_branches,
     "nested": _nested,
     "batchnorm": _batchnorm,
     "pointwise zoo": _normalization,
-    "depthwise separable": lambda: _seq(
+    "depthwise separable": lambda: sequential(
+        BANDS,
         kl.DepthwiseConv2D(3, padding="same", depth_multiplier=2, dilation_rate=2, bias_initializer="ones"),
         kl.SeparableConv2D(4, 5, bias_initializer="ones"),
         kl.SeparableConv2D(2, 2, padding="same", bias_initializer="ones"),
     ),
     # TF's pooling ignores padding (max of fewer values, average over fewer values):
     # still exact, because windows are clipped to the scene, never padded.
-    "pooling": lambda: _seq(
-        _conv(4, 3, padding="same"),
+    "pooling": lambda: sequential(
+        BANDS,
+        conv(4, 3, padding="same"),
         kl.MaxPooling2D(3, strides=1, padding="same"),
         kl.AveragePooling2D(3, strides=1, padding="same"),
         kl.AveragePooling2D((2, 3), strides=1),
         kl.MaxPooling2D(4, strides=1, padding="same"),
-        _conv(2, 3, padding="same"),
+        conv(2, 3, padding="same"),
     ),
-    "pad and crop": lambda: _seq(
+    "pad and crop": lambda: sequential(
+        BANDS,
         kl.ZeroPadding2D(((1, 2), (0, 3))),
-        _conv(4, 3),
+        conv(4, 3),
         kl.Cropping2D(((1, 0), (2, 1))),
-        _conv(2, 3, padding="same"),
+        conv(2, 3, padding="same"),
     ),
-    "output grows": lambda: _seq(kl.ZeroPadding2D(2), _conv(2, 3, padding="same")),
+    "output grows": lambda: sequential(BANDS, kl.ZeroPadding2D(2), conv(2, 3, padding="same")),
 }
 
 
@@ -231,12 +234,14 @@ def test_tiled_equals_whole_scene(case: str) -> None:
 EDGES: dict[str, Callable[[], keras.Model]] = {
     # Output longer than the scene: the last cores lie wholly in padding, and a
     # window clipped to nothing would not run at all.
-    "output grows": lambda: _seq(kl.ZeroPadding2D(((0, 4), (3, 1))), _conv(2, 3, padding="same")),
+    "output grows": lambda: sequential(BANDS, kl.ZeroPadding2D(((0, 4), (3, 1))), conv(2, 3, padding="same")),
     # A valid layer, then padding: a 1-px core at a scene edge needs little
     # input, but TF needs a window at least as long as the valid layer's kernel.
-    "valid then padding": lambda: _seq(_conv(2, 3), kl.ZeroPadding2D(2)),
-    "pooling then padding": lambda: _seq(kl.AveragePooling2D((5, 2), strides=1), kl.ZeroPadding2D(((0, 2), (1, 1)))),
-    "crop then padding": lambda: _seq(kl.Cropping2D(((1, 0), (0, 2))), kl.ZeroPadding2D(((2, 0), (1, 1)))),
+    "valid then padding": lambda: sequential(BANDS, conv(2, 3), kl.ZeroPadding2D(2)),
+    "pooling then padding": lambda: sequential(
+        BANDS, kl.AveragePooling2D((5, 2), strides=1), kl.ZeroPadding2D(((0, 2), (1, 1)))
+    ),
+    "crop then padding": lambda: sequential(BANDS, kl.Cropping2D(((1, 0), (0, 2))), kl.ZeroPadding2D(((2, 0), (1, 1)))),
 }
 
 
@@ -297,7 +302,7 @@ def test_random_conv_stacks_tile_exactly(
 ) -> None:
     specs, scene, tile = case
     keras.utils.set_random_seed(seed)
-    model = _seq(*[_conv(3, **spec) for spec in specs], bands=2)  # type: ignore[arg-type]
+    model = sequential(2, *[conv(3, **spec) for spec in specs])  # type: ignore[arg-type]
     fp = footprint_of(model)
     for axis, got in ((0, fp.rows), (1, fp.cols)):
         ks = [(_effective(s, axis), s["padding"]) for s in specs]

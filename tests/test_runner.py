@@ -21,7 +21,7 @@ def test_densify_matches_numpy_scatter() -> None:
 
 
 def test_dilated_model_on_odd_edge_windows_after_even_ones() -> None:
-    """DESIGN.md: a dilated conv traced for None shapes fails on odd edge windows; one trace per shape does not."""
+    """A dilated conv traced for None shapes fails on odd edge windows (TF 2.21); one trace per shape does not."""
     model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3, dilation_rate=2, padding="same")])
     compiled = CompiledModel(model)
     for shape in [(1, 64, 64, 1), (1, 55, 64, 1), (1, 55, 37, 1), (2, 64, 64, 1)]:

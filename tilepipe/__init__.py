@@ -1,10 +1,23 @@
 """tilepipe: Keras Conv2D models over huge, sparse scenes, tiled exactly, on Dask.
 
-Importing tilepipe is cheap; TensorFlow loads on first use of a function that needs it.
+Importing tilepipe is cheap and changes nothing in the caller's process: TensorFlow
+is started (by :func:`tilepipe.model._tf.start`, the one place that does) on first
+use of a function that needs a model.
+
+Dependency order, lower never imports higher::
+
+    errors, location, progress, _worker
+      <- geometry
+      <- store, sources        (readers and writers of stores and rasters)
+      <- model                 (footprints, loading, per-process caches; TensorFlow)
+      <- plan                  (pure: scene info + model facts + status -> RunPlan)
+      <- execute               (one executor for ingest and run, on a Client or threads)
+      <- api, conv, export, workflow, workflow_runner, cli
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from tilepipe._version import __version__
@@ -20,6 +33,7 @@ from tilepipe.errors import (
 
 __all__ = [
     "ClusterError",
+    "IncompleteRunError",
     "InputError",
     "ModelError",
     "RunReport",
@@ -51,14 +65,13 @@ _LAZY = {
     "open_scene": ("tilepipe.api", "open_scene"),
     "run": ("tilepipe.api", "run"),
     "RunReport": ("tilepipe.execute.run", "RunReport"),
+    "IncompleteRunError": ("tilepipe.errors", "IncompleteRunError"),
     "run_workflow": ("tilepipe.workflow_runner", "run_workflow"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tilepipe.errors import StoreError
-from tilepipe.execute.run import RunReport
-from tilepipe.sources import ingest
-from tilepipe.store import ResultStore, SceneStore
+from rasterio.crs import CRS
+
+from tilepipe.errors import WrongStoreKindError
+from tilepipe.execute.cluster import connect
+from tilepipe.execute.ingest import ingest
+from tilepipe.execute.run import RunReport, run_model
+from tilepipe.store import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE, ResultStore, SceneStore
 
 __all__ = ["info", "ingest", "open_result", "open_scene", "run"]
 
@@ -46,9 +49,6 @@ def run(
     batch_size
         Tiles of the same shape per model call (default 8).
     """
-    from tilepipe.execute.cluster import connect
-    from tilepipe.execute.run import run_model
-
     scene_path = scene.path if isinstance(scene, SceneStore) else os.fspath(scene)
     result_path = os.fspath(result)
     if isinstance(model, os.PathLike):
@@ -76,58 +76,59 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = os.fspath(path)
     try:
         scene = SceneStore.open(path, require_complete=False)
-    except StoreError as exc:
-        if "expected a tilepipe scene store" not in str(exc):
+    except WrongStoreKindError as exc:
+        if exc.found != "result":
             raise
-    else:
-        nnz = scene.index()
-        si = scene.info
-        return {
-            "kind": "scene",
-            "path": path,
-            "complete": bool(scene.attrs.get("complete")),
-            "shape": list(si.shape),
-            "bands": si.bands,
-            "dtype": si.dtype,
-            "nodata": si.nodata,
-            "crs": _crs_name(si.crs_wkt),
-            "transform": list(si.transform),
-            "tile_size": list(si.tile_size),
-            "halo": si.halo,
-            "tile_grid": list(si.grid.grid_shape),
-            "tiles_total": int(nnz.size),
-            "tiles_occupied": int((nnz > 0).sum()),
-            "occupancy": float((nnz > 0).mean()) if nnz.size else 0.0,
-            "nonzero_entries": int(scene.attrs.get("nnz_total", 0)),
-            "source": si.source,
-        }
+        return _result_info(path)
+    nnz = scene.index()
+    si = scene.info
+    return {
+        "kind": "scene",
+        "path": path,
+        "complete": bool(scene.attrs.get("complete")),
+        "shape": list(si.shape),
+        "bands": si.bands,
+        "dtype": si.dtype,
+        "nodata": si.nodata,
+        "crs": _crs_name(si.crs_wkt),
+        "transform": list(si.transform),
+        "tile_size": list(si.tile_size),
+        "halo": si.halo,
+        "tile_grid": list(si.grid.grid_shape),
+        "tiles_total": int(nnz.size),
+        "tiles_occupied": int((nnz > 0).sum()),
+        "occupancy": float((nnz > 0).mean()) if nnz.size else 0.0,
+        "nonzero_entries": int(scene.attrs.get("nnz_total", 0)),
+        "source": si.source,
+    }
+
+
+def _result_info(path: str) -> dict[str, Any]:
     res = ResultStore.open(path, mode="r")
-    attrs = res.attrs
+    ri = res.info
     status = res.status()
     return {
         "kind": "result",
         "path": path,
-        "complete": res.complete,
-        "shape": attrs["shape"],
-        "crs": _crs_name(attrs.get("crs_wkt")),
-        "transform": attrs["transform"],
-        "tile_size": attrs.get("tile_size"),
+        "complete": ri.complete,
+        "shape": list(ri.shape),
+        "crs": _crs_name(ri.crs_wkt),
+        "transform": list(ri.transform),
+        "tile_size": list(ri.tile_size),
         "fill_value": res.fill_value,
         "status": {
-            "todo": int((status == 0).sum()),
-            "computed": int((status == 1).sum()),
-            "empty": int((status == 2).sum()),
+            "todo": int((status == STATUS_NOT_DONE).sum()),
+            "computed": int((status == STATUS_COMPUTED).sum()),
+            "empty": int((status == STATUS_EMPTY).sum()),
         },
-        "provenance": attrs.get("provenance"),
-        "report": attrs.get("report"),
+        "provenance": {**ri.provenance, "identity": ri.identity},
+        "report": ri.report,
     }
 
 
 def _crs_name(wkt: str | None) -> str | None:
     if not wkt:
         return None
-    from rasterio.crs import CRS
-
     crs = CRS.from_wkt(wkt)
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else wkt.split('"')[1] if '"' in wkt else wkt[:60]

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from tilepipe.errors import InputError, ModelError
-from tilepipe.execute.engine import compute_tiles, empty_response, plan_jobs
-from tilepipe.geometry import TileGrid, parse_tile_size
-from tilepipe.model import CompiledModel, footprint_of, load_keras_model
+from tilepipe.execute.compute import compute_tiles, empty_core
+from tilepipe.geometry import Footprint, TileGrid, parse_tile_size
+from tilepipe.model.cache import compiled
+from tilepipe.model.loader import resolve_model
+from tilepipe.model.receptive import footprint_of
+from tilepipe.model.runner import CompiledModel
+from tilepipe.plan import plan_jobs
 from tilepipe.sources.coo import CooScene, TileBuckets, coo_from_arrays
 from tilepipe.store.codec import TileData
 
-__all__ = ["conv_sparse", "resolve_model"]
-
-
-def resolve_model(model: Any) -> Any:
-    """A ``keras.Model`` from a model object or a ``.keras`` path."""
-    if isinstance(model, (str, os.PathLike)):
-        return load_keras_model(os.fspath(model))
-    if not hasattr(model, "layers"):
-        raise ModelError(f"expected a keras.Model or a .keras path, got {type(model).__name__}")
-    return model
+__all__ = ["conv_sparse"]
 
 
 def conv_sparse(
@@ -67,7 +61,8 @@ def conv_sparse(
     need = footprint.halo
     if halo is not None and halo < need:
         raise InputError(f"halo {halo} is less than the {need} pixels the model needs")
-    compiled = CompiledModel(keras_model)
+    # Kept with the model object: a second call traces nothing it traced before.
+    model_fn = compiled(keras_model)
     try:
         indices = np.asarray(sparse_tensor.indices)
         values = np.asarray(sparse_tensor.values)
@@ -79,14 +74,14 @@ def conv_sparse(
         for n in range(shape[0]):
             sel = indices[:, 0] == n
             scene = coo_from_arrays(indices[sel, 1:], values[sel], shape[1:], name="SparseTensor")
-            images.append(_run_scene(scene, compiled, footprint, tile, max(need, halo or 0), batch_size))
+            images.append(_run_scene(scene, model_fn, footprint, tile, max(need, halo or 0), batch_size))
         return np.stack(images)
     scene = coo_from_arrays(indices, values, shape, name="SparseTensor")
-    return _run_scene(scene, compiled, footprint, tile, max(need, halo or 0), batch_size)
+    return _run_scene(scene, model_fn, footprint, tile, max(need, halo or 0), batch_size)
 
 
 def _run_scene(
-    scene: CooScene, model: CompiledModel, footprint: Any, tile: tuple[int, int], halo: int, batch_size: int
+    scene: CooScene, model: CompiledModel, footprint: Footprint, tile: tuple[int, int], halo: int, batch_size: int
 ) -> np.ndarray:
     rows, cols, bands = scene.shape
     if model.in_channels is not None and model.in_channels != bands:
@@ -108,7 +103,7 @@ def _run_scene(
             busy_jobs.append(job)
             busy_data.append(TileData(shape, vals, flat))
     cores = compute_tiles(model, busy_jobs, busy_data, bands, batch_size=batch_size)
-    empty_cores = [(j, empty_response(model, j, bands, footprint)) for j in empties]
+    empty_cores = [(j, empty_core(model, j, bands, footprint)) for j in empties]
     for job, core in [*zip(busy_jobs, cores, strict=True), *empty_cores]:
         if out is None:
             out = np.empty((out_rows, out_cols, core.shape[2]), dtype=np.float32)

@@ -19,7 +19,7 @@ def build_demo_model(bands: int = 4, filters: int = 16, seed: int = 7) -> Any:
     Its halo is 3 pixels; its response to an all-zero window is sigmoid(bias),
     not zero, which the empty-tile path must reproduce.
     """
-    from tilepipe.model._tf import keras
+    from tilepipe.model._tf import keras  # noqa: PLC0415 - built on a worker: TensorFlow stays out of the client
 
     init = keras.initializers.GlorotUniform(seed=seed)
     bias = keras.initializers.RandomNormal(stddev=0.1, seed=seed + 1)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
@@ -33,6 +32,7 @@ import yaml
 
 from tilepipe.errors import WorkflowError
 from tilepipe.geometry.grid import parse_tile_size
+from tilepipe.location import has_scheme
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -54,7 +54,6 @@ BUILTIN_MODELS: tuple[str, ...] = ("demo",)
 SYNTHETIC_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
 DEFAULT_TILE_SIZE = 1024
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 # --------------------------------------------------------------------------- specs
@@ -101,8 +100,12 @@ class ModelSpec:
 class TilingSpec:
     """How to cut the scene: ``tile_size`` is ``(rows, cols)`` in pixels.
 
-    ``halo`` is ``None`` for "derive it from the model", else a minimum in
-    pixels: the run uses the larger of it and what the model needs.
+    ``halo`` is ``None`` for "derive it from the model", else the halo in
+    pixels to ingest with. It must be at least what the model needs: ingest
+    refuses a smaller one (:class:`~tilepipe.errors.InputError`) and keeps a
+    larger one (wider windows, same result). When the input is an existing
+    scene store, neither field is used: the store keeps the tiling it was
+    ingested with.
     """
 
     tile_size: tuple[int, int] = (DEFAULT_TILE_SIZE, DEFAULT_TILE_SIZE)
@@ -342,7 +345,7 @@ def _parse_output(value: object, base_dir: Path) -> OutputSpec:
 def _parse_cluster(value: object) -> ClusterSpec:
     sec = _Section(value, "cluster", ("address", "n_workers", "threads_per_worker", "gpu", "batch_size"))
     address = sec.get("address")
-    if address is not None and not (isinstance(address, str) and _URL.match(address)):
+    if address is not None and not (isinstance(address, str) and has_scheme(address)):
         raise _Invalid(
             sec.key_of("address"),
             f"expected a scheduler address like 'tcp://host:8786', got {_show(address)}",
@@ -472,7 +475,7 @@ def _location(value: object, key: str, base_dir: Path) -> str:
     """A local path made absolute against ``base_dir``, or a URL kept as written."""
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(key, f"expected a path or URL, got {_show(value)}")
-    if _URL.match(value):
+    if has_scheme(value):
         return value
     # abspath normalises '..' without touching the disk: the path may only exist on workers.
     return os.path.abspath(Path(base_dir) / Path(value).expanduser())
@@ -480,7 +483,7 @@ def _location(value: object, key: str, base_dir: Path) -> str:
 
 def _default_scene(zarr: str) -> str:
     """``<stem>.scene.zarr`` next to the result store ``zarr`` (a path or a URL)."""
-    if _URL.match(zarr):
+    if has_scheme(zarr):
         head, _, name = zarr.rstrip("/").rpartition("/")
         return f"{head}/{PurePosixPath(name).stem}.scene.zarr"
     path = Path(zarr)

@@ -8,8 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tilepipe.errors import InputError
-from tilepipe.execute.run import RunReport
+from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM, demo_model_path
+from tilepipe.execute.cluster import connect
+from tilepipe.execute.ingest import ingest
+from tilepipe.execute.run import RunReport, run_model
+from tilepipe.export import export_geotiff, quicklook
+from tilepipe.location import Location, existing_output
+from tilepipe.model.loader import model_sha256
+from tilepipe.sources import probe_geotiff, synthetic_scene
+from tilepipe.store import SceneStore
 from tilepipe.workflow import Workflow, load_workflow
 
 __all__ = ["WorkflowOutcome", "run_workflow"]
@@ -28,10 +35,6 @@ class WorkflowOutcome:
     dashboard: str | None
 
 
-def _folder_of(path: str) -> str:
-    return os.path.dirname(os.path.abspath(path)) if "://" not in path else "."
-
-
 def run_workflow(
     workflow: Workflow | str | os.PathLike[str],
     *,
@@ -43,16 +46,10 @@ def run_workflow(
 
     ``echo`` receives progress lines for people (the CLI passes ``click.echo``).
     """
-    from tilepipe.execute.cluster import connect
-    from tilepipe.execute.run import run_model
-    from tilepipe.sources import ingest, synthetic_scene
-
     say = echo or (lambda _line: None)
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     t0 = time.perf_counter()
     if wf.model.path is not None:
-        from tilepipe.model.loader import model_sha256
-
         model_sha256(wf.model.path)  # a clear error before any cluster starts
     with connect(
         wf.cluster.address,
@@ -73,8 +70,6 @@ def run_workflow(
             spec = src.synthetic
             say(f"scene: generating a synthetic {spec.shape[0]} x {spec.shape[1]} x {spec.bands} scene "
                 f"({spec.occupancy:.0%} of tiles occupied)")
-            from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM
-
             coo = synthetic_scene(spec.shape, bands=spec.bands, occupancy=spec.occupancy,
                                   tile_size=wf.tiling.tile_size, seed=spec.seed, dtype=spec.dtype)
             ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
@@ -87,8 +82,6 @@ def run_workflow(
         say(f"run: {model} over {scene_path} -> {wf.output.zarr}")
         report = run_model(scene_path, model, wf.output.zarr, client=client, gpu=wf.cluster.gpu,
                            batch_size=wf.cluster.batch_size, overwrite=overwrite, progress=progress)
-    from tilepipe.export import export_geotiff, quicklook
-
     fresh = not report.up_to_date
     geotiff = _export(wf.output.geotiff, fresh, overwrite, say,
                       lambda out, ow: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow,
@@ -99,25 +92,25 @@ def run_workflow(
 
 
 def _export(out: str | None, fresh: bool, overwrite: bool, say: Callable[[str], Any], write: Any) -> str | None:
+    """Write an export unless an existing one is of this very result (a rerun that computed nothing)."""
     if out is None:
         return None
-    exists = os.path.exists(out) if "://" not in out else False
-    if exists and not fresh and not overwrite:
+    decision = existing_output(Location.of(out), overwrite=overwrite, reusable=lambda: not fresh,
+                               holds="an export of an earlier result")
+    if decision == "reuse":
         say(f"export: {out} is up to date")
         return out
-    if exists and not overwrite:
-        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
     say(f"export: {out}")
-    write(out, overwrite)
+    write(out, decision == "replace")
     return out
 
 
 def _builtin_model(wf: Workflow, client: Any) -> str:
     """Build the built-in model on a worker (which has TensorFlow) into the output folder."""
-    from tilepipe.demo import demo_model_path
-
+    output = Location.of(wf.output.zarr)
+    folder = output.parent.path if output.is_local else "."
     bands = wf.input.synthetic.bands if wf.input.synthetic is not None else _raster_bands(wf)
-    return str(client.submit(demo_model_path, _folder_of(wf.output.zarr), bands, pure=False).result())
+    return str(client.submit(demo_model_path, folder, bands, pure=False).result())
 
 
 def _raster_bands(wf: Workflow) -> int:
@@ -125,11 +118,7 @@ def _raster_bands(wf: Workflow) -> int:
         return len(wf.input.bands)
     assert wf.input.path is not None
     if wf.input.path.rstrip("/").endswith(".zarr"):
-        from tilepipe.store import SceneStore
-
         return SceneStore.open(wf.input.path).info.bands
-    from tilepipe.sources.geotiff import probe_geotiff
-
     return len(probe_geotiff(wf.input.path).bands)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tilepipe.cli import options
+from tilepipe.export import export_geotiff
 
 
 @click.command("export")
@@ -15,7 +16,5 @@ from tilepipe.cli import options
 @options.progress
 def command(result: str, out: str, cog: bool, overwrite: bool, progress: bool) -> None:
     """Export a RESULT store to a tiled, compressed GeoTIFF at OUT (windowed, bounded memory)."""
-    from tilepipe.export import export_geotiff
-
     path = export_geotiff(result, out, cog=cog, overwrite=overwrite, progress=progress)
     click.echo(f"wrote {path}")

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from tilepipe.api import info
+
 
 @click.command("info")
 @click.argument("store")
@@ -13,7 +15,6 @@ import click
 def command(store: str, as_json: bool) -> None:
     """Describe a scene store (shape, bands, CRS, tile grid, occupancy) or a result store
     (shape, provenance, per-tile status, run report)."""
-    from tilepipe.api import info
 
     d = info(store)
     if as_json:

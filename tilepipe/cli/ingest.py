@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
+from tilepipe.api import ingest
 from tilepipe.cli import options
+from tilepipe.errors import InputError
+from tilepipe.execute.cluster import connect
 
 
 @click.command("ingest")
@@ -23,16 +26,11 @@ def command(source: str, store: str, tile_size: int, halo: int | None, model: st
 
     Reads windows on local threads, or on a Dask cluster with --scheduler.
     """
-    from tilepipe.errors import InputError
-    from tilepipe.sources import ingest
-
     try:
         band_list = tuple(int(b) for b in bands.split(",")) if bands else None
     except ValueError:
         raise InputError(f"--bands: expected comma-separated integers, got {bands!r}") from None
     if scheduler:
-        from tilepipe.execute.cluster import connect
-
         with connect(scheduler) as client:
             scene = ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata,
                            bands=band_list, overwrite=overwrite, client=client)

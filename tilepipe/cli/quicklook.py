@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tilepipe.cli import options
+from tilepipe.export import quicklook
 
 
 @click.command("quicklook")
@@ -16,7 +17,5 @@ from tilepipe.cli import options
 @options.overwrite
 def command(result: str, out: str, band: int, max_size: int, cmap: str, overwrite: bool) -> None:
     """Draw a downsampled, colour-mapped PNG of one band of a RESULT store."""
-    from tilepipe.export import quicklook
-
     path = quicklook(result, out, band=band, max_size=max_size, cmap=cmap, overwrite=overwrite)
     click.echo(f"wrote {path}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from tilepipe.cli import options
+from tilepipe.workflow import load_workflow
+from tilepipe.workflow_runner import run_workflow
 
 
 @click.command("run")
@@ -21,9 +23,6 @@ def command(workflow: str, scheduler: str | None, gpu: bool | None, batch_size: 
     Reruns are cheap: a complete result of the same scene and model is left as
     it is, and an interrupted run resumes where it stopped.
     """
-    from tilepipe.workflow import load_workflow
-    from tilepipe.workflow_runner import run_workflow
-
     wf = load_workflow(workflow)
     overrides: dict[str, object] = {}
     if scheduler is not None:

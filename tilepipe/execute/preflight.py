@@ -12,30 +12,30 @@ import os
 from typing import Any
 
 from tilepipe.errors import ClusterError
+from tilepipe.location import Location
 
 __all__ = ["check_workers", "probe_paths"]
 
 
 def _exists(path: str) -> tuple[bool, str]:
-    if "://" in path:
+    location = Location.of(path)
+    if not location.is_local:
         try:
-            import fsspec
-
-            fs, inner = fsspec.core.url_to_fs(path)
-            return bool(fs.exists(inner)), "not found"
+            return location.exists(), "not found"
         except Exception as exc:  # noqa: BLE001 - any failure is a reason the worker cannot open it
             return False, f"{type(exc).__name__}: {exc}"
-    if not os.path.exists(path):
+    if not os.path.exists(location.path):
         return False, "no such file or folder"
-    if not os.access(path, os.R_OK):
+    if not os.access(location.path, os.R_OK):
         return False, "not readable"
     return True, ""
 
 
 def _writable_parent(path: str) -> tuple[bool, str]:
-    if "://" in path:
+    location = Location.of(path)
+    if not location.is_local:
         return True, ""  # object stores have no folders to create; the write itself will tell
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(location.path)
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.access(parent, os.W_OK):
@@ -51,7 +51,9 @@ def probe_paths(inputs: list[str], outputs: list[str], start_tensorflow: bool = 
     problems = []
     if start_tensorflow:
         try:
-            import tilepipe.model._tf  # noqa: F401
+            from tilepipe.model._tf import start  # noqa: PLC0415 - TensorFlow starts on the workers, not here
+
+            start()
         except ImportError as exc:
             problems.append(f"cannot import TensorFlow ({exc})")
     for path in inputs:

@@ -1,7 +1,7 @@
 """The functions Dask workers run. They take descriptions (paths, tile jobs), never arrays or models.
 
-Each worker process loads a model once (cached by its sha256), with
-TensorFlow's thread pools sized to the worker's threads.
+Each returns a small typed outcome for the client to record: the client alone
+writes the status and index records that several tasks share a chunk of.
 """
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from tilepipe.errors import ModelError
-from tilepipe.execute.engine import TileJob, compute_tiles, empty_response
-from tilepipe.geometry import Footprint
-from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, ResultStore
+import numpy as np
+
+from tilepipe._worker import worker_name
+from tilepipe.geometry import Footprint, Tile
+from tilepipe.plan import TileJob
+from tilepipe.sources.coo import TileBuckets
+from tilepipe.sources.geotiff import GeoTiffSource, open_raster, read_window_entries
+from tilepipe.store.result import ResultStore
 from tilepipe.store.scene import SceneStore
 
-__all__ = ["RunSpec", "load_worker_model", "run_jobs", "worker_name"]
-
-_MODELS: dict[str, Any] = {}
-_LOCK = threading.Lock()
+__all__ = ["BatchDone", "BlockDone", "RunSpec", "ingest_coo_block", "ingest_raster_block", "run_tiles"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,50 +34,27 @@ class RunSpec:
     footprint: Footprint
     bands: int
     batch_size: int  # tiles per model call; 0: fit the GPU's free memory (or a CPU budget)
-    run_id: str = ""  # stores opened for one run are reused by its tasks in a worker
+    run_id: str  # stores opened for one run are reused by its tasks in a worker
 
 
-def worker_name() -> str:
-    """This worker's address, or "local" outside a Dask worker."""
-    try:
-        from distributed import get_worker
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """What one run task did: the tiles it computed and the empty ones it wrote, ``(row, col)`` each."""
 
-        return str(get_worker().address)
-    except ValueError:
-        return "local"
-
-
-def _worker_threads() -> int:
-    try:
-        from distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except ValueError:
-        return 0
+    computed: tuple[tuple[int, int], ...]
+    empty: tuple[tuple[int, int], ...]
+    worker: str
+    model_seconds: float
 
 
-def load_worker_model(path: str, sha256: str) -> Any:
-    """The compiled model for ``sha256``, loaded from ``path`` once per process."""
-    with _LOCK:
-        model = _MODELS.get(sha256)
-        if model is not None:
-            return model
-        from tilepipe.model._tf import configure_threads
+@dataclass(frozen=True, slots=True)
+class BlockDone:
+    """What one ingest task did: values in its tiles' cores (each scene value lies in exactly one core)."""
 
-        threads = _worker_threads()
-        if threads:
-            configure_threads(threads)
-        from tilepipe.model.loader import file_sha256, load_keras_model
-        from tilepipe.model.runner import CompiledModel
-
-        found = file_sha256(path)
-        if found != sha256:
-            raise ModelError(f"{path}: the model file changed since the run started (sha256 {found[:12]}...)")
-        model = CompiledModel(load_keras_model(path))
-        _MODELS[sha256] = model
-        return model
+    entries: int
 
 
+_LOCK = threading.Lock()
 _STORES: dict[tuple[str, str, str], tuple[SceneStore, ResultStore]] = {}
 
 
@@ -85,7 +62,7 @@ def _stores(spec: RunSpec) -> tuple[SceneStore, ResultStore]:
     """The run's scene and result stores, opened once per worker process and run."""
     key = (spec.scene, spec.result, spec.run_id)
     with _LOCK:
-        stores = _STORES.get(key) if spec.run_id else None
+        stores = _STORES.get(key)
         if stores is None:
             stores = (SceneStore.open(spec.scene), ResultStore.open(spec.result))
             _STORES[key] = stores
@@ -94,10 +71,14 @@ def _stores(spec: RunSpec) -> tuple[SceneStore, ResultStore]:
         return stores
 
 
-def run_jobs(spec: RunSpec, jobs: tuple[TileJob, ...]) -> dict[str, Any]:
-    """Compute, trim and write a batch of tiles; return their status for the client to record. Idempotent."""
-    t0 = time.perf_counter()
-    model = load_worker_model(spec.model_path, spec.model_sha256)
+def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
+    """Compute, trim and write a batch of tiles. Idempotent: a tile run twice writes the same bytes."""
+    # The client imports this module to submit it; TensorFlow is for the workers alone.
+    from tilepipe.execute.compute import compute_tiles, empty_core  # noqa: PLC0415 - keeps TensorFlow out of the client
+    from tilepipe.model.cache import worker_model  # noqa: PLC0415 - as above
+    from tilepipe.model.runner import auto_batch_size, gpu_free_bytes  # noqa: PLC0415 - as above
+
+    model = worker_model(spec.model_path, spec.model_sha256)
     scene, result = _stores(spec)
     busy, data, empties = [], [], []
     for job in jobs:
@@ -107,26 +88,69 @@ def run_jobs(spec: RunSpec, jobs: tuple[TileJob, ...]) -> dict[str, Any]:
         else:
             busy.append(job)
             data.append(tile)
-    t1 = time.perf_counter()
+    started = time.perf_counter()
     batch_size = spec.batch_size
     if not batch_size and busy:
-        from tilepipe.model.runner import auto_batch_size, gpu_free_bytes
-
         batch_size = auto_batch_size(busy[0].need.shape, model.max_channels, gpu_free_bytes())
     cores = compute_tiles(model, busy, data, spec.bands, batch_size=batch_size or 1)
-    t2 = time.perf_counter()
+    model_seconds = time.perf_counter() - started
     for job, core in zip(busy, cores, strict=True):
         result.write_core(job.out_core, core)
     for job in empties:
-        result.write_core(job.out_core, empty_response(model, job, spec.bands, spec.footprint))
-    # The status of these tiles is recorded by the client once this task is done: status
-    # chunks cover blocks of tiles, and a chunk must have only one writer.
-    return {
-        "status": [(j.row, j.col, STATUS_COMPUTED) for j in busy] + [(j.row, j.col, STATUS_EMPTY) for j in empties],
-        "worker": worker_name(),
-        "computed": len(busy),
-        "empty": len(empties),
-        "read_seconds": t1 - t0,
-        "model_seconds": t2 - t1,
-        "write_seconds": time.perf_counter() - t2,
-    }
+        result.write_core(job.out_core, empty_core(model, job, spec.bands, spec.footprint))
+    return BatchDone(
+        computed=tuple((j.row, j.col) for j in busy),
+        empty=tuple((j.row, j.col) for j in empties),
+        worker=worker_name(),
+        model_seconds=model_seconds,
+    )
+
+
+def _block_tiles(store: SceneStore, block: tuple[int, int]) -> tuple[range, range]:
+    ny, nx = store.info.grid.grid_shape
+    by, bx = store.info.block
+    return range(block[0] * by, min((block[0] + 1) * by, ny)), range(block[1] * bx, min((block[1] + 1) * bx, nx))
+
+
+def _core_count(tile: Tile, shape: tuple[int, int, int], flat: np.ndarray) -> int:
+    """Entries of a window that lie in the tile's core."""
+    core = tile.core.relative_to(tile.window)
+    pixel = flat // shape[2]
+    r, c = pixel // shape[1], pixel % shape[1]
+    inside = (r >= core.row_start) & (r < core.row_stop) & (c >= core.col_start) & (c < core.col_stop)
+    return int(np.count_nonzero(inside))
+
+
+def ingest_raster_block(source: GeoTiffSource, store_path: str, block: tuple[int, int]) -> BlockDone:
+    """Read, pack and write the tiles of one block and its index chunk (nothing else). Memory: one tile window."""
+    store = SceneStore.open(store_path, require_complete=False, mode="r+")
+    rows, cols = _block_tiles(store, block)
+    counts = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    grid = store.info.grid
+    entries = 0
+    with open_raster(source.path) as dataset:
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                tile = grid.tile(r, c)
+                shape, flat, values = read_window_entries(source, tile.window, dataset)
+                store.write_tile(r, c, shape, flat, values)
+                counts[i, j] = flat.size
+                entries += _core_count(tile, shape, flat)
+    store.write_index_block(*block, counts)
+    return BlockDone(entries)
+
+
+def ingest_coo_block(buckets: TileBuckets, store: SceneStore, block: tuple[int, int]) -> BlockDone:
+    """Write the tiles of one block from points already sorted by tile (in-process) and its index chunk."""
+    rows, cols = _block_tiles(store, block)
+    counts = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    grid = store.info.grid
+    entries = 0
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            shape, flat, values = buckets.window_entries(grid.tile(r, c))
+            store.write_tile(r, c, shape, flat, values)
+            counts[i, j] = flat.size
+            entries += buckets.core_count(r, c)
+    store.write_index_block(*block, counts)
+    return BlockDone(entries)

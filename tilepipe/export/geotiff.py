@@ -8,33 +8,43 @@ and a rewritten compressed tile leaves dead bytes in the file). Peak memory is o
 window (about 16 MB) plus GDAL's block cache, whatever the scene size.
 
 Nothing half-written ever sits at the output's name: the file is built in a private
-folder beside it and moved onto the name only when it is whole. A COG goes through a
-second file there: GDAL's COG driver only copies from an existing dataset.
+folder beside it and moved onto the name only once it is proven whole. A COG goes
+through a second file there: GDAL's COG driver only copies from an existing dataset.
 
-This module also holds the small helpers :mod:`tilepipe.export.quicklook` shares
-(opening a result store, publishing a file atomically).
+Proven, not assumed: GDAL reports many write failures, a full disk among them, as
+messages rather than errors (libtiff prints some straight onto file descriptor 2), and a
+tile it failed to write reads back as zeros, not as an error. So after closing, the file
+is reopened and every tile of every band and overview must lie inside the file, and the
+last tile of each must decode. A folder left by an export that was killed (its owner
+process is gone) is removed by the next export to the same name.
+
+Publishing (the private folder, the move, cleaning up after killed exports) lives in
+:mod:`tilepipe.export._publish`, shared with the quicklook.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
+import rasterio
+import rasterio.shutil
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+from rasterio.windows import Window
 
 from tilepipe.errors import InputError, StoreError, TilepipeError
-from tilepipe.store._zarr import open_group
+from tilepipe.export._publish import failure_reason, native_stderr, publish
+from tilepipe.progress import progress_bar
+from tilepipe.store.result import ResultStore
 
-__all__ = ["export_geotiff"]
+__all__ = ["export_geotiff", "open_result"]
 
 #: Side of a read/write window in pixels, rounded down to a multiple of the block size:
 #: 2048 x 2048 float32 is 16 MB, large enough that per-call overhead vanishes.
@@ -51,153 +61,42 @@ _PREDICTED = frozenset({"deflate", "lzw", "zstd"})
 _MAX_TAG_CHARS = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class ResultInfo:
-    """What an export needs to know about an opened result store.
+def open_result(result: str | os.PathLike[str]) -> ResultStore:
+    """Open a result store read-only (its attributes checked against its ``data`` array)."""
+    return ResultStore.open(result, mode="r")
 
-    Attributes
-    ----------
-    path : str
-        The store's path or URL, as the user gave it (for messages).
-    data : zarr.Array
-        The ``data`` zarr array, float32, axes ``(band, y, x)``.
-    shape : tuple of int
-        ``(bands, rows, cols)`` in pixels.
-    crs_wkt : str or None
-        The scene's CRS as WKT, or None where the scene had none.
-    transform : tuple of float
-        The first six coefficients of the pixel-to-CRS affine transform (rasterio order).
-    complete : bool
-        Whether the run that wrote the store finished every tile.
-    provenance : dict
-        The run's provenance record (model sha256, run id, ...), possibly empty.
+
+class _NotWhole(Exception):
+    """A written file that reopens but lacks part of its contents."""
+
+
+def _check_whole(path: Path, count: int) -> None:
+    """Prove a just-written GeoTIFF whole, or raise ``_NotWhole`` (or rasterio's error).
+
+    Every tile of every band, at full resolution and in every overview, must have an
+    offset and a byte count that lie inside the file (GDAL reads a tile it never wrote
+    as zeros, without a word), and the last tile of each, the one written last, must
+    decode. Reads only the tile index and one tile per band and level.
     """
-
-    path: str
-    data: zarr.Array[Any]
-    shape: tuple[int, int, int]
-    crs_wkt: str | None
-    transform: tuple[float, float, float, float, float, float]
-    complete: bool
-    provenance: dict[str, Any]
-
-
-def open_result(result: str | os.PathLike[str]) -> ResultInfo:
-    """Open a result store read-only and check that it is consistent.
-
-    Parameters
-    ----------
-    result : str or os.PathLike
-        Path or URL of the result store (a Zarr v3 group).
-
-    Returns
-    -------
-    ResultInfo
-        The store's ``data`` array and georeferencing.
-
-    Raises
-    ------
-    StoreError
-        The store is missing, is not a tilepipe result store, or its attributes disagree
-        with its ``data`` array. Completeness is not checked here: callers decide.
-    """
-    path = os.fspath(result)
-    group, attrs = open_group(path, "r", kind="result")
-    data = group.get("data")
-    if not isinstance(data, zarr.Array):
-        raise StoreError(f"{path}: the result store has no 'data' array")
-    shape = tuple(int(n) for n in data.shape)
-    if len(shape) != 3 or attrs.get("shape") is None or list(shape) != list(attrs["shape"]):
-        raise StoreError(
-            f"{path}: 'data' has shape {shape}, but the store says {attrs.get('shape')} (expected (bands, rows, cols))"
-        )
-    if np.dtype(data.dtype) != np.float32:
-        raise StoreError(f"{path}: 'data' holds {data.dtype}, expected float32")
-    transform = attrs.get("transform")
-    if not isinstance(transform, list) or len(transform) < 6:
-        raise StoreError(f"{path}: expected an affine transform of six numbers, got {transform!r}")
-    crs_wkt = attrs.get("crs_wkt")
-    if crs_wkt is not None and not isinstance(crs_wkt, str):
-        raise StoreError(f"{path}: expected the CRS as a WKT string or null, got {crs_wkt!r}")
-    provenance = attrs.get("provenance")
-    return ResultInfo(
-        path=path,
-        data=data,
-        shape=(shape[0], shape[1], shape[2]),
-        crs_wkt=crs_wkt,
-        transform=(
-            float(transform[0]),
-            float(transform[1]),
-            float(transform[2]),
-            float(transform[3]),
-            float(transform[4]),
-            float(transform[5]),
-        ),
-        complete=attrs.get("complete") is True,
-        provenance=provenance if isinstance(provenance, dict) else {},
-    )
-
-
-@contextlib.contextmanager
-def publish(out: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a private path to write to; move it onto ``out`` only if the block succeeds.
-
-    The private path lies in a hidden folder beside ``out`` (same file system, so the
-    final move is an atomic rename). On any failure, interrupts included, the folder and
-    everything GDAL may have put in it (sidecars, COG temporaries) are deleted, and an
-    existing ``out`` is left as it was.
-
-    Parameters
-    ----------
-    out : Path
-        The file to create.
-    overwrite : bool
-        Whether an existing ``out`` may be replaced.
-
-    Raises
-    ------
-    InputError
-        ``out`` exists and ``overwrite`` is false, ``out`` is a folder, or its folder
-        does not exist.
-    StoreError
-        The folder cannot be written to.
-    """
-    if out.is_dir():
-        raise InputError(f"{out}: is a folder, expected a file name")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = out.parent
-    if not parent.is_dir():
-        raise InputError(f"{out}: the folder {parent} does not exist")
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as exc:
-        raise StoreError(f"{out}: cannot write in {parent}: {exc.strerror or exc}") from exc
-    try:
-        partial = staging / out.name
-        yield partial
-        if not partial.is_file():
-            raise StoreError(f"{out}: nothing was written")
-        if overwrite:
-            os.replace(partial, out)
-        else:
-            _move_without_clobbering(partial, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _move_without_clobbering(src: Path, dst: Path) -> None:
-    # A hard link fails if dst appeared while we were writing (another export racing us),
-    # where a rename would silently replace it.
-    try:
-        os.link(src, dst)
-    except FileExistsError as exc:
-        raise InputError(f"{dst}: already exists; pass overwrite=True (--overwrite) to replace it") from exc
-    except OSError:
-        # File systems without hard links: a check then a rename is the best there is.
-        if dst.exists():
-            raise InputError(f"{dst}: already exists; pass overwrite=True (--overwrite) to replace it") from None
-        os.replace(src, dst)
+    size = path.stat().st_size
+    with rasterio.open(path) as src:
+        if src.count != count:
+            raise _NotWhole(f"it has {src.count} bands, expected {count}")
+        levels = len(src.overviews(1))
+    for level in [None, *range(levels)]:
+        where = "" if level is None else f" of overview {level + 1}"
+        with rasterio.open(path, overview_level=level) as src:
+            block_rows, block_cols = src.block_shapes[0]
+            ny, nx = math.ceil(src.height / block_rows), math.ceil(src.width / block_cols)
+            for bidx in range(1, count + 1):
+                for y in range(ny):
+                    for x in range(nx):
+                        offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=bidx)
+                        nbytes = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=bidx)
+                        if not offset or not nbytes or int(offset) + int(nbytes) > size:
+                            raise _NotWhole(f"tile (row {y}, col {x}) of band {bidx}{where} is missing or cut short")
+                r0, c0 = (ny - 1) * block_rows, (nx - 1) * block_cols
+                src.read(bidx, window=Window(c0, r0, src.width - c0, src.height - r0))
 
 
 def _parse_compress(compress: str) -> str:
@@ -251,32 +150,28 @@ def _windows(rows: int, cols: int, side: int) -> Iterator[tuple[int, int, int, i
             yield r0, c0, min(side, rows - r0), min(side, cols - c0)
 
 
-def _read_window(info: ResultInfo, band: int, window: tuple[int, int, int, int]) -> np.ndarray:
+def _read_window(store: ResultStore, band: int, window: tuple[int, int, int, int]) -> np.ndarray:
     """Read one ``(row_off, col_off, height, width)`` window of one band as float32, ``(y, x)``."""
     r0, c0, height, width = window
     try:
-        block = info.data[band, r0 : r0 + height, c0 : c0 + width]
+        block = store.data[band, r0 : r0 + height, c0 : c0 + width]
     except Exception as exc:  # zarr and its stores raise many types for a bad chunk
         raise StoreError(
-            f"{info.path}: cannot read band {band}, rows {r0}..{r0 + height}, cols {c0}..{c0 + width}: {exc}"
+            f"{store.path}: cannot read band {band}, rows {r0}..{r0 + height}, cols {c0}..{c0 + width}: {exc}"
         ) from exc
     return np.asarray(block, dtype=np.float32)
 
 
 def _write_tiled(
-    info: ResultInfo, bands: tuple[int, ...], path: Path, compress: str, blocksize: int, progress: bool = False
+    store: ResultStore, bands: tuple[int, ...], path: Path, compress: str, blocksize: int, progress: bool = False
 ) -> None:
     """Write the chosen bands to a tiled, compressed, band-interleaved GeoTIFF at ``path``."""
-    import rasterio
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
-    from rasterio.windows import Window
-
+    info = store.info
     _, rows, cols = info.shape
     try:
         crs = CRS.from_wkt(info.crs_wkt) if info.crs_wkt else None
     except Exception as exc:  # rasterio raises CRSError, GDAL may raise others
-        raise StoreError(f"{info.path}: the store's CRS is not valid WKT: {exc}") from exc
+        raise StoreError(f"{store.path}: the store's CRS is not valid WKT: {exc}") from exc
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": cols,
@@ -301,30 +196,25 @@ def _write_tiled(
     # Whole blocks per window; see the module docstring for why.
     side = blocksize * max(1, _WINDOW_SIDE // blocksize)
     windows = list(_windows(rows, cols, side))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(windows) * len(bands), desc="export", unit="window")
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.update_tags(**_provenance_tags(info.provenance))
-        for index, band in enumerate(bands, start=1):
-            # One-based names, as GDAL counts bands; they name the store's band.
-            dst.set_band_description(index, f"band_{band + 1}")
-            for window in windows:
-                r0, c0, height, width = window
-                block = _read_window(info, band, window)
-                dst.write(block, index, window=Window(c0, r0, width, height))
-                if bar is not None:
+    bar = progress_bar(len(windows) * len(bands), "export", "window", enabled=progress)
+    try:
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.update_tags(**_provenance_tags(store.attrs["provenance"]))
+            for index, band in enumerate(bands, start=1):
+                # One-based names, as GDAL counts bands; they name the store's band.
+                dst.set_band_description(index, f"band_{band + 1}")
+                for window in windows:
+                    r0, c0, height, width = window
+                    block = _read_window(store, band, window)
+                    dst.write(block, index, window=Window(c0, r0, width, height))
                     bar.update(1)
-    if bar is not None:
+    finally:
+        # Closed here on failure too: the stream it writes to may not outlive the export.
         bar.close()
 
 
 def _to_cog(src: Path, dst: Path, compress: str, blocksize: int, resampling: str) -> None:
     """Copy a GeoTIFF into a Cloud-Optimized GeoTIFF with overviews."""
-    import rasterio.shutil
-
     options: dict[str, Any] = {
         "compress": compress,
         "blocksize": blocksize,
@@ -396,34 +286,42 @@ def export_geotiff(
     Returns
     -------
     Path
-        ``out``, now a complete GeoTIFF.
+        ``out``, now a complete GeoTIFF: it was reopened and checked tile by tile before
+        it was moved onto its name.
 
     Raises
     ------
     StoreError
         The store is missing, not a tilepipe result store, inconsistent or incomplete
-        (its run did not finish), or reading or writing failed (disk full, ...).
+        (its run did not finish), or reading or writing failed (disk full, ...): then
+        nothing new is left at ``out``.
     InputError
-        ``out`` exists and ``overwrite`` is false, or an argument is invalid.
+        ``out`` exists and ``overwrite`` is false, is a folder or a device, or an
+        argument is invalid.
     """
     compress = _parse_compress(compress)
     blocksize = _parse_blocksize(blocksize)
     resampling = _parse_resampling(resampling)
-    info = open_result(result)
-    if not info.complete:
-        raise StoreError(f"{info.path}: the result is incomplete: its run did not finish; run it again to resume")
-    chosen = _parse_bands(bands, info.shape[0])
+    store = open_result(result)
+    if not store.complete:
+        raise StoreError(f"{store.path}: the result is incomplete: its run did not finish; run it again to resume")
+    chosen = _parse_bands(bands, store.info.shape[0])
     out_path = Path(out)
     with publish(out_path, overwrite=overwrite) as partial:
+        native: list[str] = []
         try:
-            if cog:
-                tiled = partial.with_name(f"{partial.stem}.tiled.tif")
-                _write_tiled(info, chosen, tiled, compress, blocksize, progress)
-                _to_cog(tiled, partial, compress, blocksize, resampling)
-            else:
-                _write_tiled(info, chosen, partial, compress, blocksize, progress)
+            with native_stderr() as native:
+                if cog:
+                    tiled = partial.with_name(f"{partial.stem}.tiled.tif")
+                    _write_tiled(store, chosen, tiled, compress, blocksize, progress)
+                    # Checked before copying: a tile missing here would be copied as zeros.
+                    _check_whole(tiled, len(chosen))
+                    _to_cog(tiled, partial, compress, blocksize, resampling)
+                else:
+                    _write_tiled(store, chosen, partial, compress, blocksize, progress)
+                _check_whole(partial, len(chosen))
         except TilepipeError:
             raise
-        except Exception as exc:  # GDAL errors (RasterioIOError, CPLE_*), OSError (disk full)
-            raise StoreError(f"{out_path}: cannot write the GeoTIFF: {exc}") from exc
+        except Exception as exc:  # GDAL errors (RasterioIOError, CPLE_*), OSError (disk full), _NotWhole
+            raise StoreError(f"{out_path}: cannot write the GeoTIFF: {failure_reason(exc, native)}") from exc
     return out_path

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from tilepipe.errors import InputError, StoreError
-from tilepipe.export.geotiff import ResultInfo, open_result, publish
+from tilepipe.errors import InputError, StoreError, TilepipeError
+from tilepipe.export._publish import check_output, publish
+from tilepipe.export.geotiff import open_result
+from tilepipe.store.result import ResultStore
 
 __all__ = ["quicklook"]
 
@@ -179,7 +181,7 @@ def _parse_max_size(max_size: int) -> int:
 
 
 def _parse_cmap(cmap: str) -> Any:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - matplotlib loads only when a quicklook is drawn
 
     try:
         colormap = matplotlib.colormaps[cmap]
@@ -191,13 +193,13 @@ def _parse_cmap(cmap: str) -> Any:
     return colormap.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
 
 
-def _title(info: ResultInfo, band: int, step: int) -> str:
-    name = Path(info.path.rstrip("/")).name or info.path
+def _title(store: ResultStore, band: int, step: int) -> str:
+    name = store.location.name or store.path
     if len(name) > 24:
         name = name[:23] + "…"
-    bands, rows, cols = info.shape
+    bands, rows, cols = store.info.shape
     line1 = f"{name}: band_{band + 1} of {bands}"  # band_N: the name export_geotiff gives it
-    if not info.complete:
+    if not store.complete:
         line1 += " (INCOMPLETE)"
     line2 = f"{rows} x {cols} px" + (f", shown 1:{step} (mean)" if step > 1 else "")
     return f"{line1}\n{line2}"
@@ -207,7 +209,7 @@ def _render(
     sample: np.ndarray, layout: _Layout, *, colormap: Any, lo: float, hi: float, title: str, path: Path
 ) -> None:
     """Draw the block-mean image, its colour bar and title, and save them as PNG at ``path``."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib loads only when a quicklook is drawn
 
     fig = Figure(figsize=(layout.width / _DPI, layout.height / _DPI), dpi=_DPI)
 
@@ -276,34 +278,53 @@ def quicklook(
     Returns
     -------
     Path
-        ``out_png``, now a complete PNG (RGBA).
+        ``out_png``, now a complete PNG (RGBA): it was reopened and decoded before it was
+        moved onto its name.
 
     Raises
     ------
     StoreError
-        The store is missing, not a tilepipe result store, or cannot be read.
+        The store is missing, not a tilepipe result store, or cannot be read; or the PNG
+        cannot be written whole (disk full, ...): then nothing is left at ``out_png``.
     InputError
         ``out_png`` exists and ``overwrite`` is false, or an argument is invalid.
     """
-    info = open_result(result)
-    band = _parse_band(band, info.shape[0])
+    store = open_result(result)
+    band = _parse_band(band, store.info.shape[0])
     max_size = _parse_max_size(max_size)
     colormap = _parse_cmap(cmap)
-    _, rows, cols = info.shape
+    _, rows, cols = store.info.shape
     layout = _layout(rows, cols, max_size)
     out_path = Path(out_png)
-    if out_path.exists() and not overwrite:
-        # Say so before reading the whole band, not after.
-        raise InputError(f"{out_path}: already exists; pass overwrite=True (--overwrite) to replace it")
+    check_output(out_path, overwrite=overwrite)  # say so before reading the whole band, not after
     try:
-        sample = _block_mean(info.data, band, layout.step)
+        sample = _block_mean(store.data, band, layout.step)
     except Exception as exc:  # zarr and its stores raise many types for a bad chunk
-        raise StoreError(f"{info.path}: cannot read band {band}: {exc}") from exc
+        raise StoreError(f"{store.path}: cannot read band {band}: {exc}") from exc
     lo, hi = _colour_limits(sample, vmin, vmax)
     with publish(out_path, overwrite=overwrite) as partial:
         try:
-            title = _title(info, band, layout.step)
+            title = _title(store, band, layout.step)
             _render(sample, layout, colormap=colormap, lo=lo, hi=hi, title=title, path=partial)
-        except OSError as exc:  # disk full, permissions
-            raise StoreError(f"{out_path}: cannot write the PNG: {exc}") from exc
+            _check_png(partial, layout)
+        except TilepipeError:
+            raise
+        except Exception as exc:  # OSError (disk full, permissions), Pillow's errors for a cut PNG
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+            raise StoreError(f"{out_path}: cannot write the PNG: {reason or type(exc).__name__}") from exc
     return out_path
+
+
+def _check_png(path: Path, layout: _Layout) -> None:
+    """Prove a just-written PNG whole before it is published: it must reopen, pass its
+    checksums to the end chunk, have the layout's size and decode to the last row."""
+    from PIL import Image  # noqa: PLC0415 - Pillow loads only when a quicklook is drawn
+
+    with Image.open(path) as image:
+        image.verify()  # every chunk's CRC, up to IEND
+    with Image.open(path) as image:
+        if image.format != "PNG" or image.size != (layout.width, layout.height):
+            width, height = image.size
+            expected = f"{layout.width} x {layout.height}"
+            raise ValueError(f"expected a {expected} PNG, found a {width} x {height} {image.format}")
+        image.load()

@@ -1,33 +1,44 @@
-"""Everything that knows about Keras models: their footprint, loading and running them.
+"""Everything that knows about Keras models: footprints, loading, running, per-process state.
 
 Importing this package does not start TensorFlow; its names load it on first use,
-so a client that only submits work never pays for it.
+so a client that only submits work never pays for it. Its modules, low to high:
+``_tf`` (starts TensorFlow) <- ``loader``, ``receptive``, ``runner`` <- ``cache``,
+``responses`` <- ``facts``. Nothing here imports :mod:`tilepipe.execute`.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = [
     "CompiledModel",
     "ModelFacts",
+    "compiled",
     "densify",
-    "describe_footprint",
+    "empty_response",
     "file_sha256",
     "footprint_of",
     "load_keras_model",
     "model_facts",
     "model_sha256",
+    "resolve_model",
+    "worker_model",
+    "zero_response_interior",
 ]
 
 _LAZY = {
     "CompiledModel": "tilepipe.model.runner",
     "densify": "tilepipe.model.runner",
-    "describe_footprint": "tilepipe.model.receptive",
     "footprint_of": "tilepipe.model.receptive",
     "file_sha256": "tilepipe.model.loader",
     "load_keras_model": "tilepipe.model.loader",
     "model_sha256": "tilepipe.model.loader",
+    "resolve_model": "tilepipe.model.loader",
+    "compiled": "tilepipe.model.cache",
+    "worker_model": "tilepipe.model.cache",
+    "empty_response": "tilepipe.model.responses",
+    "zero_response_interior": "tilepipe.model.responses",
     "ModelFacts": "tilepipe.model.facts",
     "model_facts": "tilepipe.model.facts",
 }
@@ -35,8 +46,6 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value

@@ -1,14 +1,29 @@
-"""The one place TensorFlow is imported, quietly, with threads sized on request."""
+"""The one place TensorFlow is started: quietly, sized to the worker, once per process.
+
+Nothing happens on import of this module. :func:`start` imports TensorFlow and
+Keras, sizes TensorFlow's thread pools to the Dask worker's threads (so worker
+processes never oversubscribe the cores), turns on GPU memory growth, and starts
+the eager context. ``from tilepipe.model._tf import tf, keras`` calls it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tilepipe._worker import worker_threads
+
+__all__ = ["start"]  # and, on first access, the modules ``tf`` and ``keras``
+
+_log = logging.getLogger("tilepipe")
+_LOCK = threading.Lock()
+_STARTED: dict[str, Any] = {}
 
 
 @contextlib.contextmanager
@@ -35,56 +50,46 @@ def _quiet_native_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def _worker_threads() -> int:
-    """Threads of the Dask worker importing us (0 outside a worker), or $TILEPIPE_TF_THREADS."""
-    if os.environ.get("TILEPIPE_TF_THREADS"):
-        return int(os.environ["TILEPIPE_TF_THREADS"])
-    try:
-        from distributed import Worker, get_worker
-    except ImportError:
-        return 0
-    with contextlib.suppress(ValueError):  # not in a task's thread: see below
-        return int(get_worker().state.nthreads)
-    # Task functions are unpickled (importing TensorFlow) outside the task's thread,
-    # where get_worker() does not answer; the process's worker is still known.
-    workers = list(getattr(Worker, "_instances", ()))
-    return int(workers[0].state.nthreads) if workers else 0
+def _size_threads(tf: Any, threads: int) -> None:
+    """Size the thread pools, which TensorFlow allows only before its runtime starts.
 
-
-with _quiet_native_stderr():
-    import keras
-    import tensorflow as tf
-
-    # Thread pools can only be sized before the runtime starts, which the
-    # probe below does; so size them now, from the worker we are imported in.
-    _threads = _worker_threads()
-    if _threads:
-        tf.config.threading.set_intra_op_parallelism_threads(_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(_threads, 2))
-    for _gpu in tf.config.list_physical_devices("GPU"):  # CUDA is probed (and logs) once, here
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(_gpu, True)
-    tf.constant(0)  # the eager context starts here, quietly, not inside a task
-
-__all__ = ["configure_threads", "keras", "tf"]
-
-_CONFIGURED: dict[str, int] = {"threads": _threads} if _threads else {}
-
-
-def configure_threads(n: int) -> None:
-    """Size TensorFlow's thread pools to ``n`` (the worker's threads), once per process.
-
-    Without this every worker process starts a pool as large as the machine
-    and processes oversubscribe the cores. TensorFlow accepts it only before
-    its runtime starts; later calls are ignored.
+    A user's script that builds a model at module level has started it already in
+    every spawned worker (workers re-import the main module): then the pools keep
+    TensorFlow's sizes, and we say so once instead of failing.
     """
-    if _CONFIGURED:
-        return
-    # TensorFlow refuses once its runtime is up (the model ran in this process before): keep going.
-    with contextlib.suppress(RuntimeError):
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, n))
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(n, 2)))
-    for gpu in tf.config.list_physical_devices("GPU"):
-        with contextlib.suppress(RuntimeError):  # the device is already initialised
-            tf.config.experimental.set_memory_growth(gpu, True)
-    _CONFIGURED["threads"] = n
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:
+        _log.warning(
+            "TensorFlow was started in this process before tilepipe (by code run at import?): "
+            "its thread pools keep their sizes instead of %d thread(s)", threads
+        )
+
+
+def start() -> Any:
+    """Import and set up TensorFlow once in this process; returns the ``tensorflow`` module."""
+    with _LOCK:
+        if "tf" in _STARTED:
+            return _STARTED["tf"]
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with _quiet_native_stderr():
+            import keras  # noqa: PLC0415 - TensorFlow starts only when a model is needed
+            import tensorflow as tf  # noqa: PLC0415 - as above
+
+            threads = worker_threads()
+            if threads:
+                _size_threads(tf, threads)
+            for gpu in tf.config.list_physical_devices("GPU"):  # CUDA is probed (and logs) once, here
+                with contextlib.suppress(RuntimeError):  # the device was initialised before us
+                    tf.config.experimental.set_memory_growth(gpu, True)
+            tf.constant(0)  # the eager context starts here, quietly, not inside a task
+        _STARTED.update(tf=tf, keras=keras)
+        return tf
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("tf", "keras"):
+        start()
+        return _STARTED[name]
+    raise AttributeError(f"module 'tilepipe.model._tf' has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tilepipe.errors import ModelError
 from tilepipe.geometry import Footprint
 
 __all__ = ["ModelFacts", "model_facts"]
@@ -36,12 +37,12 @@ def model_facts(path: str, sha256: str, bands: int | None) -> ModelFacts:
     its response to zeros; without, ``interior`` is empty (for ingest, which only
     needs the footprint).
     """
-    from tilepipe.errors import ModelError
-    from tilepipe.execute.engine import zero_response_interior
-    from tilepipe.execute.tasks import load_worker_model
-    from tilepipe.model.receptive import footprint_of
+    # Imported here, where the facts are worked out: ModelFacts itself is for clients without TensorFlow.
+    from tilepipe.model.cache import worker_model  # noqa: PLC0415 - keeps TensorFlow out of the client
+    from tilepipe.model.receptive import footprint_of  # noqa: PLC0415 - as above
+    from tilepipe.model.responses import zero_response_interior  # noqa: PLC0415 - as above
 
-    compiled = load_worker_model(path, sha256)
+    compiled = worker_model(path, sha256)
     footprint = footprint_of(compiled.model)
     interior: tuple[float, ...] = ()
     if bands is not None:

@@ -1,8 +1,8 @@
-"""Loading Keras models safely, and once per process.
+"""Loading Keras models safely.
 
 Only Keras v3 ``.keras`` files, loaded with ``safe_mode=True`` (no pickled
-Python, no Lambda layers); never ``.h5``. Workers cache models by the file's
-sha256, so a task that names a model already loaded costs nothing.
+Python, no Lambda layers); never ``.h5``. Files are identified by their sha256
+(:mod:`tilepipe.model.cache` keeps one loaded model per sha256 and process).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from tilepipe.errors import ModelError
 
-__all__ = ["file_sha256", "load_keras_model", "model_sha256"]
+__all__ = ["file_sha256", "load_keras_model", "model_sha256", "resolve_model"]
 
 _LOCK = threading.Lock()
 
@@ -47,7 +47,7 @@ def _check_model_file(path: str) -> None:
 def load_keras_model(path: str) -> Any:
     """Load a ``.keras`` model with ``safe_mode=True``; errors name the file."""
     _check_model_file(path)
-    from tilepipe.model._tf import keras
+    from tilepipe.model._tf import keras  # noqa: PLC0415 - TensorFlow starts only when a model is loaded
 
     with _LOCK:
         try:
@@ -58,3 +58,12 @@ def load_keras_model(path: str) -> Any:
     # Raised unchained, outside the except block: Keras' exception may not survive
     # pickling back from a Dask worker, and would turn this into a plain Exception.
     raise ModelError(f"{path}: cannot load the model: {why}")
+
+
+def resolve_model(model: Any) -> Any:
+    """A ``keras.Model`` from a model object or a ``.keras`` path."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_keras_model(os.fspath(model))
+    if not hasattr(model, "layers"):
+        raise ModelError(f"expected a keras.Model or a .keras path, got {type(model).__name__}")
+    return model

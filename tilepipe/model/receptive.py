@@ -32,15 +32,15 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-# Functional is not exported by Keras 3; it is what keras.Model(inputs, outputs) returns.
-from keras import layers as kl
-from keras.src.models.functional import Functional
-
 from tilepipe.errors import ModelError, UntileableModelError
 from tilepipe.geometry.footprint import AxisFootprint, Footprint
 from tilepipe.model._tf import keras
 
-__all__ = ["describe_footprint", "footprint_of"]
+__all__ = ["footprint_of"]
+
+kl = keras.layers
+# Functional is not exported by Keras 3; it is what keras.Model(inputs, outputs) returns.
+Functional = keras.src.models.functional.Functional
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,15 +240,6 @@ def footprint_of(model: keras.Model) -> Footprint:
     rows, cols = _walk_model(model, (_Axis(), _Axis()))[0]
     _check_image(model, "output", outputs[0])
     return Footprint(rows.footprint(), cols.footprint())
-
-
-def describe_footprint(fp: Footprint) -> str:
-    """Say a footprint in a few words, e.g. ``"halo 7 px (rows 7/7, cols 7/7)"``.
-
-    ``rows b/a`` are the margins before/after a core (input pixels); a size
-    change of the output, if any, follows as ``output -4 rows, -4 cols``.
-    """
-    return fp.describe()
 
 
 def _refuse(op: Any, why: str) -> NoReturn:

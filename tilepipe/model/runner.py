@@ -1,13 +1,16 @@
 """Calling a Keras model on tiles: compiled per window shape, batched.
 
-DESIGN.md: a dilated Conv2D traced with ``reduce_retracing=True`` fails on odd
-edge sizes (SpaceToBatchND), so we trace one concrete function per exact
-batch shape. There are few: interior, edges and corners, times the batch
-sizes in use.
+A dilated Conv2D traced with ``reduce_retracing=True`` (shapes generalised to
+None) fails on odd edge sizes (SpaceToBatchND, seen with TF 2.21), so we trace
+one concrete function per exact batch shape. There are few: interior, edges and
+corners, times the batch sizes in use.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -33,16 +36,21 @@ def densify(shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> 
 class CompiledModel:
     """A Keras model wrapped in ``tf.function``, one concrete function per input shape.
 
-    Thread-safe: a worker with several threads shares one instance.
+    A shape seen for the first time runs eagerly: most edge and corner windows
+    occur once, and tracing them would cost more than it saves. A shape seen again
+    is traced once and kept (up to :data:`MAX_TRACES` shapes, least recently used
+    dropped first). Thread-safe: a worker with several threads shares one instance.
+
+    ``empty_cache`` holds the model's responses to all-zero windows, keyed by the
+    caller; it shares the model's lock (:attr:`lock`) and lifetime.
     """
 
-    def __init__(self, model: Any, *, max_traces: int = 64) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
         self._fns: OrderedDict[tuple[int, ...], Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self._max = max_traces
-        # Responses to all-zero windows, per (window shape, core position): see execute.engine.
-        self.empty_cache: dict[object, np.ndarray] = {}
+        self._seen: set[tuple[int, ...]] = set()
+        self.lock = threading.Lock()
+        self.empty_cache: OrderedDict[object, np.ndarray] = OrderedDict()
         inputs = getattr(model, "inputs", None)
         self.in_channels: int | None = None
         if inputs:
@@ -53,21 +61,23 @@ class CompiledModel:
         self.max_channels = _widest(model, self.in_channels or 1)
 
     def _fn(self, shape: tuple[int, ...]) -> Any:
-        with self._lock:
+        """The traced function for ``shape``, or None the first time a shape is seen (run it eagerly)."""
+        with self.lock:
             fn = self._fns.get(shape)
             if fn is not None:
                 self._fns.move_to_end(shape)
                 return fn
+            if shape not in self._seen:
+                self._seen.add(shape)
+                return None
             model = self.model
 
             def call(x: Any) -> Any:
                 return model(x, training=False)
 
-            fn = tf.function(call, jit_compile=False).get_concrete_function(
-                tf.TensorSpec(shape, tf.float32)
-            )
+            fn = tf.function(call, jit_compile=False).get_concrete_function(tf.TensorSpec(shape, tf.float32))
             self._fns[shape] = fn
-            if len(self._fns) > self._max:
+            if len(self._fns) > MAX_TRACES:
                 self._fns.popitem(last=False)
             return fn
 
@@ -75,13 +85,18 @@ class CompiledModel:
         """Run the model on ``batch`` of shape ``(N, rows, cols, bands)``: float32 numpy or a tf.Tensor."""
         if not isinstance(batch, tf.Tensor):
             batch = tf.constant(np.ascontiguousarray(batch, dtype=np.float32))
-        out = self._fn(tuple(batch.shape))(batch)
+        fn = self._fn(tuple(batch.shape))
+        out = self.model(batch, training=False) if fn is None else fn(batch)
         if isinstance(out, (list, tuple)):
             out = out[0]
         out = np.asarray(out)
         if out.ndim != 4:
             raise ModelError(f"expected the model to return images (N, H, W, C), it returned {out.shape}")
         return out
+
+
+#: Traced shapes kept per model (interior, edges and corners, times the batch sizes in use).
+MAX_TRACES = 64
 
 
 def _widest(model: Any, default: int) -> int:
@@ -99,10 +114,6 @@ def _widest(model: Any, default: int) -> int:
 
 def gpu_free_bytes() -> int | None:
     """Free memory of the GPU this process uses, in bytes (None without a GPU or nvidia-smi)."""
-    import os
-    import shutil
-    import subprocess
-
     if not tf.config.list_physical_devices("GPU") or shutil.which("nvidia-smi") is None:
         return None
     index = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]

@@ -8,6 +8,7 @@ neighbouring core buckets only: never a scan of all points per tile.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from tilepipe.errors import InputError
 from tilepipe.geometry import Tile, TileGrid
 
-__all__ = ["CooScene", "TileBuckets", "coo_from_arrays", "coo_from_sparse_tensor"]
+__all__ = ["CooScene", "TileBuckets", "as_coo", "coo_from_arrays", "coo_from_sparse_tensor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,13 @@ class CooScene:
     def nnz(self) -> int:
         """Number of stored entries."""
         return int(self.values.size)
+
+    def sha256(self) -> str:
+        """A checksum of the shape, coordinates and values: the identity of an in-memory scene."""
+        digest = hashlib.sha256(str(self.shape).encode())
+        for arr in (self.rows, self.cols, self.bands, self.values):
+            digest.update(np.ascontiguousarray(arr).tobytes())
+        return digest.hexdigest()
 
 
 def coo_from_arrays(indices: Any, values: Any, shape: Any, *, name: str = "COO input") -> CooScene:
@@ -125,3 +133,16 @@ class TileBuckets:
         if flat.size > 1 and np.any(flat[1:] == flat[:-1]):
             raise InputError(f"{self.name}: duplicate coordinates (each pixel and band may appear once)")
         return shape, flat, s.values[sel][order]
+
+
+def as_coo(source: Any) -> CooScene:
+    """A :class:`CooScene` from a ``tf.SparseTensor``, ``(indices, values, shape)`` or a CooScene."""
+    if isinstance(source, CooScene):
+        return source
+    if isinstance(source, tuple) and len(source) == 3:
+        return coo_from_arrays(*source)
+    if hasattr(source, "indices") and hasattr(source, "dense_shape"):
+        return coo_from_sparse_tensor(source)
+    raise InputError(
+        f"expected a raster path, a tf.SparseTensor or (indices, values, shape), got {type(source).__name__}"
+    )

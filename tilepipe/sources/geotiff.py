@@ -12,11 +12,15 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window as RioWindow
 
 from tilepipe.errors import InputError
 from tilepipe.geometry import Window
+from tilepipe.location import Location
 
-__all__ = ["GeoTiffSource", "probe_geotiff", "read_window_entries"]
+__all__ = ["GeoTiffSource", "open_raster", "probe_geotiff", "read_window_entries"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,17 +36,16 @@ class GeoTiffSource:
     transform: tuple[float, float, float, float, float, float]
 
 
-def _open(path: str):  # type: ignore[no-untyped-def]
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    if "://" not in path and not os.path.exists(path):
+def open_raster(path: str):  # type: ignore[no-untyped-def]
+    """Open a raster with rasterio; errors name the file. ``file://`` URLs are local paths."""
+    location = Location.of(path)
+    if location.is_local and not os.path.exists(location.path):
         raise InputError(f"{path}: no such file")
     # The InputError is raised outside the except block, with no chained context: GDAL's
     # exception types do not survive pickling back from a Dask worker, and would turn it
     # into a plain Exception there.
     try:
-        return rasterio.open(path)
+        return rasterio.open(location.target)
     except (RasterioError, OSError) as exc:
         why = _first_line(exc)
     raise InputError(f"{path}: cannot open as a raster: {why}")
@@ -58,7 +61,7 @@ def _first_line(exc: BaseException) -> str:
 
 def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: float | None = None) -> GeoTiffSource:
     """Open ``path`` and describe it, refusing what cannot become a scene."""
-    with _open(path) as src:
+    with open_raster(path) as src:
         count = src.count
         chosen = tuple(range(1, count + 1)) if bands is None else tuple(bands)
         bad = [b for b in chosen if not 1 <= b <= count]
@@ -90,20 +93,17 @@ def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  #
 
     ``shape`` is ``(rows, cols, bands)``; ``flat`` are sorted flat indices into it.
     """
-    from rasterio.errors import RasterioError
-    from rasterio.windows import Window as RioWindow
-
     rio_window = RioWindow(window.col_start, window.row_start, window.width, window.height)  # type: ignore[call-arg]
     why = None
     try:
         if dataset is None:
-            with _open(source.path) as src:
+            with open_raster(source.path) as src:
                 data = src.read(list(source.bands), window=rio_window)
         else:
             data = dataset.read(list(source.bands), window=rio_window)
     except (RasterioError, OSError) as exc:
         why = _first_line(exc)
-    if why is not None:  # raised here, unchained: see _open
+    if why is not None:  # raised here, unchained: see open_raster
         raise InputError(
             f"{source.path}: read failed in rows {window.row_start}-{window.row_stop}, "
             f"cols {window.col_start}-{window.col_stop}: {why}"

@@ -1,13 +1,14 @@
 """Zarr v3 stores: the sparse, tiled scene and the dense result."""
 
 from tilepipe.store.codec import TileData, decode_tile, encode_tile
-from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE, ResultStore
+from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE, ResultInfo, ResultStore
 from tilepipe.store.scene import SceneInfo, SceneStore, block_size_for, source_identity
 
 __all__ = [
     "STATUS_COMPUTED",
     "STATUS_EMPTY",
     "STATUS_NOT_DONE",
+    "ResultInfo",
     "ResultStore",
     "SceneInfo",
     "SceneStore",

@@ -25,6 +25,8 @@ Layout
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,57 +35,134 @@ from zarr.codecs import ZstdCodec
 
 from tilepipe.errors import StoreError
 from tilepipe.geometry import Window
-from tilepipe.store._zarr import FORMAT_VERSION, local_path, open_group
+from tilepipe.location import Location
+from tilepipe.store._zarr import FORMAT_VERSION, create_group, open_group
+from tilepipe.store.scene import block_size_for
 
-__all__ = ["ResultStore", "STATUS_COMPUTED", "STATUS_EMPTY", "STATUS_NOT_DONE"]
+__all__ = ["STATUS_COMPUTED", "STATUS_EMPTY", "STATUS_NOT_DONE", "ResultInfo", "ResultStore"]
 
 STATUS_NOT_DONE = 0
 STATUS_COMPUTED = 1
 STATUS_EMPTY = 2
 
 
+@dataclass(frozen=True, slots=True)
+class ResultInfo:
+    """What a result store says about itself: the one way its attributes are read.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(bands, rows, cols)`` of the output raster, pixels.
+    transform : tuple of float
+        The six affine coefficients (rasterio order) of the output grid.
+    crs_wkt : str or None
+        The scene's CRS as WKT.
+    tile_size : tuple of int
+        ``(rows, cols)`` of a tile core, pixels: the data array's chunk.
+    identity : dict
+        What makes two runs the same run (scene source and tiling, model sha256).
+    provenance : dict
+        The record of the run that made the store (model, footprint, version, run id, ...).
+    complete : bool
+        Whether every tile was written and checked.
+    report : dict or None
+        The last run's report (:meth:`tilepipe.execute.run.RunReport.to_dict`).
+    """
+
+    shape: tuple[int, int, int]
+    transform: tuple[float, float, float, float, float, float]
+    crs_wkt: str | None
+    tile_size: tuple[int, int]
+    identity: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False
+    report: dict[str, Any] | None = None
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Tiles ``(rows, cols)`` over the output raster."""
+        return (-(-self.shape[1] // self.tile_size[0]), -(-self.shape[2] // self.tile_size[1]))
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-ready ``tilepipe`` attributes."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "result",
+            "shape": list(self.shape),
+            "tile_size": list(self.tile_size),
+            "crs_wkt": self.crs_wkt,
+            "transform": list(self.transform),
+            "complete": self.complete,
+            "provenance": {**self.provenance, "identity": self.identity},
+            "report": self.report,
+        }
+
+    @classmethod
+    def from_attrs(cls, d: dict[str, Any], *, path: str = "", chunks: tuple[int, ...] | None = None) -> ResultInfo:
+        """Inverse of :meth:`to_attrs`; ``chunks`` of the data array stand in for a missing tile size.
+
+        Raises :class:`StoreError` naming ``path`` where a value is missing or malformed.
+        """
+        try:
+            shape = tuple(int(v) for v in d["shape"])
+            transform = tuple(float(v) for v in d["transform"])[:6]
+            tile = d.get("tile_size") or (list(chunks[1:]) if chunks else None)
+            tile_size = (int(tile[0]), int(tile[1])) if tile else (shape[1], shape[2])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise StoreError(
+                f"{path}: the result store's attributes are malformed ({type(exc).__name__}: {exc})"
+            ) from None
+        if len(shape) != 3 or len(transform) != 6:
+            raise StoreError(
+                f"{path}: expected a (bands, rows, cols) shape and six transform coefficients, "
+                f"got {d.get('shape')!r} and {d.get('transform')!r}"
+            )
+        crs_wkt = d.get("crs_wkt")
+        if crs_wkt is not None and not isinstance(crs_wkt, str):
+            raise StoreError(f"{path}: expected the CRS as a WKT string or null, got {crs_wkt!r}")
+        provenance = d.get("provenance")
+        provenance = dict(provenance) if isinstance(provenance, dict) else {}
+        identity = provenance.pop("identity", None)
+        report = d.get("report")
+        return cls(
+            shape=(shape[0], shape[1], shape[2]),
+            transform=(transform[0], transform[1], transform[2], transform[3], transform[4], transform[5]),
+            crs_wkt=crs_wkt,
+            tile_size=tile_size,
+            identity=dict(identity) if isinstance(identity, dict) else {},
+            provenance=provenance,
+            complete=d.get("complete") is True,
+            report=report if isinstance(report, dict) else None,
+        )
+
+
 class ResultStore:
     """A result store; cheap to open, nothing read eagerly."""
 
-    def __init__(self, path: str, group: zarr.Group, attrs: dict[str, Any]) -> None:
-        self.path = path
+    def __init__(self, location: Location, group: zarr.Group, info: ResultInfo) -> None:
+        self.location = location
+        self.path = str(location)
         self._group = group
-        self._attrs = attrs
+        self.info = info
         self._data: Any = None
         self._status: Any = None
 
     @classmethod
-    def create(
-        cls,
-        path: str,
-        *,
-        shape: tuple[int, int, int],
-        tile_size: tuple[int, int],
-        grid_shape: tuple[int, int],
-        fill_value: float,
-        crs_wkt: str | None,
-        transform: tuple[float, ...],
-        provenance: dict[str, Any],
-    ) -> ResultStore:
-        """Create an empty, incomplete result store (replacing whatever is at ``path``)."""
-        group = zarr.open_group(local_path(path), mode="w")
-        attrs: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "kind": "result",
-            "shape": list(shape),
-            "tile_size": list(tile_size),
-            "crs_wkt": crs_wkt,
-            "transform": list(transform),
-            "complete": False,
-            "provenance": provenance,
-            "report": None,
-        }
-        group.attrs["tilepipe"] = attrs  # type: ignore[assignment]
-        bands, rows, cols = shape
+    def create(cls, path: str | os.PathLike[str] | Location, info: ResultInfo, *, fill_value: float) -> ResultStore:
+        """Create an empty, incomplete result store described by ``info`` (replacing whatever is at ``path``).
+
+        ``fill_value`` is what unwritten data chunks read as: the model's response
+        to an all-zero interior window, so empty interior tiles need no write.
+        """
+        location = Location.of(path)
+        group = create_group(location)
+        group.attrs["tilepipe"] = info.to_attrs()
+        bands, rows, cols = info.shape
         group.create_array(
             "data",
-            shape=shape,
-            chunks=(1, *tile_size),
+            shape=info.shape,
+            chunks=(1, *info.tile_size),
             dtype="float32",
             fill_value=float(fill_value),
             dimension_names=("band", "y", "x"),
@@ -91,18 +170,16 @@ class ResultStore:
             # writing is a fifth of a dense run's time at level 3.
             compressors=[ZstdCodec(level=1)],
         )
-        from tilepipe.store.scene import block_size_for
-
         group.create_array(
             "status",
-            shape=grid_shape,
+            shape=info.grid_shape,
             # One chunk per block of tiles, written by the client alone as tasks finish.
-            chunks=block_size_for(tile_size, grid_shape),
+            chunks=block_size_for(info.tile_size, info.grid_shape),
             dtype="uint8",
             fill_value=STATUS_NOT_DONE,
             dimension_names=("tile_row", "tile_col"),
         )
-        a, b, c, d, e, f = transform
+        a, b, c, d, e, f = info.transform
         if b == 0 and d == 0:
             ys = group.create_array("y", shape=(rows,), dtype="float64", dimension_names=("y",))
             ys[...] = f + e * (np.arange(rows) + 0.5)
@@ -110,31 +187,43 @@ class ResultStore:
             xs[...] = c + a * (np.arange(cols) + 0.5)
         bs = group.create_array("band", shape=(bands,), dtype="int32", dimension_names=("band",))
         bs[...] = np.arange(1, bands + 1)
-        return cls(path, group, attrs)
+        return cls(location, group, info)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r+") -> ResultStore:
-        """Open an existing result store."""
-        path = os.fspath(path)
-        group, attrs = open_group(path, mode, kind="result")
-        return cls(path, group, attrs)
+    def open(cls, path: str | os.PathLike[str] | Location, *, mode: str = "r+") -> ResultStore:
+        """Open an existing result store and check its ``data`` array agrees with its attributes."""
+        location = Location.of(path)
+        group, attrs = open_group(location, mode, kind="result")
+        data = group.get("data")
+        if not isinstance(data, zarr.Array):
+            raise StoreError(f"{location}: the result store has no 'data' array")
+        info = ResultInfo.from_attrs(attrs, path=str(location), chunks=tuple(data.chunks))
+        if tuple(data.shape) != info.shape:
+            raise StoreError(
+                f"{location}: 'data' has shape {tuple(data.shape)}, but the store says {info.shape} "
+                "(expected (bands, rows, cols))"
+            )
+        if np.dtype(data.dtype) != np.float32:
+            raise StoreError(f"{location}: 'data' holds {data.dtype}, expected float32")
+        store = cls(location, group, info)
+        store._data = data
+        return store
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """The store's ``tilepipe`` attributes."""
-        return dict(self._attrs)
+        """The store's ``tilepipe`` attributes, as stored."""
+        return self.info.to_attrs()
 
     @property
     def complete(self) -> bool:
         """Whether every tile is done."""
-        return bool(self._attrs.get("complete"))
+        return self.info.complete
 
     @property
     def data(self) -> Any:
         """The ``(band, y, x)`` float32 array."""
         if self._data is None:
             self._data = self._group["data"]
-        assert self._data is not None
         return self._data
 
     @property
@@ -145,7 +234,6 @@ class ResultStore:
     def _status_array(self) -> Any:
         if self._status is None:
             self._status = self._group["status"]
-        assert self._status is not None
         return self._status
 
     def write_core(self, core: Window, values: np.ndarray) -> int:
@@ -164,32 +252,37 @@ class ResultStore:
             written += 1
         return written
 
+    def write_status(self, status: np.ndarray) -> None:
+        """Record the status of every tile at once, ``(tile_rows, tile_cols)`` uint8 (one write per chunk)."""
+        self._status_array()[...] = np.asarray(status, dtype=np.uint8)
+
     def set_status(self, rows: np.ndarray, cols: np.ndarray, value: int) -> None:
         """Record the status of tiles at ``(rows[i], cols[i])`` (touches only their chunks)."""
         if len(rows):
             self._status_array().vindex[np.asarray(rows), np.asarray(cols)] = np.full(len(rows), value, np.uint8)
 
     def status(self) -> np.ndarray:
-        """Status per tile, ``(tile_rows, tile_cols)`` uint8."""
+        """Status per tile, ``(tile_rows, tile_cols)`` uint8: ``STATUS_*``."""
         return np.asarray(self._status_array()[...])
 
-    def update_attrs(self, **values: Any) -> None:
-        """Merge ``values`` into the ``tilepipe`` attributes."""
-        attrs = dict(self._group.attrs["tilepipe"])  # type: ignore[arg-type]
-        attrs.update(values)
-        self._group.attrs["tilepipe"] = attrs
-        self._attrs = attrs
+    def finish(self, *, complete: bool, report: dict[str, Any]) -> None:
+        """Record the run's report and whether the store is complete (the last write of a run)."""
+        self.info = replace(self.info, complete=complete, report=report)
+        self._group.attrs["tilepipe"] = self.info.to_attrs()
+        if complete:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zarr notes that consolidated metadata is not in the v3 spec yet
+                zarr.consolidate_metadata(self._group.store)
 
-    def consolidate(self) -> None:
-        """Write consolidated metadata, so readers (xarray) open the store with one read."""
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr notes that consolidated metadata is not in the v3 spec yet
-            zarr.consolidate_metadata(self._group.store)
+    def mark_incomplete(self) -> None:
+        """Record that the store is being written again (a resumed run)."""
+        if self.info.complete:
+            self.info = replace(self.info, complete=False)
+            self._group.attrs["tilepipe"] = self.info.to_attrs()
 
     def read(self) -> np.ndarray:
         """The whole result as ``(band, y, x)``: for small results and tests only."""
         if not self.complete:
             raise StoreError(f"{self.path}: the result is incomplete: its run did not finish; run it again to resume")
         return np.asarray(self.data[...])
+

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,12 +38,11 @@ from zarr.codecs import ZstdCodec
 
 from tilepipe.errors import StoreError
 from tilepipe.geometry import TileGrid
-from tilepipe.store._zarr import FORMAT_VERSION, local_path, open_group, vlen_bytes_dtype
+from tilepipe.location import Location
+from tilepipe.store._zarr import FORMAT_VERSION, create_group, open_group, quiet_vlen, vlen_bytes_dtype
 from tilepipe.store.codec import TileData, decode_tile, encode_tile
 
 __all__ = ["SceneInfo", "SceneStore", "block_size_for", "source_identity"]
-
-warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 
 # Pixels per side that one ingest task (one index chunk) covers: big enough
 # that tasks are few, small enough that a task's working set (one tile at a
@@ -79,11 +77,7 @@ def source_identity(path: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class SceneInfo:
-    """What a scene store says about itself. Shapes are ``(rows, cols)``.
-
-    ``ndim`` is 2 for a scene given as an ``H x W`` tensor (one band) and 3 for
-    ``H x W x C`` or a raster; it only matters to :func:`tilepipe.conv_sparse`.
-    """
+    """What a scene store says about itself. Shapes are ``(rows, cols)``."""
 
     shape: tuple[int, int]
     bands: int
@@ -93,7 +87,6 @@ class SceneInfo:
     nodata: float | None = None
     crs_wkt: str | None = None
     transform: tuple[float, float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    ndim: int = 3
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -126,7 +119,6 @@ class SceneInfo:
             nodata=None if d.get("nodata") is None else float(d["nodata"]),
             crs_wkt=d.get("crs_wkt"),
             transform=tuple(float(v) for v in d["transform"]),  # type: ignore[arg-type]
-            ndim=int(d.get("ndim", 3)),
             source=dict(d.get("source") or {}),
         )
 
@@ -134,8 +126,9 @@ class SceneInfo:
 class SceneStore:
     """A scene store on disk (or at a URL). Cheap to open; nothing is read eagerly."""
 
-    def __init__(self, path: str, group: zarr.Group, attrs: dict[str, Any]) -> None:
-        self.path = path
+    def __init__(self, location: Location, group: zarr.Group, attrs: dict[str, Any]) -> None:
+        self.location = location
+        self.path = str(location)
         self._group = group
         self._attrs = attrs
         self.info = SceneInfo.from_attrs(attrs)
@@ -143,20 +136,22 @@ class SceneStore:
 
     # -- creation -----------------------------------------------------------
     @classmethod
-    def create(cls, path: str, info: SceneInfo) -> SceneStore:
-        """Create an empty, incomplete store at ``path`` (which must not exist)."""
+    def create(cls, path: str | os.PathLike[str] | Location, info: SceneInfo) -> SceneStore:
+        """Create an empty, incomplete store at ``path`` (replacing whatever is there)."""
+        location = Location.of(path)
         ny, nx = info.grid.grid_shape
-        group = zarr.open_group(local_path(path), mode="w")
+        group = create_group(location)
         attrs = {"format_version": FORMAT_VERSION, "kind": "scene", "complete": False, **info.to_attrs()}
         group.attrs["tilepipe"] = attrs
-        group.create_array(
-            "tiles",
-            shape=(ny, nx),
-            chunks=(1, 1),
-            dtype=vlen_bytes_dtype(),
-            compressors=[ZstdCodec(level=3)],
-            dimension_names=("tile_row", "tile_col"),
-        )
+        with quiet_vlen():
+            group.create_array(
+                "tiles",
+                shape=(ny, nx),
+                chunks=(1, 1),
+                dtype=vlen_bytes_dtype(),
+                compressors=[ZstdCodec(level=3)],
+                dimension_names=("tile_row", "tile_col"),
+            )
         group.create_array(
             "nnz",
             shape=(ny, nx),
@@ -165,16 +160,18 @@ class SceneStore:
             fill_value=0,
             dimension_names=("tile_row", "tile_col"),
         )
-        return cls(path, group, attrs)
+        return cls(location, group, attrs)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, require_complete: bool = True) -> SceneStore:
-        """Open an existing scene store; refuse one whose ingest did not finish."""
-        path = os.fspath(path)
-        group, attrs = open_group(path, "r+" if "://" not in path else "r", kind="scene")
+    def open(
+        cls, path: str | os.PathLike[str] | Location, *, require_complete: bool = True, mode: str = "r"
+    ) -> SceneStore:
+        """Open an existing scene store (``mode="r+"`` to write tiles); refuse one whose ingest did not finish."""
+        location = Location.of(path)
+        group, attrs = open_group(location, mode, kind="scene")
         if require_complete and not attrs.get("complete"):
-            raise StoreError(f"{path}: the scene store is incomplete (its ingest did not finish); ingest again")
-        return cls(path, group, attrs)
+            raise StoreError(f"{location}: the scene store is incomplete (its ingest did not finish); ingest again")
+        return cls(location, group, attrs)
 
     def mark_complete(self, **extra: Any) -> None:
         """Record that every tile is written (the last step of an ingest)."""
@@ -192,7 +189,8 @@ class SceneStore:
     # -- tiles --------------------------------------------------------------
     def _tile_array(self) -> Any:
         if self._tiles is None:
-            self._tiles = self._group["tiles"]
+            with quiet_vlen():
+                self._tiles = self._group["tiles"]
         assert self._tiles is not None
         return self._tiles
 

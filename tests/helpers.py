@@ -1,0 +1,125 @@
+"""Helpers shared by several test modules: tiny models and scenes, GeoTIFFs, the ``tilepipe`` command.
+
+Test modules import them as ``from helpers import ...``: ``tests/`` has no ``__init__.py``, so pytest's
+default ("prepend") import mode puts it on ``sys.path``. Keras, TensorFlow and rasterio are imported
+inside the helpers that use them, so a module that only runs the command does not load them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+    from keras import layers as kl
+
+#: The type of conftest.py's ``assert_exact(got, ref, what="")`` fixture; it returns the relative error.
+Checker = Callable[..., float]
+
+
+# -- the command and its processes ----------------------------------------------------------------
+
+
+def run_tilepipe(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tilepipe ARGS`` as a user would, without ``DASK_SCHEDULER_ADDRESS``; capture text."""
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "tilepipe", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout, check=False)
+
+
+def assert_one_clear_line(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Assert that a command failed with a last stderr line ``Error: ...`` holding every needle, no traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ")
+    for needle in needles:
+        assert needle in last, (needle, last)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on when asked."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def conv(filters: int, kernel: int | tuple[int, int], **kwargs: Any) -> kl.Conv2D:
+    """A ``Conv2D`` with random non-zero biases (a zero bias can hide border effects)."""
+    import keras
+
+    return keras.layers.Conv2D(filters, kernel, bias_initializer=keras.initializers.RandomNormal(stddev=0.5),
+                               **kwargs)
+
+
+def sequential(bands: int, *layers: kl.Layer, seed: int | None = None) -> keras.Sequential:
+    """``layers`` on inputs of any size with ``bands`` channels; ``seed`` goes to set_random_seed first."""
+    import keras
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((None, None, bands)), *layers])
+
+
+def predict(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    """The model on ``batch`` ``(n, y, x, band)`` in inference mode, as a numpy ``(n, y, x, channel)`` array."""
+    return np.asarray(model(batch, training=False))
+
+
+def reference(model: keras.Model, dense: np.ndarray) -> np.ndarray:
+    """Keras on one whole dense scene ``(y, x, band)``, as ``(channel, y, x)``: the layout of a result store."""
+    return predict(model, dense[None])[0].transpose(2, 0, 1)
+
+
+# -- scenes ---------------------------------------------------------------------------------------
+
+
+def coo(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """``(indices, values, shape)`` of the non-zero entries of ``dense``, as ingest or a SparseTensor takes them."""
+    indices = np.argwhere(dense != 0)
+    return indices, dense[tuple(indices.T)], dense.shape
+
+
+def empty_sparse_tensor(shape: Sequence[int]) -> tf.SparseTensor:
+    """A float32 ``tf.SparseTensor`` of ``shape`` with no entries."""
+    import tensorflow as tf
+
+    return tf.SparseTensor(np.zeros((0, len(shape)), np.int64), np.zeros(0, np.float32), tuple(shape))
+
+
+def expected_status(dense: np.ndarray, tile: int, halo: int) -> np.ndarray:
+    """Tile status ``(row, col)``, worked out here: 1 where the haloed, clipped window holds a value, else 2."""
+    rows, cols = dense.shape[:2]
+    ny, nx = -(-rows // tile), -(-cols // tile)
+    status = np.empty((ny, nx), np.uint8)
+    for r in range(ny):
+        for c in range(nx):
+            win = dense[
+                max(r * tile - halo, 0) : min((r + 1) * tile + halo, rows),
+                max(c * tile - halo, 0) : min((c + 1) * tile + halo, cols),
+            ]
+            status[r, c] = 1 if np.any(win != 0) else 2
+    return status
+
+
+def write_geotiff(path: Path, data: np.ndarray, *, crs: str | None = None, transform: Any = None,
+                  nodata: float | None = None) -> None:
+    """Write ``data`` ``(band, y, x)`` to a GeoTIFF at ``path``; size, band count and dtype come from the array."""
+    import rasterio
+
+    bands, rows, cols = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=cols, height=rows, count=bands, dtype=data.dtype.name,
+                       nodata=nodata, crs=crs, transform=transform) as dst:
+        dst.write(data)

@@ -1,0 +1,163 @@
+"""The run plan, driven directly: no store, no cluster, no TensorFlow.
+
+References are worked out here by brute force over pixels (which output pixels a
+tile owns, which input pixels it needs, which scene edges its window touches),
+never by tilepipe's own geometry.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tilepipe.errors import InputError, StoreError
+from tilepipe.geometry import AxisFootprint, Footprint
+from tilepipe.model.facts import ModelFacts
+from tilepipe.plan import EMPTY_BATCH, batches, plan_jobs, plan_result, plan_run, shifted, touches_border
+from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE
+from tilepipe.store.scene import SceneInfo
+
+
+def _facts(
+    before: int, after: int, shrink: int = 0, offset: int = 0, interior: tuple[float, ...] = (0.5,)
+) -> ModelFacts:
+    axis = AxisFootprint(before, after, shrink, offset)
+    return ModelFacts("0" * 64, Footprint(axis, axis), 1, 4, interior)
+
+
+def _scene(shape: tuple[int, int], tile: int, halo: int) -> SceneInfo:
+    return SceneInfo(shape=shape, bands=1, dtype="float32", tile_size=(tile, tile), halo=halo,
+                     transform=(10.0, 0.0, 1000.0, 0.0, -10.0, 5000.0), source={"path": "x.tif"})
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> tuple[SceneInfo, ModelFacts, np.ndarray]:
+    before = draw(st.integers(0, 4))
+    after = draw(st.integers(0, 4))
+    shrink = draw(st.integers(0, min(before + after, 3)))
+    rows, cols = draw(st.integers(shrink + 1, 60)), draw(st.integers(shrink + 1, 60))
+    tile = draw(st.integers(1, 25))
+    halo = max(before, after) + draw(st.integers(0, 2))
+    scene = _scene((rows, cols), tile, halo)
+    ny, nx = scene.grid.grid_shape
+    nnz = np.asarray(draw(st.lists(st.integers(0, 1), min_size=ny * nx, max_size=ny * nx)), np.int64).reshape(ny, nx)
+    return scene, _facts(before, after, shrink, offset=before if shrink else 0), nnz
+
+
+@settings(max_examples=150, deadline=None)
+@given(plans())
+def test_every_output_pixel_is_owned_once_and_computed_from_a_window_that_holds_its_footprint(
+    case: tuple[SceneInfo, ModelFacts, np.ndarray],
+) -> None:
+    scene, facts, nnz = case
+    fp = facts.footprint
+    out_rows, out_cols = scene.shape[0] - fp.rows.shrink, scene.shape[1] - fp.cols.shrink
+    owner = np.zeros((out_rows, out_cols), np.int32)
+    for job in plan_jobs(scene.grid, fp, nnz):
+        owner[job.out_core.slices] += 1
+        # Every input pixel an output pixel depends on (before/after, clipped to the scene) is in the window.
+        r0, r1 = job.out_core.row_start - fp.rows.before, job.out_core.row_stop + fp.rows.after
+        c0, c1 = job.out_core.col_start - fp.cols.before, job.out_core.col_stop + fp.cols.after
+        assert job.need.row_start == max(r0, 0) and job.need.row_stop == min(r1, scene.shape[0])
+        assert job.need.col_start == max(c0, 0) and job.need.col_stop == min(c1, scene.shape[1])
+        assert job.stored.contains(job.need)
+        assert job.empty == (nnz[job.row, job.col] == 0)
+        core = job.core_in_output
+        assert core.row_start == job.out_core.row_start - job.need.row_start
+        assert core.col_stop - core.col_start == job.out_core.col_stop - job.out_core.col_start
+        edge = (job.need.row_start == 0 or job.need.col_start == 0
+                or job.need.row_stop == scene.shape[0] or job.need.col_stop == scene.shape[1])
+        assert touches_border(job, scene.shape) == edge
+    np.testing.assert_array_equal(owner, 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(plans(), st.integers(1, 12), st.integers(1, 4), st.data())
+def test_plan_run_partitions_the_tiles(
+    case: tuple[SceneInfo, ModelFacts, np.ndarray], size: int, workers: int, data: st.DataObject
+) -> None:
+    scene, facts, nnz = case
+    _, fill = plan_result(scene, facts)
+    jobs = plan_jobs(scene.grid, facts.footprint, nnz)
+    status = np.zeros((-(-(scene.shape[0] - facts.footprint.rows.shrink) // scene.tile_size[0]),
+                       -(-(scene.shape[1] - facts.footprint.cols.shrink) // scene.tile_size[1])), np.uint8)
+    done = data.draw(st.sets(st.sampled_from([(j.row, j.col) for j in jobs]))) if jobs else set()
+    for r, c in done:
+        status[r, c] = data.draw(st.sampled_from([STATUS_COMPUTED, STATUS_EMPTY]))
+    plan = plan_run(scene, facts, nnz, status=status, fill_value=fill, batch_size=size, workers=workers)
+    tasked = [(j.row, j.col) for batch in plan.tasks for j in batch]
+    free = [(j.row, j.col) for j in plan.free]
+    # Every tile not done is either free or in exactly one task; done tiles are in neither.
+    assert sorted(tasked + free) == sorted((j.row, j.col) for j in jobs if (j.row, j.col) not in done)
+    assert len(set(tasked)) == len(tasked)
+    assert plan.total == len(jobs) and plan.already_done == len(done) and plan.todo == len(tasked)
+    # Free tiles are empty and away from every scene border (the interior response is the fill value).
+    for job in plan.free:
+        assert job.empty and not touches_border(job, scene.shape)
+    # A task holds tiles of one kind and one window shape, busy ones at most `size` (fewer to spread them).
+    for batch in plan.tasks:
+        assert len({(j.empty, j.need.shape) for j in batch}) == 1
+        assert len(batch) <= (EMPTY_BATCH if batch[0].empty else size)
+    classes = {j.empty_class for batch in plan.tasks for j in batch if j.empty}
+    assert plan.empty_classes == classes
+
+
+def test_no_free_tiles_where_another_band_does_not_respond_with_the_fill_value() -> None:
+    scene = _scene((40, 40), 10, 2)
+    nnz = np.zeros((4, 4), np.int64)
+    same = plan_run(scene, _facts(1, 1, interior=(0.5, 0.5)), nnz, fill_value=0.5, batch_size=8, workers=2)
+    other = plan_run(scene, _facts(1, 1, interior=(0.5, 0.7)), nnz, fill_value=0.5, batch_size=8, workers=2)
+    assert len(same.free) == 4  # the 2 x 2 interior tiles
+    assert other.free == () and other.todo == 16
+
+
+def test_busy_tiles_spread_over_workers() -> None:
+    scene = _scene((80, 80), 10, 1)
+    nnz = np.ones((8, 8), np.int64)
+    plan = plan_run(scene, _facts(1, 1), nnz, fill_value=0.5, batch_size=32, workers=2)
+    # 64 busy tiles of 3 window shapes at most 16 a task: at least 4 tasks, about two per worker.
+    assert max(len(b) for b in plan.tasks) <= 16
+    assert len(batches([], 8, 2)) == 0
+
+
+def test_plan_result_shape_transform_fill_and_identity() -> None:
+    scene = _scene((50, 40), 16, 3)
+    facts = _facts(2, 2, shrink=4, offset=2, interior=(0.25, 0.75))
+    info, fill = plan_result(scene, facts)
+    assert info.shape == (2, 46, 36)
+    # 'valid' layers move the output by `offset` pixels: by hand, 1000 + 10 * 2 and 5000 - 10 * 2.
+    assert info.transform == (10.0, 0.0, 1020.0, 0.0, -10.0, 4980.0)
+    assert fill == 0.25
+    assert info.grid_shape == (3, 3)
+    assert info.identity == {"scene": {"path": "x.tif", "tile_size": [16, 16], "halo": 3}, "model_sha256": "0" * 64}
+    assert shifted((2.0, 0.5, 0.0, 0.25, -2.0, 0.0), 3, 4) == (2.0, 0.5, 8.0, 0.25, -2.0, -7.25)
+
+
+def test_plan_refuses_too_little_halo_and_too_small_scenes() -> None:
+    with pytest.raises(StoreError, match="needs a halo of 3 px but the store holds 2"):
+        plan_result(_scene((50, 50), 16, 2), _facts(3, 3), scene_name="s.zarr")
+    with pytest.raises(InputError, match="smaller than the model's footprint"):
+        plan_result(_scene((3, 30), 16, 3), _facts(2, 2, shrink=4), scene_name="s.zarr")
+
+
+def test_resume_skips_done_tiles_only() -> None:
+    scene = _scene((30, 30), 10, 1)
+    nnz = np.ones((3, 3), np.int64)
+    status = np.full((3, 3), STATUS_COMPUTED, np.uint8)
+    status[1, 2] = STATUS_NOT_DONE
+    plan = plan_run(scene, _facts(1, 1), nnz, status=status, fill_value=0.5, batch_size=8, workers=1)
+    assert [(j.row, j.col) for b in plan.tasks for j in b] == [(1, 2)]
+    assert plan.already_done == 8
+
+
+def test_plan_imports_no_tensorflow_dask_or_zarr_io() -> None:
+    # The plan module is pure: importing it starts neither TensorFlow nor a Dask client.
+    import subprocess
+
+    code = "import sys, tilepipe.plan; print('tensorflow' in sys.modules, 'distributed' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
