@@ -228,29 +228,25 @@ WORKER_PHASES = [
     ("model: graph execution", ("quick_execute", "call_flat", "_call_impl")),
     ("model: wrapper (trace lookup, asarray)", ("CompiledModel.",)),
     ("write core (zarr encode + store)", ("write_core",)),
-    ("empty-tile response", ("empty_response",)),
-    ("set status (zarr)", ("set_status",)),
+    ("empty-tile response", ("empty_response", "empty_core")),
     ("batching (stack, concatenate)", ("compute_tiles",)),
 ]
 # The harness (run_model) is split by the function run_model called directly.
 HARNESS_CALLEES = {
     "check_workers": "preflight (workers can read / write the paths)",
     "Client.run": "start TensorFlow on the workers",
-    "Future.result": "model facts on a worker (submit + wait)",
+    "facts_on_worker": "model facts on a worker (submit + wait)",
+    "model_file": "model sha256",
     "model_sha256": "model sha256",
     "file_sha256": "model sha256",
     "SceneStore.open": "open scene store",
     "SceneStore.index": "read the tile index",
+    "plan_result": "plan the result store",
     "_open_or_create": "create result store",
-    "plan_jobs": "plan jobs",
-    "_batches": "plan batches",
-    "run_model.<locals>.<dictcomp>": "submit tasks",
-    "Client.submit": "submit tasks",
-    "as_completed.__next__": "wait for workers (as_completed)",
-    "as_completed.__init__": "submit tasks",
-    "ResultStore.set_status": "set status of free tiles",
-    "ResultStore.update_attrs": "write report attrs",
-    "ResultStore.consolidate": "consolidate metadata",
+    "plan_run": "plan tiles and batches",
+    "ResultStore.status": "read the status grid",
+    "_execute": "execute: submit, wait for workers, record",
+    "ResultStore.finish": "write report attrs, consolidate metadata",
 }
 
 
@@ -273,7 +269,7 @@ def summarize_collapsed(path: str, focus: str, phases: list[tuple[str, tuple[str
                         top: int = 20) -> str:
     """Where the time of the ``focus`` function went, from a py-spy ``--idle`` raw profile.
 
-    Samples of stacks through ``focus`` (run_jobs on workers, run_model in the
+    Samples of stacks through ``focus`` (run_tiles on workers, run_model in the
     harness) are counted as wall time and split into phases: by the deepest frame
     that matches ``phases``, or (``phases`` None) by the function ``focus`` called.
     """
@@ -548,7 +544,7 @@ def profile_tilepipe(client: Any, scene_path: str, model_path: str, tmp: str, re
     files = spy.stop()
     _rm(os.path.join(tmp, "tp-prof.zarr"))
     summaries = {name: summarize_collapsed(path, "run_model", None) if name == "harness"
-                 else summarize_collapsed(path, "run_jobs", WORKER_PHASES) for name, path in files.items()}
+                 else summarize_collapsed(path, "run_tiles", WORKER_PHASES) for name, path in files.items()}
     with open(os.path.join(prof_dir, f"pyspy-{tag}-summary.txt"), "w") as fh:
         fh.write(f"{len(walls)} warm tilepipe run(s) under py-spy: wall {sum(walls):.2f} s in all "
                  f"({min(walls):.2f} s best); last report {json.dumps(report)}\n\n")

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             files = spy.stop()
             text = "\n\n".join(
                 bench.summarize_collapsed(path, "run_model", None) if name == "harness"
-                else bench.summarize_collapsed(path, "run_jobs", bench.WORKER_PHASES) for name, path in files.items())
+                else bench.summarize_collapsed(path, "run_tiles", bench.WORKER_PHASES) for name, path in files.items())
             with open(os.path.join(args.out, "profiles", f"pyspy-gigapixel-{size}-summary.txt"), "w") as fh:
                 fh.write(text)
             run.doc["profile"] = sorted(files.values())

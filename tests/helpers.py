@@ -92,6 +92,17 @@ def coo(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     return indices, dense[tuple(indices.T)], dense.shape
 
 
+def patches(shape: tuple[int, int, int], boxes: list[tuple[int, int, int, int]], seed: int = 0) -> np.ndarray:
+    """A scene of zeros with random values (half of the pixels) in the given ``(r0, r1, c0, c1)`` boxes."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros(shape, np.float32)
+    for r0, r1, c0, c1 in boxes:
+        block = rng.normal(size=(r1 - r0, c1 - c0, shape[2])).astype(np.float32)
+        block[rng.random(block.shape) < 0.5] = 0
+        dense[r0:r1, c0:c1] = block
+    return dense
+
+
 def empty_sparse_tensor(shape: Sequence[int]) -> tf.SparseTensor:
     """A float32 ``tf.SparseTensor`` of ``shape`` with no entries."""
     import tensorflow as tf
@@ -99,18 +110,20 @@ def empty_sparse_tensor(shape: Sequence[int]) -> tf.SparseTensor:
     return tf.SparseTensor(np.zeros((0, len(shape)), np.int64), np.zeros(0, np.float32), tuple(shape))
 
 
-def expected_status(dense: np.ndarray, tile: int, halo: int) -> np.ndarray:
-    """Tile status ``(row, col)``, worked out here: 1 where the haloed, clipped window holds a value, else 2."""
+def expected_status(dense: np.ndarray, tile: int, halo: int, *, free_interior: bool = False) -> np.ndarray:
+    """Tile status ``(row, col)``, worked out here: 1 where the haloed, clipped window holds a value, else 2;
+    with ``free_interior`` (every band's response to zeros is the store's fill value), 3 for empty tiles
+    whose haloed window touches no scene edge (recorded, never written)."""
     rows, cols = dense.shape[:2]
     ny, nx = -(-rows // tile), -(-cols // tile)
     status = np.empty((ny, nx), np.uint8)
     for r in range(ny):
         for c in range(nx):
-            win = dense[
-                max(r * tile - halo, 0) : min((r + 1) * tile + halo, rows),
-                max(c * tile - halo, 0) : min((c + 1) * tile + halo, cols),
-            ]
-            status[r, c] = 1 if np.any(win != 0) else 2
+            r0, r1 = r * tile - halo, min((r + 1) * tile, rows) + halo
+            c0, c1 = c * tile - halo, min((c + 1) * tile, cols) + halo
+            win = dense[max(r0, 0) : min(r1, rows), max(c0, 0) : min(c1, cols)]
+            inside = r0 > 0 and c0 > 0 and r1 < rows and c1 < cols
+            status[r, c] = 1 if np.any(win != 0) else 3 if free_interior and inside else 2
     return status
 
 

@@ -62,20 +62,24 @@ def make_store(
         dtype="float32",
         fill_value=FILL,
         dimension_names=("band", "y", "x"),
+        config={"write_empty_chunks": True},  # a written chunk stays, whatever it holds
     )
     ny, nx = math.ceil(rows / chunks[1]), math.ceil(cols / chunks[2])
-    group.create_array("status", shape=(ny, nx), chunks=(ny, nx), dtype="uint8", fill_value=0)
-    for b in range(bands):
-        for i in range(ny):
-            for j in range(nx):
-                if values is None and (b + i + j) % 3 == 0:
-                    continue  # unwritten: reads as FILL
+    # Status as a run records it: 3 (free: no chunk at all, reads as FILL) or 1 (computed: every band written).
+    status = np.ones((ny, nx), np.uint8)
+    for i in range(ny):
+        for j in range(nx):
+            if values is None and (i + j) % 3 == 1:
+                status[i, j] = 3
+                continue  # unwritten: reads as FILL
+            for b in range(bands):
                 rs = slice(i * chunks[1], (i + 1) * chunks[1])
                 cs = slice(j * chunks[2], (j + 1) * chunks[2])
                 data[b, rs, cs] = written[b, rs, cs]
                 expected[b, rs, cs] = written[b, rs, cs]
+    group.create_array("status", shape=(ny, nx), chunks=(ny, nx), dtype="uint8", fill_value=0)[...] = status
     group.attrs["tilepipe"] = {
-        "format_version": 1,
+        "format_version": 2,
         "kind": kind,
         "shape": list(shape),
         "crs_wkt": CRS.from_epsg(32618).to_wkt(),

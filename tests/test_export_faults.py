@@ -46,13 +46,15 @@ def make_store(path: Path, shape: tuple[int, int, int], chunk: int = 256) -> np.
     values = np.random.default_rng(11).random(shape, dtype=np.float32)
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     data = group.create_array(
-        "data", shape=shape, chunks=(1, chunk, chunk), dtype="float32", fill_value=0.0, compressors=None
+        "data", shape=shape, chunks=(1, chunk, chunk), dtype="float32", fill_value=0.0, compressors=None,
+        config={"write_empty_chunks": True},
     )
     data[...] = values
     tiles = (-(-shape[1] // chunk), -(-shape[2] // chunk))
-    group.create_array("status", shape=tiles, chunks=tiles, dtype="uint8", fill_value=0)
+    # Every tile computed (status 1), every chunk written: what a finished run leaves.
+    group.create_array("status", shape=tiles, chunks=tiles, dtype="uint8", fill_value=1)
     group.attrs["tilepipe"] = {
-        "format_version": 1,
+        "format_version": 2,
         "kind": "result",
         "shape": list(shape),
         "crs_wkt": CRS.from_epsg(32633).to_wkt(),

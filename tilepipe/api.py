@@ -11,7 +11,7 @@ from tilepipe.errors import WrongStoreKindError
 from tilepipe.execute.cluster import connect
 from tilepipe.execute.ingest import ingest
 from tilepipe.execute.run import RunReport, run_model
-from tilepipe.store import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE, ResultStore, SceneStore
+from tilepipe.store import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, STATUS_NOT_DONE, ResultStore, SceneStore
 
 __all__ = ["info", "ingest", "open_result", "open_scene", "run"]
 
@@ -120,6 +120,7 @@ def _result_info(path: str) -> dict[str, Any]:
             "todo": int((status == STATUS_NOT_DONE).sum()),
             "computed": int((status == STATUS_COMPUTED).sum()),
             "empty": int((status == STATUS_EMPTY).sum()),
+            "free": int((status == STATUS_FREE).sum()),
         },
         "provenance": {**ri.provenance, "identity": ri.identity},
         "report": ri.report,

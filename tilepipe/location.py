@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from tilepipe.errors import StoreError
+from tilepipe.errors import InputError, StoreError
 
-__all__ = ["Location", "existing_output", "has_scheme"]
+__all__ = ["Location", "existing_output", "has_scheme", "refuse_overlaps"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -113,6 +113,21 @@ class Location:
             a, b = self.text.rstrip("/"), other.text.rstrip("/")
         return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
+    def relation(self, other: Location) -> str | None:
+        """How this location overlaps ``other``: ``"is"``, ``"is inside"``, ``"contains"``, or None.
+
+        Local paths are compared with symbolic links resolved; URLs as written.
+        """
+        if not self.overlaps(other):
+            return None
+        if self.is_local:
+            a, b = os.path.realpath(self.path), os.path.realpath(other.path)
+        else:
+            a, b = self.text.rstrip("/"), other.text.rstrip("/")
+        if a == b:
+            return "is"
+        return "is inside" if a.startswith(b.rstrip("/") + "/") else "contains"
+
 
 def existing_output(
     location: Location, *, overwrite: bool, reusable: Callable[[], bool], holds: str
@@ -134,3 +149,29 @@ def existing_output(
             f"{location}: already exists and holds {holds}; pass overwrite=True (--overwrite) to replace it"
         )
     return "replace"
+
+
+def refuse_overlaps(
+    outputs: Sequence[str | os.PathLike[str] | Location | None],
+    inputs: Sequence[str | os.PathLike[str] | Location | None] = (),
+) -> None:
+    """Refuse an output that is, contains or lies inside an input or another output.
+
+    Called before anything is written or removed, so ``--overwrite`` can never
+    destroy an input. ``None`` entries (an output not asked for, a model given as
+    an object) are skipped.
+
+    Raises
+    ------
+    InputError
+        ``"out.tif: the output is inside the input in.zarr; choose another path"``
+        (``is`` / ``is inside`` / ``contains``; ``the other output`` between outputs).
+    """
+    outs = [Location.of(o) for o in outputs if o is not None]
+    ins = [Location.of(i) for i in inputs if i is not None]
+    for n, out in enumerate(outs):
+        for role, others in (("the input", ins), ("the other output", outs[n + 1 :])):
+            for other in others:
+                how = out.relation(other)
+                if how is not None:
+                    raise InputError(f"{out}: the output {how} {role} {other}; choose another path")

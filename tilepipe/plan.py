@@ -145,7 +145,7 @@ def plan_result(scene: SceneInfo, facts: ModelFacts, *, scene_name: str = "") ->
 
     The output is the scene's grid shrunk by ``valid`` layers and moved by their
     offset; tiles keep the scene's tile size. The fill value is band 0's response
-    deep inside an all-zero scene, so empty interior tiles need no write.
+    deep inside an all-zero scene: what the tiles :func:`plan_run` finds free read as.
 
     Raises
     ------
@@ -180,8 +180,10 @@ class RunPlan:
     """What one run does. Tiles are :class:`TileJob` values; counts are tiles.
 
     ``free`` are empty tiles away from every scene border whose response is the
-    store's fill value in every band: recorded as done, never computed or
-    written. ``tasks`` hold every other tile still to do, batched.
+    store's fill value in every band: recorded :data:`~tilepipe.store.result.STATUS_FREE`,
+    never computed or written (the one case where an absent chunk is a value).
+    ``tasks`` hold every other tile still to do, batched; each of them writes
+    every band's chunk.
     """
 
     total: int
@@ -222,7 +224,7 @@ def plan_run(
         The result store's status grid of an earlier, unfinished run of the same
         identity: tiles not ``STATUS_NOT_DONE`` are skipped. None: a new run.
     fill_value
-        What the result store reads where nothing was written.
+        What the chunks of free tiles, never written, read as.
     batch_size, workers
         Busy tiles per task at most, and how many workers share the tasks.
     """

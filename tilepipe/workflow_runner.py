@@ -13,7 +13,7 @@ from tilepipe.execute.cluster import connect
 from tilepipe.execute.ingest import ingest
 from tilepipe.execute.run import RunReport, run_model
 from tilepipe.export import export_geotiff, quicklook
-from tilepipe.location import Location, existing_output
+from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.model.loader import model_sha256
 from tilepipe.sources import probe_geotiff, synthetic_scene
 from tilepipe.store import SceneStore
@@ -45,9 +45,14 @@ def run_workflow(
     """Run a workflow: ingest its input (unless already a scene store), run the model, export.
 
     ``echo`` receives progress lines for people (the CLI passes ``click.echo``).
+
+    Raises :class:`InputError` before anything is written or removed where an
+    output is, contains or lies inside an input (``input.path``, ``model.path``)
+    or another output.
     """
     say = echo or (lambda _line: None)
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    _refuse_overlaps(wf)
     t0 = time.perf_counter()
     if wf.model.path is not None:
         model_sha256(wf.model.path)  # a clear error before any cluster starts
@@ -89,6 +94,14 @@ def run_workflow(
     look = _export(wf.output.quicklook, fresh, overwrite, say,
                    lambda out, ow: quicklook(wf.output.zarr, out, overwrite=ow))
     return WorkflowOutcome(report, scene_path, wf.output.zarr, geotiff, look, time.perf_counter() - t0, dashboard)
+
+
+def _refuse_overlaps(wf: Workflow) -> None:
+    """No output may be, contain or lie inside an input or another output: ``--overwrite`` would destroy it."""
+    src = wf.input.path
+    ingests = src is None or not src.rstrip("/").endswith(".zarr")  # a scene store input is used as it is
+    outputs = [wf.output.zarr, wf.output.scene if ingests else None, wf.output.geotiff, wf.output.quicklook]
+    refuse_overlaps(outputs, [src, wf.model.path])
 
 
 def _export(out: str | None, fresh: bool, overwrite: bool, say: Callable[[str], Any], write: Any) -> str | None:

@@ -7,7 +7,7 @@ import click
 from tilepipe.api import ingest
 from tilepipe.cli import options
 from tilepipe.errors import InputError
-from tilepipe.execute.cluster import connect
+from tilepipe.execute.cluster import connect, resolve_address
 
 
 @click.command("ingest")
@@ -24,14 +24,15 @@ def command(source: str, store: str, tile_size: int, halo: int | None, model: st
             bands: str | None, scheduler: str | None, overwrite: bool) -> None:
     """Ingest a raster SOURCE (GeoTIFF) into a sparse, tiled scene STORE (Zarr v3).
 
-    Reads windows on local threads, or on a Dask cluster with --scheduler.
+    Reads windows on local threads, or on a Dask cluster with --scheduler (or $DASK_SCHEDULER_ADDRESS).
     """
     try:
         band_list = tuple(int(b) for b in bands.split(",")) if bands else None
     except ValueError:
         raise InputError(f"--bands: expected comma-separated integers, got {bands!r}") from None
-    if scheduler:
-        with connect(scheduler) as client:
+    address = resolve_address(scheduler)
+    if address:
+        with connect(address) as client:
             scene = ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata,
                            bands=band_list, overwrite=overwrite, client=client)
     else:

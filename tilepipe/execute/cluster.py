@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from distributed import Client, LocalCluster
 
 from tilepipe.errors import ClusterError
+from tilepipe.logs import current_log_file, route_process_logs
 
 __all__ = ["connect", "resolve_address"]
 
@@ -39,8 +40,9 @@ def connect(
     if address:
         try:
             client = Client(address, timeout=timeout)
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, TLS set-up errors (TypeError, ValueError)
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {why}") from None
         try:
             yield client
         finally:
@@ -60,6 +62,10 @@ def connect(
         silence_logs=logging.ERROR,
     )
     client = Client(cluster)
+    log_file = current_log_file()
+    if log_file is not None:
+        # The workers are ours: their records (a failed task's traceback among them) go to the CLI's log file.
+        client.run(route_process_logs, log_file)
     try:
         yield client
     finally:

@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from tilepipe.errors import InputError, StoreError
+from tilepipe.errors import InputError, StoreError, WrongStoreKindError
 from tilepipe.execute.executor import Task, execute
 from tilepipe.execute.models import facts_on_worker, model_file
 from tilepipe.execute.preflight import check_workers
 from tilepipe.execute.tasks import BlockDone, ingest_coo_block, ingest_raster_block
 from tilepipe.geometry import parse_tile_size
-from tilepipe.location import Location, existing_output
+from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.sources import GeoTiffSource, TileBuckets, as_coo, parse_crs, parse_transform, probe_geotiff
-from tilepipe.store._zarr import remove_store
-from tilepipe.store.scene import SceneInfo, SceneStore, source_identity
+from tilepipe.sources.identity import file_identity, quick_identity, unchanged
+from tilepipe.store._zarr import remove_partial_writes, remove_store
+from tilepipe.store.lock import store_lock
+from tilepipe.store.scene import SceneInfo, SceneStore
 
-__all__ = ["DEFAULT_HALO", "ingest"]
+__all__ = ["DEFAULT_HALO", "MIN_TILE", "ingest"]
 
 DEFAULT_HALO = 16
+
+#: The smallest tile side (px) worth its overhead: each tile costs a chunk file, an index
+#: entry, a model call on its haloed window and a task's bookkeeping, whatever it holds.
+MIN_TILE = 16
+
+# Grids up to this many tiles take any tile size: they cost nothing however small their tiles
+# (tiny scenes, tests that want many tiles), while a 400 x 400 scene in 1 px tiles is 160,000.
+_ANY_TILE_UP_TO = 1024
+
+Blocks = list[tuple[int, int]]
 
 
 def ingest(
@@ -50,6 +63,9 @@ def ingest(
         Where the Zarr v3 scene store goes (a folder, or a URL zarr opens).
     tile_size
         Core size of a tile in pixels, int or ``(rows, cols)``.
+        A tile larger than the scene is clipped to it (per axis); tiles under
+        16 px are refused unless the scene is that small or cut into at most
+        1024 tiles.
     halo
         Pixels of overlap stored around each core. Default: what ``model``
         needs when one is given, else 16. A halo smaller than ``model`` needs
@@ -57,13 +73,15 @@ def ingest(
     model
         Optional ``keras.Model`` or ``.keras`` path whose footprint sets the halo.
     nodata, bands
-        For rasters: override the file's nodata; 1-based bands to read.
+        For rasters: override the file's nodata; 1-based bands to read. A
+        nodata value the raster's dtype cannot hold (-1 on uint8) is refused.
     crs, transform
         For in-memory sources: a CRS (anything ``rasterio.crs.CRS.from_user_input``
         takes) and an affine transform (``affine.Affine`` or 6 numbers).
     overwrite
         Replace an existing store. Without it, an existing complete store of
-        the same source and tiling is reused, and anything else is refused.
+        the same source and tiling is reused, an unfinished one (its ingest was
+        stopped) is resumed, and anything else is refused, saying what differs.
     client
         A ``distributed.Client``: raster windows are then read by its workers,
         and a worker reads the model's footprint. Without one, tasks run on
@@ -76,32 +94,33 @@ def ingest(
         raise InputError(f"tile_size: {exc}") from exc
     halo = _resolve_halo(halo, model, client)
     if isinstance(source, (str, os.PathLike)):
+        refuse_overlaps([str(location)], [os.fspath(source)])  # before anything at the output is touched
         raster = probe_geotiff(os.fspath(source), bands=tuple(bands) if bands else None, nodata=nodata)
         if client is not None:
             check_workers(client, inputs=[raster.path], outputs=[str(location)])
-        info = _raster_info(raster, tile, halo)
-        blocks = _blocks(info)
+        info = _raster_info(raster, _fit_tile(tile, raster.shape, tile_size), halo)
         return _write(location, info, overwrite, client, progress,
-                      lambda _store: [Task(ingest_raster_block, (raster, str(location), b)) for b in blocks])
+                      lambda _store, blocks: [Task(ingest_raster_block, (raster, str(location), b)) for b in blocks])
     scene = as_coo(source)
     info = SceneInfo(
-        shape=scene.shape[:2], bands=scene.shape[2], dtype=str(scene.values.dtype), tile_size=tile, halo=halo,
+        shape=scene.shape[:2], bands=scene.shape[2], dtype=str(scene.values.dtype),
+        tile_size=_fit_tile(tile, scene.shape[:2], tile_size), halo=halo,
         crs_wkt=parse_crs(crs), transform=parse_transform(transform),
         source={"kind": "coo", "sha256": scene.sha256()},
     )
 
-    def coo_tasks(store: SceneStore) -> list[Task[BlockDone]]:
+    def coo_tasks(store: SceneStore, blocks: Blocks) -> list[Task[BlockDone]]:
         buckets = TileBuckets(scene, info.grid, name="input")  # points sorted by tile once
-        return [Task(ingest_coo_block, (buckets, store, b)) for b in _blocks(info)]
+        return [Task(ingest_coo_block, (buckets, store, b)) for b in blocks]
 
     # Points in memory are written from here, on local threads: shipping them to workers would copy the scene.
     return _write(location, info, overwrite, None, progress, coo_tasks)
 
 
 def _raster_info(raster: GeoTiffSource, tile: tuple[int, int], halo: int) -> SceneInfo:
-    """The scene store's description of a raster source, with the source's identity."""
+    """The scene store's description of a raster source, with the source's cheap identity (no content hash yet)."""
     location = Location.of(raster.path)
-    identity: dict[str, Any] = source_identity(location.path) if location.is_local else {"path": raster.path}
+    identity: dict[str, Any] = quick_identity(location.path) if location.is_local else {"path": raster.path}
     identity.update({"bands": list(raster.bands), "nodata": raster.nodata})
     return SceneInfo(
         shape=raster.shape, bands=len(raster.bands), dtype=raster.dtype, tile_size=tile, halo=halo,
@@ -109,10 +128,27 @@ def _raster_info(raster: GeoTiffSource, tile: tuple[int, int], halo: int) -> Sce
     )
 
 
-def _blocks(info: SceneInfo) -> list[tuple[int, int]]:
-    ny, nx = info.grid.grid_shape
-    by, bx = info.block
-    return [(r, c) for r in range(-(-ny // by)) for c in range(-(-nx // bx))]
+def _same_source(stored: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a stored source identity is the source as it is now (a file's content included)."""
+    if "size" not in now:  # in-memory points (a checksum) or a URL (its path): compared as they are
+        return stored == now
+    same_reading = all(stored.get(k) == now[k] for k in ("bands", "nodata"))
+    return same_reading and unchanged(stored, now["path"])
+
+
+def _fit_tile(
+    tile: tuple[int, int], shape: tuple[int, int], asked: int | tuple[int, int] | list[int]
+) -> tuple[int, int]:
+    """The tile size a store of ``shape`` gets: clipped to the scene per axis, and not absurdly small."""
+    fitted = (min(tile[0], shape[0]), min(tile[1], shape[1]))
+    tiles = -(-shape[0] // fitted[0]) * -(-shape[1] // fitted[1])
+    if any(t < MIN_TILE for t in fitted) and fitted != shape and tiles > _ANY_TILE_UP_TO:
+        shown = asked if isinstance(asked, int) else tuple(asked)
+        raise InputError(
+            f"tile_size {shown}: tiles smaller than {MIN_TILE} px cost more in overhead than they hold "
+            f"({tiles} tiles for a {shape[0]} x {shape[1]} scene); use at least {MIN_TILE}"
+        )
+    return fitted
 
 
 def _resolve_halo(halo: int | None, model: Any, client: Any) -> int:
@@ -136,33 +172,89 @@ def _resolve_halo(halo: int | None, model: Any, client: Any) -> int:
 
 def _write(
     location: Location, info: SceneInfo, overwrite: bool, client: Any, progress: bool,
-    make_tasks: Callable[[SceneStore], list[Task[BlockDone]]],
+    make_tasks: Callable[[SceneStore, Blocks], list[Task[BlockDone]]],
 ) -> SceneStore:
-    """Reuse a store of the same scene, or create one, run its block tasks and mark it complete."""
-
-    def same_scene() -> bool:
+    """Reuse a complete store of the same scene, resume an unfinished one, or create one; write
+    the blocks it lacks and mark it complete."""
+    with store_lock(location, by="ingest"):  # another writer of this store is refused, not raced
+        existing, holds = _existing(location, info) if location.exists() else (None, "nothing")
+        decision = existing_output(location, overwrite=overwrite, reusable=lambda: existing is not None, holds=holds)
+        if decision == "reuse" and existing is not None and existing.attrs.get("complete"):
+            return SceneStore.open(location)
+        if decision == "reuse":
+            # An ingest of this very scene that was stopped: its finished blocks stay.
+            remove_partial_writes(location)
+            store = SceneStore.open(location, require_complete=False, mode="r+")
+            blocks = store.unfinished_blocks()
+        else:
+            if decision == "replace":
+                remove_store(location)
+            if "size" in info.source:  # a local file: its content hash is part of what the store records
+                info = replace(info, source={**info.source, **file_identity(info.source["path"])})
+            store = SceneStore.create(location, info)
+            blocks = store.blocks()
         try:
-            existing = SceneStore.open(location)
-        except StoreError:
-            return False
-        return existing.info == info and existing.info.source == info.source
-
-    decision = existing_output(location, overwrite=overwrite, reusable=same_scene, holds="another scene")
-    if decision == "reuse":
+            execute(make_tasks(store, blocks), lambda _task, _done: None, client=client, name="ingest",
+                    progress=progress, unit="block")
+        except Exception:
+            remove_store(location)  # a failed ingest leaves nothing behind (a stopped one stays, to resume)
+            raise
+        left = store.unfinished_blocks()
+        if left:  # every task reported success: a block missing now was lost after its write
+            raise StoreError(f"{location}: index block {left[0]} is missing after ingest; ingest again")
+        store.mark_complete(nnz_total=store.entries_total())
         return SceneStore.open(location)
-    if decision == "replace":
-        remove_store(location)
-    store = SceneStore.create(location, info)
-    entries = 0
 
-    def add(_task: Task[BlockDone], done: BlockDone) -> None:
-        nonlocal entries
-        entries += done.entries
 
+def _existing(location: Location, info: SceneInfo) -> tuple[SceneStore | None, str]:
+    """The store at ``location`` if this ingest may reuse or resume it; else None and what it holds, in words."""
     try:
-        execute(make_tasks(store), add, client=client, name="ingest", progress=progress, unit="block")
-    except BaseException:
-        remove_store(location)  # nothing half-written that looks like a scene
-        raise
-    store.mark_complete(nnz_total=entries)
-    return SceneStore.open(location)
+        existing = SceneStore.open(location, require_complete=False)
+    except WrongStoreKindError as exc:
+        if location.is_local and os.path.isfile(location.path):
+            return None, "a file, not a tilepipe store"
+        return None, f"a tilepipe {exc.found} store" if exc.found else "something that is not a tilepipe store"
+    except StoreError as exc:
+        return None, f"a scene store that cannot be reused ({str(exc).removeprefix(f'{location}: ')})"
+    stored = existing.info
+    same = _same_source(stored.source, info.source)
+    if same and stored == info:
+        return existing, ""
+    unfinished = "" if existing.attrs.get("complete") else "an unfinished ingest of "
+    subject = "the same source" if same else _other_source(stored.source, info.source)
+    if subject.startswith("a scene of"):
+        return None, unfinished + subject  # another scene: how its tiling differs says nothing more
+    return None, unfinished + subject + " with " + ", ".join(_differences(stored, info, same))
+
+
+def _other_source(stored: dict[str, Any], now: dict[str, Any]) -> str:
+    """How a stored source differs from the one asked for, in words (they are not the same)."""
+    path = stored.get("path")
+    if path is None or path != now.get("path"):
+        return f"a scene of another source ({path or 'points in memory'})"
+    if "size" in now and not unchanged(stored, path):
+        return f"a scene of {path} as it was before it changed"
+    return "the same file"
+
+
+def _differences(stored: SceneInfo, asked: SceneInfo, same_source: bool) -> list[str]:
+    """What a stored scene has that the one asked for does not, each as ``"halo 2 (asked: 3)"``."""
+    def size(v: tuple[int, int]) -> str:
+        return f"{v[0]} x {v[1]}"
+
+    pairs: list[tuple[str, Any, Any]] = [
+        ("shape", size(stored.shape), size(asked.shape)),
+        ("tile size", size(stored.tile_size), size(asked.tile_size)),
+        ("halo", stored.halo, asked.halo),
+        ("bands", stored.bands, asked.bands),
+        ("dtype", stored.dtype, asked.dtype),
+        ("nodata", stored.nodata, asked.nodata),
+    ]
+    if not same_source:
+        pairs.append(("bands read", stored.source.get("bands"), asked.source.get("bands")))
+    said = [f"{name} {a} (asked: {b})" for name, a, b in pairs if a != b]
+    if stored.crs_wkt != asked.crs_wkt:
+        said.append("another CRS")
+    if stored.transform != asked.transform:
+        said.append(f"transform {list(stored.transform)} (asked: {list(asked.transform)})")
+    return said or ["another source identity"]

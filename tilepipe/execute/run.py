@@ -1,7 +1,19 @@
-"""A run: a model over a scene store into a result store. Open or create the store, plan, execute, record."""
+"""A run: a model over a scene store into a result store. Lock, open or create the store, plan, execute,
+check, record.
+
+The result store is locked (:func:`tilepipe.store.lock.store_lock`) from before
+anything looks at it until its record is written, so a second run on the same
+output is refused, ``--overwrite`` included. A store is marked complete only
+after :meth:`ResultStore.verify` found every tile done and every chunk its
+status promises. A rerun that finds a damaged store (a chunk deleted, a tile
+not done in a store marked complete) does not call it up to date: it records
+those tiles as not done and computes them again (``RunReport.repaired``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -15,11 +27,12 @@ from tilepipe.execute.executor import Task, execute
 from tilepipe.execute.models import ModelFile, facts_on_worker, model_file
 from tilepipe.execute.preflight import check_workers
 from tilepipe.execute.tasks import BatchDone, RunSpec, run_tiles
-from tilepipe.location import Location, existing_output
+from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.model.facts import ModelFacts
 from tilepipe.plan import RunPlan, plan_result, plan_run
 from tilepipe.store._zarr import remove_store
-from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, ResultInfo, ResultStore
+from tilepipe.store.lock import store_lock
+from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, ResultInfo, ResultStore
 from tilepipe.store.scene import SceneStore
 
 __all__ = ["RunReport", "run_model"]
@@ -30,7 +43,11 @@ _BATCH_CPU, _BATCH_GPU = 8, 32
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
-    """What a run did. Times in seconds; throughput in output megapixels per second."""
+    """What a run did. Times in seconds; throughput in output megapixels per second.
+
+    ``repaired``: tiles of a damaged store (a chunk missing, or not done in a store
+    marked complete) that this run recorded as not done and computed again.
+    """
 
     result: str
     tiles_total: int
@@ -44,6 +61,7 @@ class RunReport:
     model_seconds: float = 0.0
     up_to_date: bool = False
     run_id: str = ""
+    repaired: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -58,10 +76,11 @@ class RunReport:
         """One human line."""
         if self.up_to_date:
             return f"{self.result}: up to date ({self.tiles_total} tiles), nothing to do"
+        repaired = f" ({self.repaired} damaged tiles found and recomputed)" if self.repaired else ""
         return (
             f"tiles total {self.tiles_total} / computed {self.computed} / empty {self.empty} / "
             f"failed {self.failed}; wall {self.wall_seconds:.2f} s; "
-            f"{self.megapixels_per_second:.3g} Mpx/s"
+            f"{self.megapixels_per_second:.3g} Mpx/s{repaired}"
         )
 
 
@@ -119,37 +138,66 @@ def run_model(
 ) -> RunReport:
     """Run ``model`` over the scene store at ``scene_path`` into ``result_path`` on ``client``.
 
-    A result store of the same scene and model that is complete is left as it
-    is (the report says ``up_to_date``); an incomplete one is resumed, and only
-    tiles not yet done are computed. A different existing store is replaced
-    only with ``overwrite``. Raises :class:`IncompleteRunError` (carrying the
-    report) when tiles failed.
+    A result store of the same scene and model that is complete, and whose
+    chunks agree with its record, is left as it is (the report says
+    ``up_to_date``); an incomplete or damaged one is resumed, and only tiles
+    not yet done (or damaged) are computed. A different existing store is
+    replaced only with ``overwrite``.
+
+    Raises
+    ------
+    InputError
+        The result would be, contain or lie inside the scene store or the model file.
+    StoreError
+        Another process holds the result store's lock; or the store was found
+        damaged at the end of the run (removed or changed under it).
+    IncompleteRunError
+        Tiles failed; it carries the report, and the store stays incomplete.
     """
     started = time.perf_counter()
-    scene = SceneStore.open(scene_path)
-    with model_file(model) as mf:
-        # Every worker checks it can open the inputs and write the output, and starts
-        # TensorFlow, all at once: the first worker up does not take every task then.
-        check_workers(client, inputs=[scene_path, mf.path], outputs=[result_path], start_tensorflow=True)
-        facts = facts_on_worker(client, mf, scene.info.bands, gpu=gpu)
-        layout, fill = plan_result(scene.info, facts, scene_name=scene_path)
-        layout = replace(layout, provenance=_provenance(scene, mf, facts))
-        result, resumed = _open_or_create(Location.of(result_path), layout, fill, overwrite)
-        if resumed and result.complete:
-            stored = result.info.report or {}
-            return RunReport.from_dict({**stored, "up_to_date": True, "result": result_path})
-        result.mark_incomplete()
-        status = result.status() if resumed else None
-        plan = plan_run(
-            scene.info, facts, scene.index(),
-            status=status,
-            fill_value=fill,
-            batch_size=batch_size or (_BATCH_GPU if gpu else _BATCH_CPU),
-            workers=len(client.scheduler_info().get("workers", {})),
-        )
-        spec = RunSpec(scene_path, result_path, mf.path, mf.sha256, facts.footprint, scene.info.bands,
-                       batch_size or 0, str(result.info.provenance.get("run_id", "")))
-        return _execute(plan, spec, result, status, client, gpu, progress, started)
+    model_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    refuse_overlaps([result_path], [scene_path, model_path])  # before anything is written or removed
+    location = Location.of(result_path)
+    # Held from before anything looks at the result store until its record is written: a
+    # second run is refused at once, before it starts anything on the cluster.
+    with store_lock(location, by="run"):
+        scene = SceneStore.open(scene_path)
+        with model_file(model) as mf:
+            # Every worker checks it can open the inputs and write the output, and starts
+            # TensorFlow, all at once: the first worker up does not take every task then.
+            check_workers(client, inputs=[scene_path, mf.path], outputs=[result_path], start_tensorflow=True)
+            facts = facts_on_worker(client, mf, scene.info.bands, gpu=gpu)
+            layout, fill = plan_result(scene.info, facts, scene_name=scene_path)
+            layout = replace(layout, provenance=_provenance(scene, mf, facts))
+            result, resumed = _open_or_create(location, layout, fill, overwrite)
+            repaired = _repair(result) if resumed else 0
+            if resumed and result.complete:
+                stored = result.info.report or {}
+                return RunReport.from_dict({**stored, "up_to_date": True, "result": result_path})
+            result.mark_incomplete()
+            status = result.status() if resumed else None
+            plan = plan_run(
+                scene.info, facts, scene.index(),
+                status=status,
+                fill_value=fill,
+                batch_size=batch_size or (_BATCH_GPU if gpu else _BATCH_CPU),
+                workers=len(client.scheduler_info().get("workers", {})),
+            )
+            spec = RunSpec(scene_path, result_path, mf.path, mf.sha256, facts.footprint, scene.info.bands,
+                           batch_size or 0, str(result.info.provenance.get("run_id", "")))
+            return _execute(plan, spec, result, status, client, gpu, progress, started, repaired)
+
+def _repair(result: ResultStore) -> int:
+    """Record the tiles whose chunks disagree with their status as not done (and the store incomplete).
+
+    Returns how many tiles the run must compute again. A complete store whose
+    record is exact is left untouched.
+    """
+    tiles = sorted({(d.row, d.col) for d in result.damage()})
+    if tiles:
+        result.mark_incomplete()  # first: a run killed while resetting leaves a store that says so
+        result.reset(tiles)
+    return len(tiles)
 
 
 def _provenance(scene: SceneStore, mf: ModelFile, facts: ModelFacts) -> dict[str, Any]:
@@ -189,20 +237,26 @@ def _open_or_create(location: Location, layout: ResultInfo, fill: float, overwri
 
 def _execute(
     plan: RunPlan, spec: RunSpec, result: ResultStore, status: np.ndarray | None, client: Any, gpu: bool,
-    progress: bool, started: float,
+    progress: bool, started: float, repaired: int = 0,
 ) -> RunReport:
-    """Run the plan's tasks, record every tile as it is done, and write the report."""
+    """Run the plan's tasks, record every tile as it is done, check the store, and write the report."""
     tally = _Tally(result, status)
-    tally.set(tuple((j.row, j.col) for j in plan.free), STATUS_EMPTY)  # nothing to compute or write
+    tally.set(tuple((j.row, j.col) for j in plan.free), STATUS_FREE)  # nothing to compute or write
     tasks = [
         # Busy tiles first: they are the long tasks, empty ones fill the gaps.
         Task(run_tiles, (spec, batch), weight=len(batch), priority=0 if batch[0].empty else 1, gpu=gpu)
         for batch in plan.tasks
     ]
-    execution = execute(
-        tasks, tally.add, client=client, name="run", progress=progress,
-        total=plan.total, initial=plan.total - plan.todo, tolerate_failures=True,
-    )
+    try:
+        execution = execute(
+            tasks, tally.add, client=client, name="run", progress=progress,
+            total=plan.total, initial=plan.total - plan.todo, tolerate_failures=True,
+        )
+    except BaseException:
+        # Whatever stopped the run, the tiles whose writes succeeded stay recorded (a rerun skips them).
+        with contextlib.suppress(Exception):
+            tally.flush()
+        raise
     tally.flush()
     wall = time.perf_counter() - started
     _, rows, cols = result.info.shape
@@ -218,6 +272,7 @@ def _execute(
         tiles_per_worker=tally.per_worker,
         model_seconds=tally.model_seconds,
         run_id=spec.run_id,
+        repaired=repaired,
     )
     if execution.failed:
         result.finish(complete=False, report=report.to_dict())
@@ -226,5 +281,8 @@ def _execute(
             "the result is incomplete: run again to resume",
             report,
         )
+    # Proven, not assumed: every tile done and every chunk its status promises present. This also
+    # catches a store removed or replaced under this run (by hand, or by a process that ignored the lock).
+    result.verify(all_done=True)
     result.finish(complete=True, report=report.to_dict())
     return report

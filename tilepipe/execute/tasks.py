@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tilepipe._worker import worker_name
+from tilepipe.errors import StoreError
 from tilepipe.geometry import Footprint, Tile
 from tilepipe.plan import TileJob
 from tilepipe.sources.coo import TileBuckets
@@ -20,7 +21,7 @@ from tilepipe.sources.geotiff import GeoTiffSource, open_raster, read_window_ent
 from tilepipe.store.result import ResultStore
 from tilepipe.store.scene import SceneStore
 
-__all__ = ["BatchDone", "BlockDone", "RunSpec", "ingest_coo_block", "ingest_raster_block", "run_tiles"]
+__all__ = ["BatchDone", "BlockDone", "RunSpec", "TileFailed", "ingest_coo_block", "ingest_raster_block", "run_tiles"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,15 @@ class BatchDone:
     empty: tuple[tuple[int, int], ...]
     worker: str
     model_seconds: float
+
+
+class TileFailed(RuntimeError):
+    """A tile of a run task whose input could not be read (a damaged scene chunk, named in the message).
+
+    Deliberately not a :class:`~tilepipe.errors.TilepipeError`: the executor stops a whole
+    run at one of those (every task would fail alike), but a damaged tile fails its own
+    task only; the others go on, and the run ends incomplete, to be resumed once mended.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +82,12 @@ def _stores(spec: RunSpec) -> tuple[SceneStore, ResultStore]:
 
 
 def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
-    """Compute, trim and write a batch of tiles. Idempotent: a tile run twice writes the same bytes."""
+    """Compute, trim and write a batch of tiles. Idempotent: a tile run twice writes the same bytes.
+
+    Returns only once every tile's chunks are written: the client records a tile done
+    from the returned value alone, so a tile whose write failed is never recorded.
+    Raises :class:`TileFailed` where a tile's stored input cannot be read.
+    """
     # The client imports this module to submit it; TensorFlow is for the workers alone.
     from tilepipe.execute.compute import compute_tiles, empty_core  # noqa: PLC0415 - keeps TensorFlow out of the client
     from tilepipe.model.cache import worker_model  # noqa: PLC0415 - as above
@@ -82,7 +97,10 @@ def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
     scene, result = _stores(spec)
     busy, data, empties = [], [], []
     for job in jobs:
-        tile = None if job.empty else scene.read_tile(job.row, job.col)
+        try:
+            tile = None if job.empty else scene.read_tile(job.row, job.col)
+        except StoreError as exc:
+            raise TileFailed(str(exc)) from None  # unchained: the message names the tile already
         if tile is None:
             empties.append(job)
         else:
@@ -136,7 +154,7 @@ def ingest_raster_block(source: GeoTiffSource, store_path: str, block: tuple[int
                 store.write_tile(r, c, shape, flat, values)
                 counts[i, j] = flat.size
                 entries += _core_count(tile, shape, flat)
-    store.write_index_block(*block, counts)
+    store.write_index_block(*block, counts, entries)  # last: the block is done once this is written
     return BlockDone(entries)
 
 
@@ -152,5 +170,5 @@ def ingest_coo_block(buckets: TileBuckets, store: SceneStore, block: tuple[int, 
             store.write_tile(r, c, shape, flat, values)
             counts[i, j] = flat.size
             entries += buckets.core_count(r, c)
-    store.write_index_block(*block, counts)
+    store.write_index_block(*block, counts, entries)  # last: the block is done once this is written
     return BlockDone(entries)

@@ -41,6 +41,7 @@ from rasterio.windows import Window
 
 from tilepipe.errors import InputError, StoreError, TilepipeError
 from tilepipe.export._publish import failure_reason, native_stderr, publish
+from tilepipe.geometry import Window as CoreWindow
 from tilepipe.progress import progress_bar
 from tilepipe.store.result import ResultStore
 
@@ -156,9 +157,8 @@ def _read_window(store: ResultStore, band: int, window: tuple[int, int, int, int
     try:
         block = store.data[band, r0 : r0 + height, c0 : c0 + width]
     except Exception as exc:  # zarr and its stores raise many types for a bad chunk
-        raise StoreError(
-            f"{store.path}: cannot read band {band}, rows {r0}..{r0 + height}, cols {c0}..{c0 + width}: {exc}"
-        ) from exc
+        # Names the tile whose chunk fails (its checksum, its decompression).
+        raise store.read_error(exc, band, CoreWindow(r0, r0 + height, c0, c0 + width)) from exc
     return np.asarray(block, dtype=np.float32)
 
 
@@ -305,6 +305,7 @@ def export_geotiff(
     store = open_result(result)
     if not store.complete:
         raise StoreError(f"{store.path}: the result is incomplete: its run did not finish; run it again to resume")
+    store.verify()  # every chunk its record promises is there: an absent one must not read as the fill value
     chosen = _parse_bands(bands, store.info.shape[0])
     out_path = Path(out)
     with publish(out_path, overwrite=overwrite) as partial:

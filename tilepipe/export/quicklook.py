@@ -290,6 +290,7 @@ def quicklook(
         ``out_png`` exists and ``overwrite`` is false, or an argument is invalid.
     """
     store = open_result(result)
+    store.verify()  # every chunk its record promises is there: an absent one must not read as the fill value
     band = _parse_band(band, store.info.shape[0])
     max_size = _parse_max_size(max_size)
     colormap = _parse_cmap(cmap)
@@ -300,7 +301,7 @@ def quicklook(
     try:
         sample = _block_mean(store.data, band, layout.step)
     except Exception as exc:  # zarr and its stores raise many types for a bad chunk
-        raise StoreError(f"{store.path}: cannot read band {band}: {exc}") from exc
+        raise store.read_error(exc, band) from exc  # names the tile whose chunk fails
     lo, hi = _colour_limits(sample, vmin, vmax)
     with publish(out_path, overwrite=overwrite) as partial:
         try:

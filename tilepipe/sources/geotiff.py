@@ -75,6 +75,8 @@ def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: fl
             raise InputError(f"{path}: unsupported data type {dtype} (expected integers or floats)")
         file_nodata = src.nodatavals[chosen[0] - 1]
         nd = nodata if nodata is not None else file_nodata
+        if nd is not None:
+            _check_nodata(path, float(nd), dtype)
         crs_wkt = src.crs.to_wkt() if src.crs is not None else None
         t = src.transform
         return GeoTiffSource(
@@ -86,6 +88,27 @@ def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: fl
             crs_wkt=crs_wkt,
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
         )
+
+
+def _check_nodata(path: str, nodata: float, dtype: np.dtype) -> None:
+    """Refuse a nodata value that no pixel of ``dtype`` can equal.
+
+    Casting it instead would turn -1 into 255 on uint8 and silently drop every
+    real 255 pixel; a value that no pixel can hold is a user's mistake to report.
+    """
+    if dtype.kind == "f":
+        if math.isfinite(nodata) and abs(nodata) > float(np.finfo(dtype).max):
+            raise InputError(f"{path}: nodata {_number(nodata)} cannot be a {dtype} value (it overflows)")
+        return
+    info = np.iinfo(dtype) if dtype.kind in "iu" else None
+    lo, hi = (int(info.min), int(info.max)) if info is not None else (0, 1)
+    if not (math.isfinite(nodata) and nodata.is_integer() and lo <= nodata <= hi):
+        raise InputError(f"{path}: nodata {_number(nodata)} cannot be a {dtype} value (whole numbers {lo} to {hi})")
+
+
+def _number(value: float) -> str:
+    """A number as a user wrote it: ``-1``, not ``-1.0``; ``0.5``; ``nan``."""
+    return str(int(value)) if math.isfinite(value) and value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
 def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  # type: ignore[no-untyped-def]

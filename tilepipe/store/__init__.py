@@ -1,12 +1,13 @@
 """Zarr v3 stores: the sparse, tiled scene and the dense result."""
 
 from tilepipe.store.codec import TileData, decode_tile, encode_tile
-from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE, ResultInfo, ResultStore
-from tilepipe.store.scene import SceneInfo, SceneStore, block_size_for, source_identity
+from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, STATUS_NOT_DONE, ResultInfo, ResultStore
+from tilepipe.store.scene import SceneInfo, SceneStore, block_size_for
 
 __all__ = [
     "STATUS_COMPUTED",
     "STATUS_EMPTY",
+    "STATUS_FREE",
     "STATUS_NOT_DONE",
     "ResultInfo",
     "ResultStore",
@@ -16,5 +17,4 @@ __all__ = [
     "block_size_for",
     "decode_tile",
     "encode_tile",
-    "source_identity",
 ]

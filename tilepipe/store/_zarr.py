@@ -11,15 +11,56 @@ from collections.abc import Iterator
 from typing import Any
 
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.dtype import VariableLengthBytes
 
 from tilepipe.errors import StoreError, WrongStoreKindError
 from tilepipe.location import Location
 
-__all__ = ["FORMAT_VERSION", "create_group", "open_group", "quiet_vlen", "remove_store", "store_exists",
-           "vlen_bytes_dtype"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SCENE_FORMAT_VERSION",
+    "chunk_problem",
+    "compressors",
+    "create_group",
+    "open_group",
+    "quiet_vlen",
+    "remove_partial_writes",
+    "remove_store",
+    "store_exists",
+    "vlen_bytes_dtype",
+]
 
-FORMAT_VERSION = 1
+#: Format of result stores. 2: every chunk carries a crc32c checksum, and every tile not
+#: recorded FREE has all its chunks written (see :mod:`tilepipe.store.result`).
+FORMAT_VERSION = 2
+
+#: Format of scene stores. 2: every chunk carries a crc32c checksum, the index's fill value -1
+#: means "not written", and each block records its entry count (see :mod:`tilepipe.store.scene`).
+SCENE_FORMAT_VERSION = 2
+
+# What to do about a store of another format, per kind: the store must be made again.
+_REMAKE = {"scene": "ingest again with --overwrite", "result": "run again with --overwrite"}
+
+
+def compressors(level: int) -> list[Any]:
+    """The codecs after serialisation for every array tilepipe writes: zstd at ``level``, then a crc32c.
+
+    The checksum covers the stored bytes of each chunk and is checked before
+    they are decompressed, so a flipped or lost byte anywhere in a chunk file is
+    an error on reading, never wrong values. crc32c is a standard Zarr v3 codec:
+    any Zarr reader checks it too.
+    """
+    return [ZstdCodec(level=level), Crc32cCodec()]
+
+
+def chunk_problem(exc: BaseException) -> str:
+    """Why a stored chunk could not be read, in words for an error message."""
+    text = str(exc)
+    if "checksum" in text.lower():
+        return "is corrupt (checksum mismatch)"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"cannot be read ({first})"
 
 
 def store_exists(location: Location) -> bool:
@@ -47,6 +88,24 @@ def remove_store(location: Location) -> None:
     shutil.rmtree(path)
 
 
+def remove_partial_writes(location: Location) -> int:
+    """Delete the temporary ``*.partial`` files a killed writer left in a local store; returns how many.
+
+    zarr writes a local chunk to a temporary file and renames it into place, so a
+    chunk is whole or absent; a process killed mid-write leaves the temporary file.
+    """
+    if not location.is_local:
+        return 0
+    removed = 0
+    for folder, _, files in os.walk(location.path):
+        for name in files:
+            if name.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
 def create_group(location: Location) -> zarr.Group:
     """A new, empty Zarr v3 group at ``location`` (replacing whatever is there)."""
     try:
@@ -57,6 +116,9 @@ def create_group(location: Location) -> zarr.Group:
 
 def open_group(location: Location, mode: str, *, kind: str) -> tuple[zarr.Group, dict[str, Any]]:
     """Open a tilepipe group of ``kind`` ("scene" or "result") and return it with its attrs."""
+    if location.is_local and os.path.isfile(location.path):
+        # zarr would say "File exists" (r+) or "No group found" (r): neither tells a user what is wrong.
+        raise WrongStoreKindError(f"{location}: is a file, not a tilepipe store (Zarr v3 folder)", None)
     try:
         group = zarr.open_group(location.target, mode=mode)  # type: ignore[arg-type]
     except FileNotFoundError as exc:
@@ -68,9 +130,11 @@ def open_group(location: Location, mode: str, *, kind: str) -> tuple[zarr.Group,
         found = attrs.get("kind") if isinstance(attrs, dict) else None
         what = f"a tilepipe {found} store" if found else "not a tilepipe store"
         raise WrongStoreKindError(f"{location}: expected a tilepipe {kind} store, found {what}", found)
-    if attrs.get("format_version") != FORMAT_VERSION:
+    supported = SCENE_FORMAT_VERSION if kind == "scene" else FORMAT_VERSION
+    if attrs.get("format_version") != supported:
         raise StoreError(
-            f"{location}: store format {attrs.get('format_version')} is not the supported {FORMAT_VERSION}"
+            f"{location}: store format {attrs.get('format_version')} is not the supported {supported}; "
+            f"{_REMAKE.get(kind, 'make it again')}"
         )
     return group, attrs
 

@@ -5,25 +5,36 @@ Layout
 ``zarr.json`` attributes, key ``"tilepipe"``
     Format version, ``shape = (bands, rows, cols)``, CRS (WKT), affine
     transform of the output grid, ``complete`` (false until every tile is
-    done), provenance (model sha256, halo, tile size, tilepipe version, scene
-    store identity, run id) and the run report.
+    done and checked), provenance (model sha256, halo, tile size, tilepipe
+    version, scene store identity, run id) and the run report.
 ``data``
     float32 ``(band, y, x)``, one chunk per band and tile core, so every tile
     writes chunks of its own only: safe in parallel, and idempotent (a tile
-    run twice writes the same bytes). The fill value is the model's response
-    to an all-zero interior window (band 0), so empty interior tiles need no
-    write at all.
+    run twice writes the same bytes). Every chunk carries a crc32c checksum.
 ``status``
-    uint8 per tile: 0 not done, 1 computed, 2 empty. One chunk per block of
-    tiles, written only by the client as tasks finish (a task that dies before
-    its status is written is simply redone). A rerun resumes from it.
+    uint8 per tile: 0 not done, 1 computed, 2 empty, 3 free. One chunk per
+    block of tiles, written only by the client as tasks finish (a task that
+    dies before its status is written is simply redone). A rerun resumes from it.
 ``y``, ``x``, ``band``
     Coordinates (pixel centres in CRS units) so ``xarray.open_zarr`` gives
     named, georeferenced axes.
+
+An absent chunk, and why it is never ambiguous
+----------------------------------------------
+The fill value is the model's response to an all-zero interior window
+(band 0). A tile recorded *free* (an empty interior tile whose every band's
+response is that fill value) is never written: its absent chunks read as
+exactly its values. Every other done tile, *computed* or *empty*, writes the
+chunk of every band, even one that equals the fill value (a compressed
+constant chunk costs a few bytes). So for a done tile an absent chunk means
+one thing only: the store is damaged. :meth:`ResultStore.verify` checks that
+against one listing of the chunks, at the end of every run, on a rerun that
+would call the store up to date, and before every export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field, replace
@@ -31,19 +42,73 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.core.array_spec import ArrayConfigParams
+from zarr.core.sync import sync
 
 from tilepipe.errors import StoreError
 from tilepipe.geometry import Window
 from tilepipe.location import Location
-from tilepipe.store._zarr import FORMAT_VERSION, create_group, open_group
+from tilepipe.store._zarr import FORMAT_VERSION, chunk_problem, compressors, create_group, open_group
 from tilepipe.store.scene import block_size_for
 
-__all__ = ["STATUS_COMPUTED", "STATUS_EMPTY", "STATUS_NOT_DONE", "ResultInfo", "ResultStore"]
+__all__ = [
+    "STATUS_COMPUTED",
+    "STATUS_EMPTY",
+    "STATUS_FREE",
+    "STATUS_NOT_DONE",
+    "ResultInfo",
+    "ResultStore",
+    "TileDamage",
+]
 
+#: Not done yet: nothing of the tile may be read.
 STATUS_NOT_DONE = 0
+#: Computed by the model; every band's chunk written.
 STATUS_COMPUTED = 1
+#: Empty (no input in its window), its response to zeros written to every band's chunk.
 STATUS_EMPTY = 2
+#: Empty, away from every border, its response the fill value in every band: recorded, never written.
+STATUS_FREE = 3
+
+_DONE_WRITTEN = (STATUS_COMPUTED, STATUS_EMPTY)
+_STATUS_WORDS = {STATUS_COMPUTED: "computed", STATUS_EMPTY: "empty"}
+
+# zarr skips writing a chunk equal to the fill value (and deletes one already there) unless
+# told otherwise: then an absent chunk would be ambiguous again. See the module docstring.
+_WRITE_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
+
+
+@dataclass(frozen=True, slots=True)
+class TileDamage:
+    """A tile whose stored chunks disagree with its recorded status.
+
+    ``problem`` is ``"missing"`` (done and written, but band ``band``'s chunk is
+    absent), ``"not done"`` (in a store marked complete), ``"unfinished"`` (not done
+    at the end of a run that handed out every tile), ``"stray"`` (recorded free, yet
+    band ``band`` has a chunk) or ``"unknown status"``; ``band`` is None where no
+    band is concerned.
+    """
+
+    row: int
+    col: int
+    band: int | None
+    problem: str
+    status: int
+
+    def describe(self) -> str:
+        """The problem in words, naming the tile (row, col) and band."""
+        tile = f"tile (row {self.row}, col {self.col})"
+        if self.problem == "missing":
+            return (f"{tile} band {self.band}: its data chunk is missing, though the store records the tile "
+                    f"{_STATUS_WORDS.get(self.status, 'done')}")
+        if self.problem == "stray":
+            return (f"{tile} band {self.band}: holds a data chunk, though the store records the tile free "
+                    "(it must read as the fill value)")
+        if self.problem == "not done":
+            return f"{tile}: not done, though the store is marked complete"
+        if self.problem == "unfinished":
+            return f"{tile}: not done, though the run handed out every tile"
+        return f"{tile}: unknown status {self.status}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +217,14 @@ class ResultStore:
     def create(cls, path: str | os.PathLike[str] | Location, info: ResultInfo, *, fill_value: float) -> ResultStore:
         """Create an empty, incomplete result store described by ``info`` (replacing whatever is at ``path``).
 
-        ``fill_value`` is what unwritten data chunks read as: the model's response
-        to an all-zero interior window, so empty interior tiles need no write.
+        ``fill_value`` is what the chunks of free tiles (:data:`STATUS_FREE`) read as:
+        the model's response to an all-zero interior window in band 0.
         """
         location = Location.of(path)
         group = create_group(location)
         group.attrs["tilepipe"] = info.to_attrs()
         bands, rows, cols = info.shape
-        group.create_array(
+        data = group.create_array(
             "data",
             shape=info.shape,
             chunks=(1, *info.tile_size),
@@ -168,7 +233,8 @@ class ResultStore:
             dimension_names=("band", "y", "x"),
             # Level 1: float outputs barely compress better at higher levels, and
             # writing is a fifth of a dense run's time at level 3.
-            compressors=[ZstdCodec(level=1)],
+            compressors=compressors(1),
+            config=_WRITE_EVERY_CHUNK,
         )
         group.create_array(
             "status",
@@ -178,16 +244,22 @@ class ResultStore:
             dtype="uint8",
             fill_value=STATUS_NOT_DONE,
             dimension_names=("tile_row", "tile_col"),
+            compressors=compressors(1),
         )
         a, b, c, d, e, f = info.transform
         if b == 0 and d == 0:
-            ys = group.create_array("y", shape=(rows,), dtype="float64", dimension_names=("y",))
+            ys = group.create_array("y", shape=(rows,), dtype="float64", dimension_names=("y",),
+                                    compressors=compressors(1))
             ys[...] = f + e * (np.arange(rows) + 0.5)
-            xs = group.create_array("x", shape=(cols,), dtype="float64", dimension_names=("x",))
+            xs = group.create_array("x", shape=(cols,), dtype="float64", dimension_names=("x",),
+                                    compressors=compressors(1))
             xs[...] = c + a * (np.arange(cols) + 0.5)
-        bs = group.create_array("band", shape=(bands,), dtype="int32", dimension_names=("band",))
+        bs = group.create_array("band", shape=(bands,), dtype="int32", dimension_names=("band",),
+                                compressors=compressors(1))
         bs[...] = np.arange(1, bands + 1)
-        return cls(location, group, info)
+        store = cls(location, group, info)
+        store._data = data
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | Location, *, mode: str = "r+") -> ResultStore:
@@ -206,7 +278,7 @@ class ResultStore:
         if np.dtype(data.dtype) != np.float32:
             raise StoreError(f"{location}: 'data' holds {data.dtype}, expected float32")
         store = cls(location, group, info)
-        store._data = data
+        store._data = data.with_config(_WRITE_EVERY_CHUNK)
         return store
 
     @property
@@ -223,7 +295,10 @@ class ResultStore:
     def data(self) -> Any:
         """The ``(band, y, x)`` float32 array."""
         if self._data is None:
-            self._data = self._group["data"]
+            data = self._group["data"]
+            if not isinstance(data, zarr.Array):
+                raise StoreError(f"{self.path}: the result store has no 'data' array")
+            self._data = data.with_config(_WRITE_EVERY_CHUNK)
         return self._data
 
     @property
@@ -239,27 +314,33 @@ class ResultStore:
     def write_core(self, core: Window, values: np.ndarray) -> int:
         """Write one tile core, ``values`` as ``(rows, cols, bands)``; returns chunks written.
 
-        Bands whose values all equal the fill value are not written: reading
-        them already gives exactly those values.
+        Every band's chunk is written, one equal to the fill value too: an absent
+        chunk of a done tile must mean a damaged store, never "the fill value"
+        (see the module docstring).
         """
-        fill = np.float32(self.fill_value)
-        written = 0
-        for band in range(values.shape[2]):
-            plane = values[:, :, band]
-            if np.all(plane == fill):
-                continue
-            self.data[band, core.row_start : core.row_stop, core.col_start : core.col_stop] = plane
-            written += 1
-        return written
+        planes = np.moveaxis(np.asarray(values, dtype=np.float32), 2, 0)
+        self.data[:, core.row_start : core.row_stop, core.col_start : core.col_stop] = planes
+        return int(planes.shape[0])
 
     def write_status(self, status: np.ndarray) -> None:
         """Record the status of every tile at once, ``(tile_rows, tile_cols)`` uint8 (one write per chunk)."""
-        self._status_array()[...] = np.asarray(status, dtype=np.uint8)
+        try:
+            self._status_array()[...] = np.asarray(status, dtype=np.uint8)
+        except Exception as exc:  # zarr and its stores raise many types
+            raise self._status_error(exc) from exc
 
     def set_status(self, rows: np.ndarray, cols: np.ndarray, value: int) -> None:
         """Record the status of tiles at ``(rows[i], cols[i])`` (touches only their chunks)."""
         if len(rows):
-            self._status_array().vindex[np.asarray(rows), np.asarray(cols)] = np.full(len(rows), value, np.uint8)
+            try:
+                self._status_array().vindex[np.asarray(rows), np.asarray(cols)] = np.full(len(rows), value, np.uint8)
+            except Exception as exc:  # zarr and its stores raise many types
+                raise self._status_error(exc) from exc
+
+    def _status_error(self, exc: BaseException) -> StoreError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        return StoreError(f"{self.path}: cannot record the status of its tiles ({reason}); "
+                          "was the store removed or replaced while in use?")
 
     def status(self) -> np.ndarray:
         """Status per tile, ``(tile_rows, tile_cols)`` uint8: ``STATUS_*``."""
@@ -280,9 +361,141 @@ class ResultStore:
             self.info = replace(self.info, complete=False)
             self._group.attrs["tilepipe"] = self.info.to_attrs()
 
+    # -- integrity ----------------------------------------------------------
+    def _data_prefix(self) -> str:
+        """Where the data array's keys start in its zarr store (``"data/"`` for a store at a root)."""
+        path = self.data.store_path.path
+        return f"{path.rstrip('/')}/" if path else ""
+
+    def _chunk_key(self, band: int, row: int, col: int) -> str:
+        """The store key of one data chunk (whatever the array's chunk key encoding)."""
+        return self._data_prefix() + self.data.metadata.encode_chunk_key((band, row, col))
+
+    def _chunk_keys(self) -> set[str]:
+        """The keys of every data chunk present, from one listing (any zarr store)."""
+        store, prefix = self.data.store_path.store, self._data_prefix()
+
+        async def keys() -> set[str]:
+            return {key async for key in store.list_prefix(prefix)}
+
+        try:
+            return sync(keys())
+        except Exception as exc:  # any store failure: the store cannot be checked
+            raise StoreError(f"{self.path}: cannot list the result's chunks: {exc}") from exc
+
+    def damage(self, *, all_done: bool | None = None) -> list[TileDamage]:
+        """Tiles whose stored chunks disagree with their status, in (row, col) order.
+
+        Lists the data chunks once and reads the status grid. ``all_done`` (default:
+        whether the store is marked complete) also reports tiles not done.
+        """
+        if all_done is None:
+            all_done = self.complete
+        try:
+            status = self.status()
+        except Exception as exc:  # a missing or unreadable status array
+            raise StoreError(f"{self.path}: cannot read the status of its tiles: {exc}") from exc
+        present = self._chunk_keys()
+        key = self._chunk_key
+        bands = self.info.shape[0]
+        found: list[TileDamage] = []
+        for row, col in zip(*np.nonzero(status != STATUS_NOT_DONE), strict=True):
+            value = int(status[row, col])
+            r, c = int(row), int(col)
+            if value in _DONE_WRITTEN:
+                found.extend(TileDamage(r, c, b, "missing", value) for b in range(bands)
+                             if key(b, r, c) not in present)
+            elif value == STATUS_FREE:
+                found.extend(TileDamage(r, c, b, "stray", value) for b in range(bands)
+                             if key(b, r, c) in present)
+            else:
+                found.append(TileDamage(r, c, None, "unknown status", value))
+        if all_done:
+            problem = "not done" if self.complete else "unfinished"
+            found.extend(TileDamage(int(r), int(c), None, problem, STATUS_NOT_DONE)
+                         for r, c in zip(*np.nonzero(status == STATUS_NOT_DONE), strict=True))
+        found.sort(key=lambda d: (d.row, d.col, -1 if d.band is None else d.band))
+        return found
+
+    def _still_here(self) -> None:
+        """Raise :class:`StoreError` unless the store at this location is still the one opened here
+        (not removed, not replaced by another run's: same run id)."""
+        try:
+            on_disk = ResultStore.open(self.location, mode="r").info
+        except StoreError as exc:
+            raise StoreError(f"{self.path}: the result store was removed or damaged while in use ({exc})") from None
+        ours, theirs = self.info.provenance.get("run_id"), on_disk.provenance.get("run_id")
+        if ours != theirs:
+            raise StoreError(f"{self.path}: the result store was replaced by another run's (run id {theirs}, "
+                             f"expected {ours}) while in use; run again")
+
+    def verify(self, *, all_done: bool | None = None) -> None:
+        """Check every tile's chunks against its status; raise :class:`StoreError` naming the first bad one.
+
+        A done tile (computed or empty) must have every band's chunk; a free tile
+        none; with ``all_done`` (default: whether the store is marked complete) every
+        tile must be done; and the store at this location must still be this one (not
+        removed or replaced by another run). Costs one listing of the data chunks and
+        one read of the status grid; chunk contents are checked (crc32c) when they are read.
+        """
+        self._still_here()
+        found = self.damage(all_done=all_done)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise StoreError(
+                f"{self.path}: the result store is damaged: {found[0].describe()}{more}; "
+                "run the model again (tilepipe run) to recompute it"
+            )
+
+    def reset(self, tiles: list[tuple[int, int]]) -> None:
+        """Record ``(row, col)`` tiles as not done and remove their data chunks, so a run redoes them."""
+        if not tiles:
+            return
+        store = self.data.store_path.store
+        keys = [self._chunk_key(b, r, c) for r, c in tiles for b in range(self.info.shape[0])]
+
+        async def delete() -> None:
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    await store.delete(key)
+
+        sync(delete())
+        rows, cols = zip(*tiles, strict=True)
+        self.set_status(np.array(rows), np.array(cols), STATUS_NOT_DONE)
+
+    def read_error(self, exc: BaseException, band: int, window: Window | None = None) -> StoreError:
+        """The error for a failed read of ``window`` (default: all) of ``band``, naming the bad tile.
+
+        Reads the window's chunks one at a time to find the first that fails (its
+        checksum, its decompression); called only after a read failed.
+        """
+        _, rows, cols = self.info.shape
+        w = window or Window(0, rows, 0, cols)
+        th, tw = self.info.tile_size
+        for r in range(w.row_start // th, -(-w.row_stop // th)):
+            for c in range(w.col_start // tw, -(-w.col_stop // tw)):
+                try:
+                    self.data[band, r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+                except Exception as tile_exc:  # noqa: BLE001 - zarr and its codecs raise many types
+                    return StoreError(
+                        f"{self.path}: tile (row {r}, col {c}) band {band}: its data chunk "
+                        f"{chunk_problem(tile_exc)}; run again with overwrite (--overwrite) to recompute the result"
+                    )
+        return StoreError(
+            f"{self.path}: cannot read band {band}, rows {w.row_start}..{w.row_stop}, "
+            f"cols {w.col_start}..{w.col_stop}: {chunk_problem(exc)}"
+        )
+
     def read(self) -> np.ndarray:
-        """The whole result as ``(band, y, x)``: for small results and tests only."""
+        """The whole result as ``(band, y, x)``, checked first: for small results and tests only."""
         if not self.complete:
             raise StoreError(f"{self.path}: the result is incomplete: its run did not finish; run it again to resume")
-        return np.asarray(self.data[...])
+        self.verify()
+        out = np.empty(self.info.shape, np.float32)
+        for band in range(out.shape[0]):
+            try:
+                out[band] = self.data[band]
+            except Exception as exc:  # zarr and its codecs raise many types
+                raise self.read_error(exc, band) from exc
+        return out
 
