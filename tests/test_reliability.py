@@ -172,3 +172,20 @@ def test_a_script_that_builds_its_model_at_module_level_runs(tmp_path: Path, ass
     assert "tiles 9" in proc.stdout
     assert_exact(ResultStore.open(tmp_path / "r.zarr", mode="r").read(), np.load(tmp_path / "ref.npy"),
                  "module-level model script")
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_overwrite_never_deletes_what_is_not_a_tilepipe_store(what: str, tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    if what == "folder":
+        target.mkdir()
+        (target / "thesis.txt").write_text("years of work")
+    else:
+        target.write_text("years of work")
+    dense = np.zeros((20, 20, 1), np.float32)
+    dense[3, 4, 0] = 1.0
+    with pytest.raises(StoreError, match="replaces only tilepipe stores"):
+        tilepipe.ingest((np.argwhere(dense != 0), dense[dense != 0], dense.shape), target, tile_size=16, halo=1,
+                        overwrite=True)
+    kept = target / "thesis.txt" if what == "folder" else target
+    assert kept.read_text() == "years of work"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -74,12 +75,29 @@ def store_exists(location: Location) -> bool:
     return True
 
 
+def _is_tilepipe_store(location: Location) -> bool:
+    """Whether ``location`` holds a Zarr group written by tilepipe (its attributes say so)."""
+    try:
+        with open(os.path.join(location.path, "zarr.json"), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("attributes", {}).get("tilepipe"), dict)
+
+
 def remove_store(location: Location) -> None:
-    """Delete a store (local folders; remote stores are emptied by zarr)."""
+    """Delete a tilepipe store (local folders; remote stores are emptied by zarr).
+
+    Refuses anything that is not a tilepipe store: ``--overwrite`` pointed at a
+    file or at a folder of other things must never delete them.
+    """
     if not location.is_local:
         zarr.open_group(location.target, mode="w")
         return
     path = location.path
+    if os.path.lexists(path) and not _is_tilepipe_store(location):
+        what = "a folder that is not a tilepipe store" if os.path.isdir(path) else "not a tilepipe store"
+        raise StoreError(f"{location}: is {what}; --overwrite replaces only tilepipe stores: choose another path")
     for _ in range(10):  # a writer that was still finishing may add a file as we go
         shutil.rmtree(path, ignore_errors=True)
         if not os.path.isdir(path):
