@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 __all__ = ["worker_name", "worker_threads"]
@@ -12,10 +13,8 @@ def _this_worker() -> object | None:
         from distributed import Worker, get_worker  # noqa: PLC0415 - keeps `import tilepipe` free of distributed
     except ImportError:
         return None
-    try:
+    with contextlib.suppress(ValueError):  # not in a task's thread: see below
         return get_worker()
-    except ValueError:
-        pass
     # Task functions are unpickled (importing TensorFlow) outside the task's thread,
     # where get_worker() does not answer; the process's worker is still known.
     workers = list(getattr(Worker, "_instances", ()))
