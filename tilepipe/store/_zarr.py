@@ -75,13 +75,22 @@ def store_exists(location: Location) -> bool:
     return True
 
 
+#: What a tilepipe store's folder holds: its group metadata and its arrays.
+_STORE_ENTRIES = frozenset({"zarr.json", "tiles", "nnz", "entries", "data", "status", "x", "y", "band"})
+
+
 def _is_tilepipe_store(location: Location) -> bool:
-    """Whether ``location`` holds a Zarr group written by tilepipe (its attributes say so)."""
+    """Whether ``location`` holds a Zarr group written by tilepipe (its attributes say so), or what is left
+    of one (a folder of nothing but a store's own entries, e.g. after a writer recreated chunks in a
+    store removed under it)."""
     try:
         with open(os.path.join(location.path, "zarr.json"), encoding="utf-8") as fh:
             meta = json.load(fh)
     except (OSError, ValueError):
-        return False
+        try:
+            return set(os.listdir(location.path)) <= _STORE_ENTRIES
+        except OSError:
+            return False
     return isinstance(meta, dict) and isinstance(meta.get("attributes", {}).get("tilepipe"), dict)
 
 
