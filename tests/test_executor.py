@@ -31,7 +31,7 @@ def slow_write(folder: str, x: int) -> int:
     """Fails at once for x == 0; the others write a file after a while (a task still running at the failure)."""
     if x == 0:
         raise RuntimeError("first task fails")
-    time.sleep(0.3)
+    time.sleep(1.0)  # far longer than the failing task and its retry take
     Path(folder, f"{x}.done").write_text("x")
     return x
 
@@ -73,7 +73,7 @@ def test_untolerated_failure_waits_for_running_tasks_before_raising(
         execute(tasks, lambda t, v: None, client=dask_client if on_cluster else None, name="test")
     # Whatever was running when the failure came has finished by now: nothing writes after the raise.
     before = sorted(p.name for p in tmp_path.iterdir())
-    time.sleep(0.6)
+    time.sleep(1.5)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

@@ -154,9 +154,13 @@ def _on_cluster(
         for future in as_completed(futures):
             _settle(futures[future], future.result, on_result, outcome, bar, tolerate)
     except BaseException:
-        client.cancel(list(futures))
+        # A cancelled task that a worker is already running goes on to its end (threads cannot be
+        # stopped), and waiting on a cancelled future returns at once: so cancel only what no worker
+        # has taken yet, and wait for the rest to end.
         with contextlib.suppress(Exception):
-            wait_all(list(futures), timeout=_DRAIN_SECONDS)
+            taken = {key for keys in client.processing().values() for key in keys}
+            client.cancel([f for f in futures if f.key not in taken])
+            wait_all([f for f in futures if f.key in taken], timeout=_DRAIN_SECONDS)
         raise
     finally:
         # Forget the results: a long-lived client must not keep every task's answer.
