@@ -136,7 +136,6 @@ def _on_cluster(
     client: Any, name: str, tolerate: bool,
 ) -> None:
     from distributed import as_completed  # noqa: PLC0415 - runs without a cluster need no distributed
-    from distributed import wait as wait_all  # noqa: PLC0415 - as above
 
     attempt = uuid.uuid4().hex[:12]
     futures = {
@@ -155,16 +154,27 @@ def _on_cluster(
             _settle(futures[future], future.result, on_result, outcome, bar, tolerate)
     except BaseException:
         # A cancelled task that a worker is already running goes on to its end (threads cannot be
-        # stopped), and waiting on a cancelled future returns at once: so cancel only what no worker
-        # has taken yet, and wait for the rest to end.
+        # stopped), and waiting on a cancelled future returns at once: so cancel everything, then ask
+        # the workers themselves until none of them still runs one of these tasks.
+        client.cancel(list(futures))
         with contextlib.suppress(Exception):
-            taken = {key for keys in client.processing().values() for key in keys}
-            client.cancel([f for f in futures if f.key not in taken])
-            wait_all([f for f in futures if f.key in taken], timeout=_DRAIN_SECONDS)
+            ours = {str(f.key) for f in futures}
+            deadline = time.monotonic() + _DRAIN_SECONDS
+            while time.monotonic() < deadline:
+                running = {key for keys in client.run(_running_keys).values() for key in keys}
+                if not running & ours:
+                    break
+                time.sleep(0.05)
         raise
     finally:
         # Forget the results: a long-lived client must not keep every task's answer.
         futures.clear()
+
+
+def _running_keys(dask_worker: Any) -> list[str]:
+    """Keys of the tasks this worker's threads are running now, cancelled ones included (runs on a worker)."""
+    busy = ("executing", "long-running", "cancelled", "resumed")
+    return [str(ts.key) for ts in dask_worker.state.tasks.values() if ts.state in busy]
 
 
 def _on_threads(

@@ -41,6 +41,7 @@ wrong values.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -272,11 +273,10 @@ class SceneStore:
         judged on its own chunks (a damaged chunk is written again like an absent one).
         """
         by, bx = self.info.block
-        try:  # the usual case: every chunk reads, and two whole-array reads say it all
+        # The usual case: every chunk reads, and two whole-array reads say it all. Where some chunk
+        # is damaged, each block is judged on its own below.
+        with contextlib.suppress(Exception):
             entries, nnz = self._block_entries(), np.asarray(self._group["nnz"][...])  # type: ignore[index]
-        except Exception:  # noqa: BLE001 - some chunk is damaged: judge each block on its own below
-            pass
-        else:
             return [(br, bc) for br, bc in self.blocks()
                     if entries[br, bc] < 0 or (nnz[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx] < 0).any()]
         todo = []
@@ -312,10 +312,8 @@ class SceneStore:
         return value
 
     def _read_index(self) -> np.ndarray:
-        try:
+        with contextlib.suppress(Exception):  # some chunk is damaged: find it below, and name it
             return np.asarray(self._group["nnz"][...])  # type: ignore[index]
-        except Exception:  # noqa: BLE001 - find the damaged chunk below, and name it
-            pass
         by, bx = self.info.block
         for br, bc in self.blocks():
             self._index_entry(br * by, bc * bx)  # raises for the first chunk that cannot be read
