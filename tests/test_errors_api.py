@@ -206,10 +206,11 @@ def test_untileable_model_names_the_layer(index: int, tmp_path: Path, dask_clien
     assert not (tmp_path / "r.zarr").exists()
 
 
-def test_strided_model_is_refused() -> None:
-    strided = keras.Sequential([keras.Input((None, None, 1)), kl.Conv2D(1, 3, strides=2, name="down")])
-    with pytest.raises(UntileableModelError, match="down"):
-        tilepipe.footprint_of(strided)
+def test_resizing_model_is_refused() -> None:
+    # Strided models tile now; a layer that resizes to a fixed size never can.
+    resizing = keras.Sequential([keras.Input((None, None, 1)), kl.Resizing(16, 16, name="fixed")])
+    with pytest.raises(UntileableModelError, match="fixed"):
+        tilepipe.footprint_of(resizing)
 
 
 @pytest.mark.cluster

@@ -41,12 +41,14 @@ def windows_in(draw: st.DrawFn, height: int, width: int) -> Window:
 def axis_footprints(draw: st.DrawFn) -> AxisFootprint:
     # As derived from real models: ``valid`` layers consume their shrink after the pixel
     # (after >= shrink), and the offset is at most the shrink.
+    # and TF runs them on windows at least shrink + 1 long.
     shrink = draw(st.integers(0, 6))
     return AxisFootprint(
         before=draw(st.integers(0, 10)),
         after=draw(st.integers(shrink, shrink + 10)),
         shrink=shrink,
         offset=draw(st.integers(0, shrink)),
+        min_length=shrink + 1,
     )
 
 footprints = st.builds(Footprint, rows=axis_footprints(), cols=axis_footprints())
@@ -264,12 +266,15 @@ def test_input_window_contains_the_core_and_is_clipped(
     scene = Window(0, rows, 0, cols)
     assert scene.contains(win)
     assert win.contains(core)  # output pixel j sits at window-local j: the core lies inside
-    # Grown by exactly the margins wherever the scene allows, clipped elsewhere.
+    # Grown by exactly the margins wherever the scene allows, clipped elsewhere
+    # (and, for an empty core only, lengthened to the shortest window TF runs).
     r, c = fp.rows, fp.cols
-    assert win.row_start == max(core.row_start - r.before, 0)
-    assert win.row_stop == min(core.row_stop + r.after, rows)
-    assert win.col_start == max(core.col_start - c.before, 0)
-    assert win.col_stop == min(core.col_stop + c.after, cols)
+    if core.size:
+        assert win.row_start == max(core.row_start - r.before, 0)
+        assert win.row_stop == min(core.row_stop + r.after, rows)
+        assert win.col_start == max(core.col_start - c.before, 0)
+        assert win.col_stop == min(core.col_stop + c.after, cols)
+    assert win.height >= r.min_length and win.width >= c.min_length
     # The model's output on that window covers the core.
     if core.size:
         out = fp.output_window(win)

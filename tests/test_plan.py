@@ -25,7 +25,7 @@ from tilepipe.store.scene import SceneInfo
 def _facts(
     before: int, after: int, shrink: int = 0, offset: int = 0, interior: tuple[float, ...] = (0.5,)
 ) -> ModelFacts:
-    axis = AxisFootprint(before, after, shrink, offset)
+    axis = AxisFootprint(before, after, shrink, offset, min_length=shrink + 1)
     return ModelFacts("0" * 64, Footprint(axis, axis), 1, 4, interior)
 
 
@@ -36,9 +36,10 @@ def _scene(shape: tuple[int, int], tile: int, halo: int) -> SceneInfo:
 
 @st.composite
 def plans(draw: st.DrawFn) -> tuple[SceneInfo, ModelFacts, np.ndarray]:
+    # As real models give: 'valid' layers' shrink is part of what they need after a pixel.
     before = draw(st.integers(0, 4))
-    after = draw(st.integers(0, 4))
-    shrink = draw(st.integers(0, min(before + after, 3)))
+    shrink = draw(st.integers(0, 3))
+    after = shrink + draw(st.integers(0, 4))
     rows, cols = draw(st.integers(shrink + 1, 60)), draw(st.integers(shrink + 1, 60))
     tile = draw(st.integers(1, 25))
     halo = max(before, after) + draw(st.integers(0, 2))
@@ -125,15 +126,15 @@ def test_busy_tiles_spread_over_workers() -> None:
 
 
 def test_plan_result_shape_transform_fill_and_identity() -> None:
-    scene = _scene((50, 40), 16, 3)
-    facts = _facts(2, 2, shrink=4, offset=2, interior=(0.25, 0.75))
+    scene = _scene((50, 40), 16, 4)
+    facts = _facts(2, 4, shrink=4, offset=2, interior=(0.25, 0.75))
     info, fill = plan_result(scene, facts)
     assert info.shape == (2, 46, 36)
     # 'valid' layers move the output by `offset` pixels: by hand, 1000 + 10 * 2 and 5000 - 10 * 2.
     assert info.transform == (10.0, 0.0, 1020.0, 0.0, -10.0, 4980.0)
     assert fill == 0.25
     assert info.grid_shape == (3, 3)
-    assert info.identity == {"scene": {"path": "x.tif", "tile_size": [16, 16], "halo": 3}, "model_sha256": "0" * 64}
+    assert info.identity == {"scene": {"path": "x.tif", "tile_size": [16, 16], "halo": 4}, "model_sha256": "0" * 64}
     assert shifted((2.0, 0.5, 0.0, 0.25, -2.0, 0.0), 3, 4) == (2.0, 0.5, 8.0, 0.25, -2.0, -7.25)
 
 
@@ -141,7 +142,7 @@ def test_plan_refuses_too_little_halo_and_too_small_scenes() -> None:
     with pytest.raises(StoreError, match="needs a halo of 3 px but the store holds 2"):
         plan_result(_scene((50, 50), 16, 2), _facts(3, 3), scene_name="s.zarr")
     with pytest.raises(InputError, match="smaller than the model's footprint"):
-        plan_result(_scene((3, 30), 16, 3), _facts(2, 2, shrink=4), scene_name="s.zarr")
+        plan_result(_scene((3, 30), 16, 4), _facts(2, 4, shrink=4), scene_name="s.zarr")
 
 
 def test_resume_skips_done_tiles_only() -> None:

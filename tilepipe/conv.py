@@ -39,7 +39,8 @@ def conv_sparse(
         A ``keras.Model`` or a path to a ``.keras`` file; every layer must be
         local (see :func:`tilepipe.model.footprint_of`).
     tile_size
-        Core size of a tile in pixels, ``int`` or ``(rows, cols)``.
+        Core size of a tile in pixels, ``int`` or ``(rows, cols)``; rounded up
+        to a multiple of a strided model's total stride.
     halo
         Optional larger halo (pixels); never less than the model needs.
     batch_size
@@ -50,7 +51,10 @@ def conv_sparse(
     numpy.ndarray
         float32, equal (to float32 round-off) to ``model(to_dense(st)[None])[0]``
         for ``H x W x C``; ``model(to_dense(st)[None, :, :, None])[0]`` for
-        ``H x W``; ``model(to_dense(st))`` for a batch.
+        ``H x W``; ``model(to_dense(st))`` for a batch. For a strided model
+        (a U-Net) the reference is the model on the scene padded with zeros at
+        the bottom and right to a multiple of its total stride, cropped back to
+        the output pixels that cover the scene.
     """
     try:
         tile = parse_tile_size(tile_size)
@@ -59,6 +63,7 @@ def conv_sparse(
     keras_model = resolve_model(model)
     footprint = footprint_of(keras_model)
     need = footprint.halo
+    tile = _aligned_tile(tile, footprint)
     if halo is not None and halo < need:
         raise InputError(f"halo {halo} is less than the {need} pixels the model needs")
     # Kept with the model object: a second call traces nothing it traced before.
@@ -80,6 +85,12 @@ def conv_sparse(
     return _run_scene(scene, model_fn, footprint, tile, max(need, halo or 0), batch_size)
 
 
+def _aligned_tile(tile: tuple[int, int], footprint: Footprint) -> tuple[int, int]:
+    """``tile`` rounded up to multiples of the model's stride (a strided model's windows align to it)."""
+    steps = footprint.step
+    return (-(-tile[0] // steps[0]) * steps[0], -(-tile[1] // steps[1]) * steps[1])
+
+
 def _run_scene(
     scene: CooScene, model: CompiledModel, footprint: Footprint, tile: tuple[int, int], halo: int, batch_size: int
 ) -> np.ndarray:
@@ -87,16 +98,18 @@ def _run_scene(
     if model.in_channels is not None and model.in_channels != bands:
         raise ModelError(f"the model expects {model.in_channels} input channels, the SparseTensor has {bands}")
     out_rows, out_cols = footprint.output_shape((rows, cols))
-    if out_rows <= 0 or out_cols <= 0:
+    padded = footprint.padded_shape((rows, cols))
+    too_short = padded[0] < footprint.rows.min_length or padded[1] < footprint.cols.min_length
+    if out_rows <= 0 or out_cols <= 0 or too_short:
         raise InputError(f"a {rows} x {cols} scene is smaller than the model's valid footprint")
-    grid = TileGrid((rows, cols), tile, halo)
+    grid = TileGrid((rows, cols), (min(tile[0], rows), min(tile[1], cols)), halo)
     buckets = TileBuckets(scene, grid, name="SparseTensor")
     jobs = plan_jobs(grid, footprint)
     out: np.ndarray | None = None
     busy_jobs, busy_data = [], []
     empties = []
     for job in jobs:
-        shape, flat, vals = buckets.window_entries(grid.tile(job.row, job.col))
+        shape, flat, vals = buckets.window_entries(grid.tile(*job.tile))
         if flat.size == 0:
             empties.append(job)
         else:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-__all__ = ["current_log_file", "route_process_logs", "to_file"]
+__all__ = ["NOTICE", "current_log_file", "route_process_logs", "to_file"]
 
 _STATE: dict[str, str | None] = {"path": None}
 
@@ -62,11 +62,25 @@ def route_process_logs(path: str | None, *, verbose: bool = False, level: int = 
         root.addHandler(logging.NullHandler())
 
 
+#: Records for the person at the terminal (a setting tilepipe changed for them): shown by the CLI.
+NOTICE = "tilepipe.notice"
+
+
 def to_file(*, verbose: bool = False) -> str:
-    """Route this process's log records to a new log file (the CLI's choice); returns its path."""
+    """Route this process's log records to a new log file (the CLI's choice); returns its path.
+
+    Records of the :data:`NOTICE` logger are also shown on stderr, as plain lines.
+    """
     path = _default_path()
     _STATE["path"] = path
     route_process_logs(path, verbose=verbose)
+    notice = logging.getLogger(NOTICE)
+    for old in list(notice.handlers):
+        notice.removeHandler(old)
+    if not verbose:  # verbose shows every record already
+        shown = logging.StreamHandler(sys.stderr)
+        shown.setFormatter(logging.Formatter("%(message)s"))
+        notice.addHandler(shown)
     return path
 
 

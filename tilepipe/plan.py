@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ __all__ = [
     "batches",
     "plan_jobs",
     "plan_result",
+    "output_grid",
+    "output_transform",
     "plan_run",
     "shifted",
     "touches_border",
@@ -45,11 +48,16 @@ EMPTY_BATCH = 16
 @dataclass(frozen=True, slots=True)
 class TileJob:
     """One output tile: its core in output pixels, the input window that computes it
-    exactly, and the stored window of the scene tile that holds that input.
+    exactly, and the stored window of the scene tile ``source`` that holds that input.
 
-    ``empty`` says the stored window holds no value: the output is the model's
-    response to zeros, which depends only on ``need.shape`` and where the core
-    sits in it (which scene borders the window touches).
+    ``(row, col)`` number the tile in the result's grid; ``source`` is the scene
+    tile read for it (the same tile, except for output that a model grows past
+    the scene's last tile). ``need`` may reach past the scene into the zero
+    padding of a strided model's reference (see :mod:`tilepipe.geometry.footprint`):
+    only its part inside the scene is stored. ``empty`` says the stored window
+    holds no value: the output is the model's response to zeros, which depends
+    only on ``need.shape`` and where the core sits in it (which scene borders
+    the window touches).
     """
 
     row: int
@@ -58,16 +66,18 @@ class TileJob:
     need: Window
     stored: Window
     empty: bool
+    source: tuple[int, int] | None = None
+    produced: Window | None = None  # the output of a model run on ``need``; None: ``need`` itself (stride 1)
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        """The scene tile ``(row, col)`` whose stored window holds this job's input."""
+        return self.source or (self.row, self.col)
 
     @property
     def core_in_output(self) -> Window:
-        """The core relative to the output of a model run on ``need`` (output pixels start where ``need`` does)."""
-        return Window(
-            self.out_core.row_start - self.need.row_start,
-            self.out_core.row_stop - self.need.row_start,
-            self.out_core.col_start - self.need.col_start,
-            self.out_core.col_stop - self.need.col_start,
-        )
+        """The core relative to the output of a model run on ``need``."""
+        return self.out_core.relative_to(self.produced or self.need)
 
     @property
     def empty_class(self) -> tuple[tuple[int, int], Window]:
@@ -75,36 +85,99 @@ class TileJob:
         return (self.need.shape, self.core_in_output)
 
 
+def output_grid(scene_shape: tuple[int, int], tile_size: tuple[int, int], footprint: Footprint) -> tuple[int, int]:
+    """The result's tile size ``(rows, cols)`` in output pixels: the scene's, times the output's scale.
+
+    Raises
+    ------
+    StoreError
+        Where a strided model needs tiles that are multiples of its stride and
+        the scene's are not (a scene of one tile along an axis needs nothing).
+    """
+    out = []
+    axes = (footprint.rows, footprint.cols)
+    for tile, length, axis, name in zip(tile_size, scene_shape, axes, ("rows", "cols"), strict=True):
+        if tile >= length:  # one tile along this axis: it takes the whole output
+            out.append(max(1, axis.output_length(length)))
+            continue
+        if tile % axis.step:
+            raise StoreError(
+                f"the model's stride is {axis.step} px but the scene's tiles are {tile} px along {name}; "
+                f"ingest again with a tile size that is a multiple of {axis.step} "
+                f"(e.g. --tile-size {-(-tile // axis.step) * axis.step})"
+            )
+        out.append(int(tile * Fraction(axis.scale)))
+    return (out[0], out[1])
+
+
 def plan_jobs(grid: TileGrid, footprint: Footprint, nnz: np.ndarray | None = None) -> list[TileJob]:
     """Plan every output tile of a scene tiled by ``grid`` (whose halo must cover the footprint).
 
+    Output tiles are the scene's tiles scaled by the model's output scale; the
+    last along each axis also takes any output past the scene's last tile.
     ``nnz`` is the per-tile count of values in the stored windows (None: all non-empty).
-    Tiles whose core lies wholly past an output that ``valid`` layers shrank have no job.
     """
-    out_rows, out_cols = footprint.output_shape(grid.shape)
+    out_shape = footprint.output_shape(grid.shape)
+    out_tile = output_grid(grid.shape, grid.tile_size, footprint)
+    scene_tiles = grid.grid_shape
+    spans = [
+        _axis_spans(out_len, size, n_scene)
+        for out_len, size, n_scene in zip(out_shape, out_tile, scene_tiles, strict=True)
+    ]
+    scene = Window(0, grid.shape[0], 0, grid.shape[1])
     jobs = []
-    for tile in grid:
-        out_core = tile.core.clip(out_rows, out_cols)
-        if out_core.size == 0:
-            continue
-        need = footprint.input_window(out_core, grid.shape)
-        if not tile.window.contains(need):
-            raise ValueError(f"Expected the stored window {tile.window} to contain {need}.")
-        empty = nnz is not None and int(nnz[tile.row, tile.col]) == 0
-        jobs.append(TileJob(tile.row, tile.col, out_core, need, tile.window, empty))
+    for row, (r0, r1, src_row) in enumerate(spans[0]):
+        for col, (c0, c1, src_col) in enumerate(spans[1]):
+            out_core = Window(r0, r1, c0, c1)
+            need = footprint.input_window(out_core, grid.shape)
+            stored = grid.tile(src_row, src_col).window
+            inside = need.clip(*grid.shape)
+            if not stored.contains(inside) or not scene.contains(stored):
+                raise ValueError(f"Expected the stored window {stored} to contain {inside}.")
+            produced = footprint.output_window(need)
+            if not produced.contains(out_core):
+                raise ValueError(f"Expected the output {produced} of {need} to contain {out_core}.")
+            empty = nnz is not None and int(nnz[src_row, src_col]) == 0
+            source = None if (src_row, src_col) == (row, col) else (src_row, src_col)
+            jobs.append(TileJob(row, col, out_core, need, stored, empty, source, produced))
     return jobs
 
 
-def touches_border(job: TileJob, shape: tuple[int, int]) -> bool:
-    """Whether the tile's input window touches an edge of a scene of ``shape = (rows, cols)``."""
+def _axis_spans(out_len: int, size: int, scene_tiles: int) -> list[tuple[int, int, int]]:
+    """Output tiles along one axis: ``(start, stop, scene tile that holds its input)``.
+
+    Output a model grows past the scene (``ZeroPadding2D`` not undone) is read
+    from the scene's last tile.
+    """
+    count = max(1, -(-out_len // size))
+    return [(i * size, min((i + 1) * size, out_len), min(i, scene_tiles - 1)) for i in range(count)]
+
+
+def touches_border(job: TileJob, padded_shape: tuple[int, int]) -> bool:
+    """Whether the tile's input window touches an edge of the (padded) scene of ``padded_shape = (rows, cols)``."""
     n = job.need
-    return n.row_start == 0 or n.col_start == 0 or n.row_stop == shape[0] or n.col_stop == shape[1]
+    return n.row_start == 0 or n.col_start == 0 or n.row_stop == padded_shape[0] or n.col_stop == padded_shape[1]
 
 
 def shifted(transform: Sequence[float], dx: int, dy: int) -> tuple[float, float, float, float, float, float]:
     """The affine transform moved by ``(dx, dy)`` pixels (the output offset of ``valid`` layers)."""
+    return output_transform(transform, (Fraction(1), Fraction(1)), (Fraction(dy), Fraction(dx)))
+
+
+def output_transform(
+    transform: Sequence[float], scale: tuple[Fraction, Fraction], offset: tuple[Fraction | int, Fraction | int]
+) -> tuple[float, float, float, float, float, float]:
+    """The transform of an output whose pixel ``(j, i)`` has its corner at input ``(j / scale + offset)``.
+
+    ``scale`` and ``offset`` are ``(rows, cols)``; the transform is rasterio's
+    ``(a, b, c, d, e, f)``, mapping ``(col, row)`` to ``(x, y)``.
+    """
     a, b, c, d, e, f = (float(v) for v in transform[:6])
-    return (a, b, c + a * dx + b * dy, d, e, f + d * dx + e * dy)
+    (sy, sx), (oy, ox) = scale, offset
+    return (
+        a / float(sx), b / float(sy), c + a * float(ox) + b * float(oy),
+        d / float(sx), e / float(sy), f + d * float(ox) + e * float(oy),
+    )
 
 
 def batches(jobs: Iterable[TileJob], size: int, workers: int) -> list[tuple[TileJob, ...]]:
@@ -143,9 +216,10 @@ def run_identity(scene: SceneInfo, model_sha256: str) -> dict[str, Any]:
 def plan_result(scene: SceneInfo, facts: ModelFacts, *, scene_name: str = "") -> tuple[ResultInfo, float]:
     """The result store a run of ``facts``' model over ``scene`` writes, and its fill value.
 
-    The output is the scene's grid shrunk by ``valid`` layers and moved by their
-    offset; tiles keep the scene's tile size. The fill value is band 0's response
-    deep inside an all-zero scene: what the tiles :func:`plan_run` finds free read as.
+    The output covers the scene at the model's output scale, shrunk by ``valid``
+    layers and moved by their offset; its tiles are the scene's, scaled. The
+    fill value is band 0's response deep inside an all-zero scene: what the
+    tiles :func:`plan_run` finds free read as.
 
     Raises
     ------
@@ -165,11 +239,20 @@ def plan_result(scene: SceneInfo, facts: ModelFacts, *, scene_name: str = "") ->
         raise InputError(
             f"{scene_name}: a {scene.shape[0]} x {scene.shape[1]} scene is smaller than the model's footprint"
         )
+    padded = footprint.padded_shape(scene.shape)
+    if padded[0] < footprint.rows.min_length or padded[1] < footprint.cols.min_length:
+        raise InputError(
+            f"{scene_name}: a {scene.shape[0]} x {scene.shape[1]} scene is smaller than the model's footprint "
+            f"({footprint.rows.min_length} x {footprint.cols.min_length} px at least)"
+        )
+    tile_size = output_grid(scene.shape, scene.tile_size, footprint)
     info = ResultInfo(
         shape=(len(facts.interior), out_rows, out_cols),
-        transform=shifted(scene.transform, footprint.cols.offset, footprint.rows.offset),
+        transform=output_transform(
+            scene.transform, footprint.scale, (footprint.rows.offset, footprint.cols.offset)
+        ),
         crs_wkt=scene.crs_wkt,
-        tile_size=scene.tile_size,
+        tile_size=tile_size,
         identity=run_identity(scene, facts.sha256),
     )
     return info, float(np.float32(facts.interior[0]))
@@ -231,8 +314,11 @@ def plan_run(
     jobs = plan_jobs(scene.grid, facts.footprint, nnz)
     todo = [j for j in jobs if status is None or status[j.row, j.col] == STATUS_NOT_DONE]
     # An empty interior tile is free only where every band's response is the fill value.
-    free_interior = bool(np.all(np.asarray(facts.interior, dtype=np.float32) == np.float32(fill_value)))
-    free = tuple(j for j in todo if j.empty and free_interior and not touches_border(j, scene.shape))
+    free_interior = facts.interior_uniform and bool(
+        np.all(np.asarray(facts.interior, dtype=np.float32) == np.float32(fill_value))
+    )
+    padded = facts.footprint.padded_shape(scene.shape)
+    free = tuple(j for j in todo if j.empty and free_interior and not touches_border(j, padded))
     free_ids = {(j.row, j.col) for j in free}
     work = [j for j in todo if (j.row, j.col) not in free_ids]
     return RunPlan(

@@ -23,13 +23,26 @@ __all__ = ["compute_tiles", "empty_core"]
 
 
 def _crop_coo(data: TileData, job: TileJob) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Entries of ``data`` (a stored window) that fall in ``job.need``, need-local."""
+    """Entries of ``data`` (a stored window) that fall in ``job.need``, need-local.
+
+    ``need`` may reach past the stored window into a strided model's zero
+    padding beyond the scene: there are no entries there.
+    """
     r, c, b, v = data.coords()
-    rel = job.need.relative_to(job.stored)
-    if rel.shape != job.stored.shape:
-        keep = (r >= rel.row_start) & (r < rel.row_stop) & (c >= rel.col_start) & (c < rel.col_stop)
+    stored, need = job.stored, job.need
+    r0, c0 = need.row_start - stored.row_start, need.col_start - stored.col_start
+    if need.shape != stored.shape or (r0, c0) != (0, 0):
+        keep = (r >= r0) & (r < r0 + need.height) & (c >= c0) & (c < c0 + need.width)
         r, c, b, v = r[keep], c[keep], b[keep], v[keep]
-    return r - rel.row_start, c - rel.col_start, b, v
+    return r - r0, c - c0, b, v
+
+
+def _dense_window(data: TileData, job: TileJob) -> np.ndarray:
+    """A tile stored dense, cut (or zero-padded past the scene) to ``job.need``: ``(rows, cols, bands)``."""
+    overlap = job.need.clip(job.stored.row_stop, job.stored.col_stop)
+    out = np.zeros((*job.need.shape, data.values.shape[-1]), dtype=np.float32)
+    out[overlap.relative_to(job.need).slices] = data.values[overlap.relative_to(job.stored).slices]
+    return out
 
 
 def compute_tiles(
@@ -72,8 +85,7 @@ def compute_tiles(
             if dense_members:  # tiles stored dense go in as they are, beside the densified ones
                 batch = np.array(batch)
                 for k, i in dense_members:
-                    rel = jobs[i].need.relative_to(jobs[i].stored)
-                    batch[k] = data[i].values[rel.slices].astype(np.float32)
+                    batch[k] = _dense_window(data[i], jobs[i])
             out = model(batch)
             for k, i in enumerate(chunk):
                 results[i] = out[k][jobs[i].core_in_output.slices]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,6 +15,7 @@ from tilepipe.execute.preflight import check_workers
 from tilepipe.execute.tasks import BlockDone, ingest_coo_block, ingest_raster_block
 from tilepipe.geometry import parse_tile_size
 from tilepipe.location import Location, existing_output, refuse_overlaps
+from tilepipe.logs import NOTICE
 from tilepipe.sources import GeoTiffSource, TileBuckets, as_coo, parse_crs, parse_transform, probe_geotiff
 from tilepipe.sources.identity import file_identity, quick_identity, unchanged
 from tilepipe.store._zarr import remove_partial_writes, remove_store
@@ -21,6 +23,8 @@ from tilepipe.store.lock import store_lock
 from tilepipe.store.scene import SceneInfo, SceneStore
 
 __all__ = ["DEFAULT_HALO", "MIN_TILE", "ingest"]
+
+_notice = logging.getLogger(NOTICE)
 
 DEFAULT_HALO = 16
 
@@ -92,7 +96,8 @@ def ingest(
         tile = parse_tile_size(tile_size)
     except ValueError as exc:
         raise InputError(f"tile_size: {exc}") from exc
-    halo = _resolve_halo(halo, model, client)
+    halo, step = _resolve_halo(halo, model, client)
+    tile = _aligned(tile, step)
     if isinstance(source, (str, os.PathLike)):
         refuse_overlaps([str(location)], [os.fspath(source)])  # before anything at the output is touched
         raster = probe_geotiff(os.fspath(source), bands=tuple(bands) if bands else None, nodata=nodata)
@@ -151,23 +156,40 @@ def _fit_tile(
     return fitted
 
 
-def _resolve_halo(halo: int | None, model: Any, client: Any) -> int:
+def _aligned(tile: tuple[int, int], step: tuple[int, int]) -> tuple[int, int]:
+    """``tile`` rounded up to multiples of a strided model's total stride, saying so once."""
+    aligned = (-(-tile[0] // step[0]) * step[0], -(-tile[1] // step[1]) * step[1])
+    if aligned != tile:
+        _notice.warning(
+            "tile size %s rounded up to %s: a multiple of the model's total stride %s, to which windows align",
+            _shown(tile), _shown(aligned), _shown(step),
+        )
+    return aligned
+
+
+def _shown(pair: tuple[int, int]) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]} x {pair[1]}"
+
+
+def _resolve_halo(halo: int | None, model: Any, client: Any) -> tuple[int, tuple[int, int]]:
+    """The halo to store, and the model's total stride ``(rows, cols)`` that tiles must be multiples of."""
     if halo is not None and (isinstance(halo, bool) or not isinstance(halo, int) or halo < 0):
         raise InputError(f"halo: expected an integer >= 0, got {halo!r}")
     if model is None:
-        return DEFAULT_HALO if halo is None else halo
+        return (DEFAULT_HALO if halo is None else halo), (1, 1)
     if client is not None and isinstance(model, (str, os.PathLike)):
         # A worker reads the model's footprint: this process needs no TensorFlow.
         with model_file(model) as mf:
-            need = facts_on_worker(client, mf, None).footprint.halo
+            footprint = facts_on_worker(client, mf, None).footprint
     else:
         from tilepipe.model.loader import resolve_model  # noqa: PLC0415 - TensorFlow only where no worker can do it
         from tilepipe.model.receptive import footprint_of  # noqa: PLC0415 - as above
 
-        need = footprint_of(resolve_model(model)).halo
+        footprint = footprint_of(resolve_model(model))
+    need = footprint.halo
     if halo is not None and halo < need:
         raise InputError(f"halo {halo} is less than the {need} pixels the model needs")
-    return need if halo is None else halo
+    return (need if halo is None else halo), footprint.step
 
 
 def _write(

@@ -98,7 +98,7 @@ def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
     busy, data, empties = [], [], []
     for job in jobs:
         try:
-            tile = None if job.empty else scene.read_tile(job.row, job.col)
+            tile = None if job.empty else scene.read_tile(*job.tile)
         except StoreError as exc:
             raise TileFailed(str(exc)) from None  # unchained: the message names the tile already
         if tile is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from tilepipe.errors import ModelError
 from tilepipe.geometry import Footprint
 
@@ -20,7 +22,9 @@ class ModelFacts:
     """A model's footprint, channels and response to an all-zero interior window.
 
     ``interior`` holds one value per output band: what the model gives deep
-    inside an empty scene of ``bands`` input bands.
+    inside an empty scene of ``bands`` input bands. ``interior_uniform`` says
+    that value holds at every pixel there; a strided model's may instead repeat
+    with its stride (a transposed convolution), and then no empty tile is free.
     """
 
     sha256: str
@@ -28,6 +32,7 @@ class ModelFacts:
     in_channels: int | None
     max_channels: int
     interior: tuple[float, ...]
+    interior_uniform: bool = True
 
 
 def model_facts(path: str, sha256: str, bands: int | None) -> ModelFacts:
@@ -45,8 +50,11 @@ def model_facts(path: str, sha256: str, bands: int | None) -> ModelFacts:
     compiled = worker_model(path, sha256)
     footprint = footprint_of(compiled.model)
     interior: tuple[float, ...] = ()
+    uniform = True
     if bands is not None:
         if compiled.in_channels is not None and compiled.in_channels != bands:
             raise ModelError(f"{path}: the model expects {compiled.in_channels} input bands, the scene has {bands}")
-        interior = tuple(float(v) for v in zero_response_interior(compiled, footprint, bands))
-    return ModelFacts(sha256, footprint, compiled.in_channels, compiled.max_channels, interior)
+        period = zero_response_interior(compiled, footprint, bands)
+        interior = tuple(float(v) for v in period[0, 0])
+        uniform = bool(np.all(period == period[:1, :1]))
+    return ModelFacts(sha256, footprint, compiled.in_channels, compiled.max_channels, interior, uniform)

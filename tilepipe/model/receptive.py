@@ -1,24 +1,34 @@
 """Derive a Keras model's :class:`~tilepipe.geometry.Footprint` from its layers.
 
-A tile's output is exact when every output pixel of its core sees the same
-input pixels, and the same zero padding, as it would in the whole scene. Two
-things can break that, and both are tracked here per tensor and per spatial
-axis (rows = axis 1, cols = axis 2 of NHWC), in a tensor's window-local index
-``j`` (global index ``j + w0`` for a window starting at input pixel ``w0``):
+A tile's output is exact when every output pixel of its core equals the
+whole-scene model's. The reference, for a strided model, is the model run on
+the scene padded with zeros at the bottom and right to a multiple of its total
+stride ``S`` (see :mod:`tilepipe.geometry.footprint`); windows start at
+multiples of ``S`` and are multiples of ``S`` long. Then every tensor of the
+model, run on a window starting at input pixel ``a``, holds at window-local
+index ``j`` what the whole scene's holds at ``j + a * scale``: Keras's
+``same`` padding on a strided layer pads by an amount that depends on its
+input's length modulo the stride, and the lengths of window and scene agree
+modulo every stride on the way. What can still differ is tracked here per
+tensor and per spatial axis (rows = axis 1, cols = axis 2 of NHWC):
 
-* the receptive field: output ``j`` depends on input ``[j + ext_lo, j + ext_hi]``;
-* contamination: ``padding="same"`` (and ``ZeroPadding2D``) insert zeros at
-  every window edge, but in the whole scene only scene edges are padded. The
-  ``c_lo``/``c_hi`` positions nearest a window edge that is not a scene edge
-  may therefore differ from the whole-scene result, even where the receptive
-  field alone says they are fine (a deep ``same`` stack pads every layer).
+* ``scale``: tensor pixels per input pixel (a product of strides and upsampling
+  factors), and ``trim``: the tensor is ``scale * L - trim`` pixels long for an
+  input window of ``L`` pixels (``L`` a multiple of ``S``). Lengths are affine
+  in ``L`` on that residue class, which is what makes this arithmetic exact.
+* ``lo``/``hi``: the tensor pixels nearest a window edge that may differ from
+  the whole scene's, in tensor pixels. They grow with every layer's reach (a
+  pixel is exact only when everything it reads is) and with the zeros that
+  ``same`` padding (and ``ZeroPadding2D``) insert at a window edge that is not
+  a scene edge. At a scene edge the window's edge *is* the reference's, so
+  every pixel there is exact.
+* ``step``: the least common multiple of the denominators of every scale seen,
+  which is ``S``; ``need``: the input length below which some tensor would be
+  empty; ``origin``: the input position of tensor pixel 0's corner.
 
-Plus ``shrink`` (tensor length = input length - shrink), ``offset`` (tensor
-index ``j`` sits at input pixel ``j + offset``) and ``peak``, the largest
-shrink of any tensor on the way: TF cannot run a window shorter than that, even
-one at a scene edge whose core needs little input (``valid`` then padding). Only layers known to be local
-and translation-equivariant are accepted: anything else is refused, because a
-wrong footprint gives silently wrong borders rather than an error.
+Only layers known to be local and translation-equivariant (under shifts by
+``S``) are accepted: anything else is refused, because a wrong footprint gives
+silently wrong borders rather than an error.
 
 The graph is read, never run: Sequential models by chaining ``model.layers``,
 functional models through each tensor's ``_keras_history`` (Keras 3 keeps no
@@ -27,7 +37,9 @@ public API for walking a graph backwards from its outputs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from fractions import Fraction
+from math import ceil, lcm
 from typing import Any, NoReturn
 
 import numpy as np
@@ -42,79 +54,112 @@ kl = keras.layers
 # Functional is not exported by Keras 3; it is what keras.Model(inputs, outputs) returns.
 Functional = keras.src.models.functional.Functional
 
+_ONE = Fraction(1)
+
+
+def _cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for integers, ``b > 0``."""
+    return -(-a // b)
+
 
 @dataclass(frozen=True, slots=True)
 class _Axis:
-    """One tensor's state along one axis; see the module docstring. Units: pixels."""
+    """One tensor's state along one axis; see the module docstring."""
 
-    ext_lo: int = 0
-    ext_hi: int = 0
-    c_lo: int = 0
-    c_hi: int = 0
-    shrink: int = 0
-    offset: int = 0
-    peak: int = 0
+    scale: Fraction = _ONE
+    trim: int = 0
+    lo: int = 0
+    hi: int = 0
+    step: int = 1
+    need: Fraction = _ONE
+    origin: Fraction = Fraction(0)
 
-    def same(self, k: int) -> _Axis:
-        """A stride-1 ``same`` window of effective size ``k`` (TF pads the extra pixel after)."""
-        lo = (k - 1) // 2
-        hi = k - 1 - lo
-        return replace(
-            self,
-            ext_lo=self.ext_lo - lo,
-            ext_hi=self.ext_hi + hi,
-            c_lo=self.c_lo + lo,
-            c_hi=self.c_hi + hi,
+    def _then(self, scale: Fraction, trim: int, lo: int, hi: int, origin: Fraction) -> _Axis:
+        """The state of the next tensor; keeps ``step`` and ``need`` up to date."""
+        return _Axis(
+            scale=scale,
+            trim=trim,
+            lo=max(0, lo),
+            hi=max(0, hi),
+            step=lcm(self.step, scale.denominator),
+            need=max(self.need, (1 + trim) / scale),  # this tensor must hold at least one pixel
+            origin=origin,
         )
 
-    def valid(self, k: int) -> _Axis:
-        """A stride-1 ``valid`` window of effective size ``k``: out[j] uses in[j .. j+k-1]."""
-        # Contamination stays put: out[j] reaches a contaminated in[] exactly when
-        # j itself lies as close to that edge in the (shorter) output.
-        return replace(
-            self,
-            ext_hi=self.ext_hi + k - 1,
-            shrink=self.shrink + k - 1,
-            offset=self.offset + (k - 1) // 2,
-            peak=max(self.peak, self.shrink + k - 1),
-        )
+    def window(self, k: int, s: int, same: bool) -> _Axis:
+        """A convolution or pooling window of effective size ``k`` and stride ``s``.
+
+        Output ``j`` reads input ``j*s - pad .. j*s - pad + k - 1``. With ``same``,
+        TF pads ``max(k - s + r, 0)`` in all, the smaller half before, where ``r`` is
+        how far the input's length falls short of a multiple of ``s``: the same for
+        every window as for the scene, since both are multiples of ``S`` long.
+        """
+        if same:
+            r = self.trim % s
+            pad = max(k - s + r, 0) // 2
+            trim = self.trim // s
+            hi = _cdiv(self.hi + k - s + r - pad, s)
+        else:
+            r = (-self.trim - k) % s
+            pad = 0
+            trim = -((-self.trim - k) // s) - 1
+            hi = _cdiv(self.hi - r, s)
+        lo = _cdiv(self.lo + pad, s)
+        # Corner of output pixel 0: half the kernel's excess over the stride in, less the padding
+        # (for stride 1: (k - 1) // 2 - pad, the centre of a valid window rounded down).
+        origin = self.origin + Fraction(max(k - s, 0) // 2 - pad) / self.scale
+        return self._then(self.scale / s, trim, lo, hi, origin)
+
+    def transpose(self, k: int, u: int, same: bool) -> _Axis:
+        """``Conv2DTranspose`` of effective size ``k`` and stride ``u``: input ``i`` reaches output ``i*u - pad + t``.
+
+        The output is ``u * n`` long (``same``) or ``u * n + max(k - u, 0)``
+        (``valid``); ``same`` crops ``pad`` pixels before, as TF's gradient of a
+        ``same`` convolution does. Output ``j`` is exact when every input that
+        reaches it is inside the window and exact.
+        """
+        extra = 0 if same else max(k - u, 0)
+        pad = max(k - u, 0) // 2 if same else 0
+        scale = self.scale * u
+        origin = self.origin - Fraction(max(k - u, 0) // 2 - pad) / scale
+        return self._then(scale, u * self.trim - extra, u * self.lo + k - u - pad, u * self.hi + extra + pad, origin)
+
+    def upsample(self, u: int, bilinear: bool) -> _Axis:
+        """``UpSampling2D`` by ``u``: nearest repeats each pixel; bilinear reads the two nearest.
+
+        Bilinear output ``j`` reads input ``floor(x)`` and ``ceil(x)`` at
+        ``x = (j + 0.5) / u - 0.5`` (TF's half-pixel centres), clamped at the
+        window's edges: exact once ``floor(x) >= lo``.
+        """
+        if bilinear:
+            lo, hi = _cdiv(2 * u * self.lo + u - 1, 2), _cdiv(2 * u * self.hi + u - 1, 2)
+        else:
+            lo, hi = u * self.lo, u * self.hi
+        return self._then(self.scale * u, u * self.trim, lo, hi, self.origin)
 
     def pad(self, lo: int, hi: int) -> _Axis:
         """``ZeroPadding2D``: out[j] = in[j - lo]; the new zeros are padding like ``same``'s."""
-        return replace(
-            self,
-            ext_lo=self.ext_lo - lo,
-            ext_hi=self.ext_hi - lo,
-            c_lo=self.c_lo + lo,
-            c_hi=self.c_hi + hi,
-            shrink=self.shrink - lo - hi,
-            offset=self.offset - lo,
-        )
+        return self._then(self.scale, self.trim - lo - hi, self.lo + lo, self.hi + hi, self.origin - lo / self.scale)
 
     def crop(self, lo: int, hi: int) -> _Axis:
-        """``Cropping2D``: out[j] = in[j + lo]; cropping cuts contaminated edges away."""
-        return _Axis(
-            ext_lo=self.ext_lo + lo,
-            ext_hi=self.ext_hi + lo,
-            c_lo=max(0, self.c_lo - lo),
-            c_hi=max(0, self.c_hi - hi),
-            shrink=self.shrink + lo + hi,
-            offset=self.offset + lo,
-            peak=max(self.peak, self.shrink + lo + hi),
-        )
+        """``Cropping2D``: out[j] = in[j + lo]; cropping cuts edge pixels away."""
+        return self._then(self.scale, self.trim + lo + hi, self.lo - lo, self.hi - hi, self.origin + lo / self.scale)
 
     def footprint(self) -> AxisFootprint:
-        """The tile margins that make every core pixel exact."""
-        # Clamped at 0: padding layers can make a raw bound negative, and a
-        # window larger than needed is still exact (all bounds are lower bounds).
-        # The peak terms keep a window clipped at a scene edge longer than peak:
-        # a core at output pixel 0 gets >= 1 + after input pixels, and one at
-        # the last output pixel gets >= 1 + shrink + before.
+        """The window margins, in input pixels and multiples of ``step``, that make every core pixel exact."""
+        step, scale = self.step, self.scale
+
+        def up(value: Fraction) -> int:
+            return max(0, ceil(value / step) * step)
+
         return AxisFootprint(
-            before=max(0, -self.ext_lo, self.c_lo, self.peak - self.shrink),
-            after=max(0, self.ext_hi, self.shrink + self.c_hi, self.peak),
-            shrink=self.shrink,
-            offset=self.offset,
+            before=up(self.lo / scale),
+            after=up((self.trim + self.hi) / scale),
+            shrink=self.trim,
+            offset=self.origin,
+            step=step,
+            scale=scale,
+            min_length=max(step, up(self.need)),
         )
 
 
@@ -122,7 +167,6 @@ _State = tuple[_Axis, _Axis]  # (rows, cols)
 
 _NOT_LOCAL = "is not local: "
 _NO_TILING = ", so no tiling can be exact"
-_STRIDED = "strided and resampling models are not supported (exact tiling of strided layers needs stride-aligned tiles)"
 # Reasons for layers refused by name; any class missing here and from the
 # accepted sets below is refused too, with a generic message.
 _REFUSED: dict[str, str] = {
@@ -135,7 +179,7 @@ _REFUSED: dict[str, str] = {
         name: _NOT_LOCAL + "it reshapes the image's axes, so pixels lose their place" + _NO_TILING
         for name in ("Flatten", "Reshape", "Permute", "RepeatVector")
     },
-    **{name: "changes the resolution: " + _STRIDED for name in ("Conv2DTranspose", "UpSampling2D", "Resizing")},
+    "Resizing": _NOT_LOCAL + "it resizes to a fixed size, so its scale depends on the image's size" + _NO_TILING,
     **{
         name: _NOT_LOCAL + "attention mixes every position of the image" + _NO_TILING
         for name in ("Attention", "AdditiveAttention", "MultiHeadAttention", "GroupedQueryAttention")
@@ -188,6 +232,8 @@ _KNOWN = {
     *_WINDOWED_POOL,
     kl.ZeroPadding2D,
     kl.Cropping2D,
+    kl.UpSampling2D,
+    kl.Conv2DTranspose,
     *_POINTWISE,
     kl.PReLU,
     *_BAND_AXIS_ONLY,
@@ -206,15 +252,15 @@ def footprint_of(model: keras.Model) -> Footprint:
     Returns
     -------
     Footprint
-        Per axis, in input pixels: the margins ``before``/``after`` a tile's
-        core that make its output exact (and its window, clipped at a scene
-        edge, long enough for TF to run), the ``shrink`` of ``valid`` layers
-        and the ``offset`` of output pixel 0.
+        Per axis, in input pixels: the total stride windows align to, the
+        output's scale, the margins ``before``/``after`` a tile's core that make
+        its output exact, the ``shrink`` of ``valid`` layers, the ``offset`` of
+        output pixel 0 and the shortest window TF can run the model on.
 
     Raises
     ------
     UntileableModelError
-        If any layer is not local, is strided, is not a layer tilepipe knows,
+        If any layer is not local, is not a layer tilepipe knows,
         or the model is not one image in and one image out. The message names
         the layer and why.
     ModelError
@@ -342,6 +388,10 @@ def _apply(op: Any, states: list[_State]) -> list[_State]:
         return [_windowed(op, state, tuple(op.kernel_size), tuple(op.dilation_rate))]
     if kind in _WINDOWED_POOL:
         return [_windowed(op, state, tuple(op.pool_size), (1, 1))]
+    if kind is kl.Conv2DTranspose:
+        return [_transposed(op, state)]
+    if kind is kl.UpSampling2D:
+        return [_upsampled(op, state)]
     if kind is kl.ZeroPadding2D:
         (top, bottom), (left, right) = op.padding
         return [(state[0].pad(top, bottom), state[1].pad(left, right))]
@@ -362,40 +412,56 @@ def _apply(op: Any, states: list[_State]) -> list[_State]:
     return [state]
 
 
-def _windowed(op: Any, state: _State, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> _State:
-    """A convolution or pooling window: stride 1, ``same`` or ``valid`` only."""
-    strides = tuple(op.strides)
-    if any(s != 1 for s in strides):
-        # Pooling strides default to pool_size, so MaxPooling2D(2) lands here too.
-        _refuse(op, f"has strides {strides}: {_STRIDED}")
+def _padding(op: Any) -> bool:
+    """Whether ``op`` pads ``same`` (else ``valid``); anything else is refused."""
     padding = str(op.padding).lower()
+    if padding not in ("same", "valid"):
+        _refuse(op, f"has padding {padding!r}; tilepipe knows 'same' and 'valid'")
+    return padding == "same"
+
+
+def _windowed(op: Any, state: _State, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> _State:
+    """A convolution or pooling window, any stride (pooling's defaults to its size)."""
+    same = _padding(op)
+    strides = tuple(op.strides)
     ks = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
-    if padding == "same":
-        return (state[0].same(ks[0]), state[1].same(ks[1]))
-    if padding == "valid":
-        return (state[0].valid(ks[0]), state[1].valid(ks[1]))
-    _refuse(op, f"has padding {padding!r}; tilepipe knows 'same' and 'valid'")
+    return (state[0].window(ks[0], strides[0], same), state[1].window(ks[1], strides[1], same))
+
+
+def _transposed(op: Any, state: _State) -> _State:
+    if op.output_padding is not None:
+        _refuse(op, "sets output_padding, which makes its output's length depend on more than its input's")
+    same = _padding(op)
+    ks = [d * (k - 1) + 1 for k, d in zip(op.kernel_size, op.dilation_rate, strict=True)]
+    return (state[0].transpose(ks[0], op.strides[0], same), state[1].transpose(ks[1], op.strides[1], same))
+
+
+def _upsampled(op: Any, state: _State) -> _State:
+    if op.interpolation not in ("nearest", "bilinear"):
+        _refuse(op, f"interpolates {op.interpolation!r}; tilepipe tiles 'nearest' and 'bilinear' upsampling exactly")
+    bilinear = op.interpolation == "bilinear"
+    return (state[0].upsample(op.size[0], bilinear), state[1].upsample(op.size[1], bilinear))
 
 
 def _merge(op: Any, states: list[_State]) -> _State:
-    """Element-wise merges and band concatenation: the union of their inputs' needs."""
+    """Element-wise merges and band concatenation, skips across scales included: the union of their inputs' needs."""
     if type(op) is kl.Concatenate and op.axis % 4 != 3:
         _refuse(op, f"{_NOT_LOCAL}it concatenates along axis {op.axis}, not the band axis")
     merged = []
     for name, axes in zip(("rows", "cols"), zip(*states, strict=True), strict=True):
-        if len({a.shrink for a in axes}) != 1:
+        if len({(a.scale, a.trim) for a in axes}) != 1:
             _refuse(op, f"merges inputs of different sizes along {name}")
         merged.append(
             _Axis(
-                ext_lo=min(a.ext_lo for a in axes),
-                ext_hi=max(a.ext_hi for a in axes),
-                c_lo=max(a.c_lo for a in axes),
-                c_hi=max(a.c_hi for a in axes),
-                shrink=axes[0].shrink,
-                peak=max(a.peak for a in axes),
-                # Georeferencing follows the first input; equal shrinks keep the
-                # merge translation-equivariant even if offsets differ.
-                offset=axes[0].offset,
+                scale=axes[0].scale,
+                trim=axes[0].trim,
+                lo=max(a.lo for a in axes),
+                hi=max(a.hi for a in axes),
+                step=lcm(*(a.step for a in axes)),
+                need=max(a.need for a in axes),
+                # Georeferencing follows the first input; equal lengths keep the
+                # merge translation-equivariant even if origins differ.
+                origin=axes[0].origin,
             )
         )
     return (merged[0], merged[1])

@@ -8,9 +8,12 @@ kept on the :class:`~tilepipe.model.runner.CompiledModel`, per class.
 
 from __future__ import annotations
 
+from fractions import Fraction
+from math import ceil
+
 import numpy as np
 
-from tilepipe.geometry import Footprint, Window
+from tilepipe.geometry import AxisFootprint, Footprint, Window
 from tilepipe.model.runner import CompiledModel
 
 __all__ = ["empty_response", "zero_response_interior"]
@@ -19,23 +22,43 @@ __all__ = ["empty_response", "zero_response_interior"]
 MAX_CLASSES = 64
 
 
-def _proxy_axis(length: int, shrink: int, reach: int) -> tuple[int, np.ndarray]:
+def _reach(axis: AxisFootprint) -> tuple[int, int, int]:
+    """Output pixels from each window edge an edge can influence, and the period of the interior.
+
+    Beyond ``before * scale`` output pixels from the low edge and
+    ``after * scale - shrink`` from the high edge, a zero window's output is the
+    endless zero scene's, which repeats every ``step * scale`` output pixels (a
+    strided model is equivariant to shifts by its stride; with stride 1 the
+    interior is one value).
+    """
+    scale = Fraction(axis.scale)
+    return int(axis.before * scale), max(0, int(axis.after * scale) - axis.shrink), int(axis.step * scale)
+
+
+def _proxy_axis(length: int, axis: AxisFootprint) -> tuple[int, np.ndarray]:
     """A shorter zero window along one axis that gives the same output, and where to read it.
 
-    In an all-zero window an output pixel's value depends only on its distances
-    to the window's two edges, and not at all once both exceed ``reach`` (the
-    footprint). So a window of ``2 * reach + 1`` output pixels holds every
-    distinct value: output ``j`` of the real window is proxy output ``j`` near
-    the low edge, the same distance from the high edge near it, and the middle
-    one elsewhere. Returns ``(proxy input length, index map)``.
+    ``length`` is a window's input length (a multiple of the stride). Output
+    ``j`` of the real window is proxy output ``j`` near the low edge, the same
+    distance from the high edge near it, and the proxy pixel of the same phase
+    (``j`` modulo the period) in between. Returns ``(proxy input length, index map)``.
     """
-    out_len = length - shrink
-    proxy_out = 2 * reach + 1
+    low, high, period = _reach(axis)
+    out_len = axis.output_span(0, length)[1]
+    proxy = _proxy_length(axis, low + high + period)
+    proxy_out = axis.output_span(0, proxy)[1]
     if out_len <= proxy_out:
         return length, np.arange(out_len)
     j = np.arange(out_len)
-    mapped = np.where(j < reach, j, np.where(j >= out_len - reach, j - (out_len - proxy_out), reach))
-    return proxy_out + shrink, mapped
+    middle = low + (j - low) % period
+    return proxy, np.where(j < low, j, np.where(j >= out_len - high, j - (out_len - proxy_out), middle))
+
+
+def _proxy_length(axis: AxisFootprint, out_len: int) -> int:
+    """The shortest window (a multiple of the stride, long enough to run) with at least ``out_len`` outputs."""
+    scale, step = Fraction(axis.scale), axis.step
+    length = max(axis.min_length, ceil((out_len + axis.shrink) / scale / step) * step)
+    return int(length)
 
 
 def empty_response(
@@ -51,9 +74,8 @@ def empty_response(
         hit = model.empty_cache.get(key)
     if hit is not None:
         return hit
-    r, c = footprint.rows, footprint.cols
-    rows_in, row_map = _proxy_axis(window[0], r.shrink, r.before + r.after)
-    cols_in, col_map = _proxy_axis(window[1], c.shrink, c.before + c.after)
+    rows_in, row_map = _proxy_axis(window[0], footprint.rows)
+    cols_in, col_map = _proxy_axis(window[1], footprint.cols)
     proxy = model(np.zeros((1, rows_in, cols_in, bands), dtype=np.float32))[0]
     full = proxy[np.ix_(row_map[core.row_start : core.row_stop], col_map[core.col_start : core.col_stop])]
     with model.lock:
@@ -64,11 +86,15 @@ def empty_response(
 
 
 def zero_response_interior(model: CompiledModel, footprint: Footprint, bands: int) -> np.ndarray:
-    """Per-band output of the model deep inside an all-zero scene, shape ``(out_bands,)``.
+    """The model's output deep inside an all-zero scene: one period, ``(rows, cols, out_bands)``.
 
-    A window of ``before + after + 1`` pixels per axis holds exactly the
-    footprint of its output pixel ``before``, so that pixel sees no edge.
+    A period is ``step * scale`` output pixels per axis (one pixel for a
+    stride-1 model): a strided model's response to zeros may repeat with its
+    stride (a transposed convolution adds a different number of kernel taps
+    to even and odd pixels) rather than be one value.
     """
-    r, c = footprint.rows, footprint.cols
-    zeros = np.zeros((1, r.before + r.after + 1, c.before + c.after + 1, bands), dtype=np.float32)
-    return np.asarray(model(zeros)[0, r.before, c.before, :], dtype=np.float32)
+    (r_low, r_high, r_period), (c_low, c_high, c_period) = _reach(footprint.rows), _reach(footprint.cols)
+    rows = _proxy_length(footprint.rows, r_low + r_high + r_period)
+    cols = _proxy_length(footprint.cols, c_low + c_high + c_period)
+    out = model(np.zeros((1, rows, cols, bands), dtype=np.float32))[0]
+    return np.asarray(out[r_low : r_low + r_period, c_low : c_low + c_period, :], dtype=np.float32)
