@@ -181,3 +181,30 @@ def test_cli_bad_scheduler_address_is_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_builtin_unet_workflow_on_the_cluster_equals_the_padded_scene(cluster_address: str, tmp_path: Path) -> None:
+    """The U-Net workflow of workflows/unet.yaml, smaller, on a real cluster: stride-aligned tiles, exact."""
+    from tilepipe.model._tf import keras
+    from tilepipe.store import ResultStore
+
+    rng = np.random.default_rng(8)
+    dense = _geotiff(tmp_path / "scene.tif", rng, (4, 301, 275))  # sides not multiples of 8
+    (tmp_path / "unet.yaml").write_text(
+        "input: {path: scene.tif}\n"
+        "model: {builtin: unet}\n"
+        "tiling: {tile_size: 100, halo: auto}\n"
+        "output: {zarr: out/result.zarr}\n"
+        f"cluster: {{address: '{cluster_address}'}}\n"
+    )
+    proc = run_tilepipe("run", str(tmp_path / "unet.yaml"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "tile size 100 rounded up to 104" in proc.stderr
+    # The reference: the saved built-in model, by hand, on the scene padded with zeros to 304 x 280.
+    model = keras.saving.load_model(tmp_path / "out" / "unet_model_4band.keras")
+    padded = np.zeros((1, 304, 280, 4), np.float32)
+    padded[0, :301, :275] = dense
+    reference = np.asarray(model(padded))[0, :301, :275]
+    got = np.moveaxis(ResultStore.open(tmp_path / "out/result.zarr").read(), 0, -1)
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() / np.abs(reference).max() <= 1e-5

@@ -102,8 +102,16 @@ def k8s_objects() -> list[dict[str, Any]]:
     return objects
 
 
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod template's spec of a Deployment or Job, or of a CronJob's job template."""
+    spec = obj.get("spec", {})
+    if obj.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    return dict(spec.get("template", {}).get("spec", {}) or {})
+
+
 def _containers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+    spec = _pod_spec(obj)
     yield from spec.get("initContainers", []) or []
     yield from spec.get("containers", []) or []
 
@@ -335,8 +343,9 @@ def test_kustomization_lists_the_standing_cluster() -> None:
     (kustomization,) = _load_all(K8S / "kustomization.yaml")
     listed = set(kustomization["resources"])
     present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    # The submit Job is a one-shot run, applied on its own once the data is in place.
-    assert listed == present - {"job-submit.yaml"}
+    # The submit Job is a one-shot run, and the watch CronJob a schedule of them: each is
+    # applied on its own once the data (and the scene workflow) is in place.
+    assert listed == present - {"job-submit.yaml", "cronjob-watch.yaml"}
 
 
 def test_k8s_containers_start_known_clis(k8s_objects: list[dict[str, Any]]) -> None:
@@ -397,11 +406,11 @@ def test_k8s_shared_claim(k8s_objects: list[dict[str, Any]]) -> None:
         assert "ReadWriteMany" in claim["spec"]["accessModes"]
     users = 0
     for obj in k8s_objects:
-        for volume in obj.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []) or []:
+        for volume in _pod_spec(obj).get("volumes", []) or []:
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
                 users += 1
-    assert users >= 3, "both worker pools and the submit Job should mount the shared claim"
+    assert users >= 4, "both worker pools, the submit Job and the watch CronJob should mount the shared claim"
 
 
 def test_k8s_submit_job(k8s_objects: list[dict[str, Any]]) -> None:
@@ -412,6 +421,87 @@ def test_k8s_submit_job(k8s_objects: list[dict[str, Any]]) -> None:
     assert argv[:2] == ["tilepipe", "run"]
     assert _option_value(argv, "--scheduler") == f"tcp://tilepipe-scheduler:{SCHEDULER_PORT}"
     assert jobs[0]["spec"]["template"]["spec"]["restartPolicy"] in {"Never", "OnFailure"}
+
+
+def test_k8s_watch_cronjob(k8s_objects: list[dict[str, Any]]) -> None:
+    cronjob = _by_kind_name(k8s_objects, "CronJob", "tilepipe-watch")
+    spec = cronjob["spec"]
+    assert len(spec["schedule"].split()) == 5
+    # One watcher pod at a time: the ledger on the shared claim never has two writers.
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0  # the ledger retries scenes, not the Job
+    pod = _pod_spec(cronjob)
+    assert pod["restartPolicy"] in {"Never", "OnFailure"}
+    assert pod.get("terminationGracePeriodSeconds", 30) >= 60, "SIGTERM lets running scenes finish"
+    (container,) = list(_containers(cronjob))
+    argv = _container_argv(container)
+    assert argv[:3] == ["tilepipe", "watch", "/data/inbox"]
+    assert "--once" in argv
+    assert _option_value(argv, "--workflow") == "/data/watch.yaml"
+    assert _option_value(argv, "--scheduler") == f"tcp://tilepipe-scheduler:{SCHEDULER_PORT}"
+    assert any(m["mountPath"] == "/data" for m in container["volumeMounts"])
+
+
+SYSTEMD = DEPLOY / "systemd"
+
+
+def _unit(path: Path) -> dict[str, dict[str, str]]:
+    """A systemd unit file as {section: {key: value}} (the last value of a repeated key)."""
+    sections: dict[str, dict[str, str]] = {}
+    current = None
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None and "=" in line, f"{path.name}: not a unit file line: {raw!r}"
+        key, _, value = line.partition("=")
+        current[key.strip()] = value.strip()
+    return sections
+
+
+def _watch_argv(exec_start: str) -> list[str]:
+    """The `tilepipe watch ...` part of an ExecStart (run directly or through `docker compose run`)."""
+    argv = shlex.split(exec_start)
+    assert "tilepipe" in argv, exec_start
+    return argv[argv.index("tilepipe"):]
+
+
+def test_systemd_timer_runs_one_pass_against_the_compose_cluster() -> None:
+    service, timer = _unit(SYSTEMD / "tilepipe-watch.service"), _unit(SYSTEMD / "tilepipe-watch.timer")
+    assert service["Service"]["Type"] == "oneshot"  # a timer never starts a oneshot that still runs
+    argv = _watch_argv(service["Service"]["ExecStart"])
+    assert argv[:3] == ["tilepipe", "watch", "/data/inbox"] and "--once" in argv
+    assert _option_value(argv, "--workflow") == "/data/watch.yaml"
+    assert _option_value(argv, "--scheduler") == f"tcp://scheduler:{SCHEDULER_PORT}"
+    launcher = shlex.split(service["Service"]["ExecStart"])
+    assert launcher[0].endswith("docker") and launcher[1:4] == ["compose", "-f", "deploy/compose.yaml"]
+    assert "submit" in launcher[: launcher.index("tilepipe")]  # the compose client service: /data as workers see it
+    assert int(service["Service"]["TimeoutStopSec"]) >= 60
+    assert timer["Timer"]["Unit"] == "tilepipe-watch.service"
+    assert {"OnUnitInactiveSec", "OnCalendar", "OnUnitActiveSec"} & set(timer["Timer"])
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+def test_systemd_long_running_service() -> None:
+    service = _unit(SYSTEMD / "tilepipe-watch-service.service")
+    argv = _watch_argv(service["Service"]["ExecStart"])
+    assert argv[:2] == ["tilepipe", "watch"] and "--once" not in argv
+    assert _option_value(argv, "--interval") is not None
+    assert service["Service"].get("KillSignal", "SIGTERM") in {"SIGTERM", "SIGINT"}
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    for path in SYSTEMD.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, sorted(tmp_path.iterdir()))],
+                            capture_output=True, text=True, timeout=60, check=False)
+    # Missing binaries and users of this machine are not the files' faults; syntax errors are.
+    bad = [line for line in result.stderr.splitlines() if "Unknown" in line or "Failed to parse" in line]
+    assert not bad, result.stderr
 
 
 # --------------------------------------------------------------------------- helm
@@ -459,6 +549,20 @@ def test_dask_cli_options_exist() -> None:
                 assert token.split("=")[0] in known[argv[1]], f"`dask {argv[1]}` has no option {token}"
                 checked += 1
     assert checked
+
+
+def test_tilepipe_watch_options_exist() -> None:
+    """The CronJob and the systemd units call `tilepipe watch` with these options: they must exist."""
+    from tilepipe.cli.watch import command
+
+    options = {o for p in command.params for o in p.opts}
+    used = set()
+    commands = [_watch_argv(_unit(p)["Service"]["ExecStart"]) for p in SYSTEMD.glob("*.service")]
+    for obj in _load_all(K8S / "cronjob-watch.yaml"):
+        commands += [_container_argv(c) for c in _containers(obj)]
+    for argv in commands:
+        used |= {token.split("=")[0] for token in argv if token.startswith("--")}
+    assert used and used <= options, used - options
 
 
 def test_tilepipe_run_options_exist() -> None:

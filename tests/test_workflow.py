@@ -21,9 +21,11 @@ from tilepipe.workflow import (
     InputSpec,
     ModelSpec,
     OutputSpec,
+    SceneWorkflow,
     SyntheticSpec,
     TilingSpec,
     Workflow,
+    load_scene_workflow,
     load_workflow,
     parse_workflow,
 )
@@ -415,7 +417,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     # model
     ({"model.path": "model.h5"}, "model.path: expected a Keras v3 .keras file, got 'model.h5'"),
-    ({"model.path": ..., "model.builtin": "resnet"}, "model.builtin: expected one of: demo, got 'resnet'"),
+    ({"model.path": ..., "model.builtin": "resnet"}, "model.builtin: expected one of: demo, unet, got 'resnet'"),
     # tiling
     ({"tiling.tile_size": -5}, "tiling.tile_size: expected an integer > 0, got -5"),
     ({"tiling.tile_size": 0}, "tiling.tile_size: expected an integer > 0, got 0"),
@@ -550,3 +552,52 @@ def test_parse_workflow_accepts_python_tuples() -> None:
 
     assert wf.tiling.tile_size == (256, 128)
     assert wf.input.bands == (2, 1)
+
+
+# --------------------------------------------------------------------------- scene workflows (tilepipe watch)
+
+
+def test_scene_workflow_binds_each_scene(tmp_path: Path) -> None:
+    # The contract's own spelling: {scene} inside a YAML flow mapping, which plain YAML refuses.
+    path = write(tmp_path, "model: {path: model.keras}\ntiling: {tile_size: 256}\n"
+                           "output: {zarr: out/{scene}.zarr, geotiff: out/{scene}.tif, quicklook: 'ql/{scene}.png'}\n")
+    swf = load_scene_workflow(path)
+    assert isinstance(swf, SceneWorkflow)
+    assert swf.output.zarr == str(tmp_path / "out" / "{scene}.zarr")
+    assert swf.output.scene == str(tmp_path / "out" / "{scene}.scene.zarr")
+    wf = swf.bind("/inbox/T31UDQ_2026.tif")
+    assert isinstance(wf, Workflow)
+    assert wf.input == InputSpec(path="/inbox/T31UDQ_2026.tif")
+    assert wf.output == OutputSpec(zarr=str(tmp_path / "out" / "T31UDQ_2026.zarr"),
+                                   scene=str(tmp_path / "out" / "T31UDQ_2026.scene.zarr"),
+                                   geotiff=str(tmp_path / "out" / "T31UDQ_2026.tif"),
+                                   quicklook=str(tmp_path / "ql" / "T31UDQ_2026.png"))
+    assert wf.tiling.tile_size == (256, 256) and wf.model == swf.model and wf.source == str(path)
+    assert swf.bind("s3://b/in/x.tif", name="y").output.zarr.endswith("/out/y.zarr")
+    url = write(tmp_path, "model: {path: m.keras}\noutput: {zarr: 's3://bucket/out/{scene}/result.zarr'}\n", "u.yaml")
+    assert load_scene_workflow(url).bind("/i/a.tif").output.zarr == "s3://bucket/out/a/result.zarr"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("input: {path: a.tif}\nmodel: {path: m.keras}\noutput: {zarr: 'o/{scene}.zarr'}\n",
+         r"x\.yaml: input: not used when watching"),
+        ("model: {path: m.keras}\noutput: {zarr: o/result.zarr}\n",
+         r"x\.yaml: output\.zarr: expected a path holding \{scene\}.*got 'o/result.zarr'"),
+        ("model: {path: m.keras}\noutput: {zarr: 'o/{scene}.zarr', geotiff: o/one.tif}\n",
+         r"x\.yaml: output\.geotiff: expected a path holding \{scene\}"),
+        ("model: {path: m.keras}\noutput: {zarr: 'o/{name}.zarr'}\n",
+         r"x\.yaml: output\.zarr: expected no placeholder but \{scene\}, got '\{name\}'"),
+        ("model: {path: m.keras}\n", r"x\.yaml: output: missing required key 'output'"),
+    ],
+)
+def test_scene_workflow_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(WorkflowError, match=message):
+        load_scene_workflow(write(tmp_path, text))
+
+
+def test_ordinary_workflows_still_need_input(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: {path: m.keras}\noutput: {zarr: 'o/{scene}.zarr'}\n")
+    with pytest.raises(WorkflowError, match=r"x\.yaml: input: missing required key 'input'"):
+        load_workflow(path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
@@ -41,19 +42,24 @@ __all__ = [
     "InputSpec",
     "ModelSpec",
     "OutputSpec",
+    "SCENE_PLACEHOLDER",
+    "SceneWorkflow",
     "SyntheticSpec",
     "TilingSpec",
     "Workflow",
+    "load_scene_workflow",
     "load_workflow",
+    "parse_scene_workflow",
     "parse_workflow",
 ]
 
 #: Models tilepipe builds itself, usable as ``model: {builtin: <name>}``.
-BUILTIN_MODELS: tuple[str, ...] = ("demo",)
+BUILTIN_MODELS: tuple[str, ...] = ("demo", "unet")
 #: Pixel types a synthetic scene can have.
 SYNTHETIC_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
 DEFAULT_TILE_SIZE = 1024
-
+#: What a scene workflow's output paths hold where the scene file's stem goes.
+SCENE_PLACEHOLDER = "{scene}"
 
 
 # --------------------------------------------------------------------------- specs
@@ -191,6 +197,33 @@ class Workflow:
         return replace(self, cluster=cluster)
 
 
+@dataclass(frozen=True, slots=True)
+class SceneWorkflow:
+    """A workflow run on every scene of a watched inbox: no input; ``{scene}`` in output paths.
+
+    :meth:`bind` makes the ordinary :class:`Workflow` of one scene file.
+    """
+
+    source: str
+    model: ModelSpec
+    tiling: TilingSpec
+    output: OutputSpec
+    cluster: ClusterSpec
+
+    def bind(self, scene: str, *, name: str | None = None) -> Workflow:
+        """The workflow of the scene at ``scene`` (a path), ``{scene}`` replaced by ``name``
+        (default: the file's stem)."""
+        stem = name if name is not None else PurePosixPath(scene.replace(os.sep, "/")).stem
+
+        def sub(where: str | None) -> str | None:
+            return None if where is None else where.replace(SCENE_PLACEHOLDER, stem)
+
+        out = self.output
+        output = OutputSpec(zarr=str(sub(out.zarr)), scene=str(sub(out.scene)), geotiff=sub(out.geotiff),
+                            cog=out.cog, quicklook=sub(out.quicklook))
+        return Workflow(self.source, InputSpec(path=scene), self.model, self.tiling, output, self.cluster)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -204,17 +237,52 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
         workflow. The message names the file and the offending key.
     """
     source = Path(path)
+    return parse_workflow(_read_yaml(source), source=source, base_dir=source.parent.absolute())
+
+
+def load_scene_workflow(path: str | os.PathLike[str]) -> SceneWorkflow:
+    """Read and parse the scene workflow file at ``path`` (what ``tilepipe watch`` runs).
+
+    Raises
+    ------
+    WorkflowError
+        As :func:`load_workflow`; also where the file has an ``input`` section
+        or an output path without ``{scene}``.
+    """
+    source = Path(path)
+    # `{scene}` inside a flow mapping (`output: {zarr: out/{scene}.zarr}`) is not valid YAML: a
+    # stand-in goes through the parser instead, and is put back in every string.
+    data = _restore(_read_yaml(source, stand_in=_SCENE_STAND_IN), _SCENE_STAND_IN)
+    return parse_scene_workflow(data, source=source, base_dir=source.parent.absolute())
+
+
+_SCENE_STAND_IN = "__tilepipe_scene_placeholder__"
+
+
+def _restore(value: object, stand_in: str) -> object:
+    """``value`` with ``stand_in`` replaced by ``{scene}`` in every string, keys included."""
+    if isinstance(value, str):
+        return value.replace(stand_in, SCENE_PLACEHOLDER)
+    if isinstance(value, Mapping):
+        return {_restore(k, stand_in): _restore(v, stand_in) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v, stand_in) for v in value]
+    return value
+
+
+def _read_yaml(source: Path, *, stand_in: str | None = None) -> object:
     try:
         text = source.read_text(encoding="utf-8")
+        if stand_in is not None:
+            text = text.replace(SCENE_PLACEHOLDER, stand_in)
     except UnicodeDecodeError as exc:
         raise WorkflowError(f"{source}: cannot read workflow file: not UTF-8 text") from exc
     except OSError as exc:
         raise WorkflowError(f"{source}: cannot read workflow file: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise WorkflowError(f"{source}: invalid YAML: {_describe_yaml_error(exc)}") from exc
-    return parse_workflow(data, source=source, base_dir=source.parent.absolute())
 
 
 def parse_workflow(data: object, *, source: Path, base_dir: Path) -> Workflow:
@@ -237,6 +305,41 @@ def parse_workflow(data: object, *, source: Path, base_dir: Path) -> Workflow:
         )
     except _Invalid as exc:
         raise exc.error(str(source)) from None
+
+
+def parse_scene_workflow(data: object, *, source: Path, base_dir: Path) -> SceneWorkflow:
+    """Parse already-loaded YAML ``data`` into a :class:`SceneWorkflow` (as :func:`parse_workflow`)."""
+    if data is None:
+        raise WorkflowError(f"{source}: expected a workflow mapping, got an empty file")
+    try:
+        top = _Section(data, "", ("model", "tiling", "output", "cluster"), why={
+            "input": "not used when watching: each scene of the inbox is the input; remove the 'input' section"})
+        output = _parse_output(top.require("output"), base_dir)
+        _require_placeholders(top.require("output"), output)
+        return SceneWorkflow(
+            source=str(source),
+            model=_parse_model(top.require("model"), base_dir),
+            tiling=_parse_tiling(top.get("tiling", {})),
+            output=output,
+            cluster=_parse_cluster(top.get("cluster", {})),
+        )
+    except _Invalid as exc:
+        raise exc.error(str(source)) from None
+
+
+def _require_placeholders(section: object, output: OutputSpec) -> None:
+    """Every output path of a scene workflow names ``{scene}``, else all scenes would write one place."""
+    given = section if isinstance(section, Mapping) else {}
+    for name in ("zarr", "scene", "geotiff", "quicklook"):
+        where = getattr(output, name)
+        if where is None or (name == "scene" and given.get("scene") is None):
+            continue  # the default scene store derives from output.zarr
+        for found in re.findall(r"\{[^{}]*\}", where):
+            if found != SCENE_PLACEHOLDER:
+                raise _Invalid(f"output.{name}", f"expected no placeholder but {SCENE_PLACEHOLDER}, got {found!r}")
+        if SCENE_PLACEHOLDER not in where:
+            raise _Invalid(f"output.{name}", f"expected a path holding {SCENE_PLACEHOLDER} (the scene file's "
+                                             f"stem), got {_show(given.get(name))}")
 
 
 # --------------------------------------------------------------------------- sections
@@ -390,11 +493,14 @@ class _Invalid(Exception):
 class _Section:
     """One mapping of the file, with its key path; ``null`` values count as absent."""
 
-    def __init__(self, value: object, key: str, allowed: tuple[str, ...]) -> None:
+    def __init__(self, value: object, key: str, allowed: tuple[str, ...],
+                 why: Mapping[str, str] | None = None) -> None:
         if not isinstance(value, Mapping):
             what = "a workflow mapping" if not key else "a mapping"
             raise _Invalid(key, f"expected {what} with keys: {', '.join(allowed)}; got {_show(value)}")
         for name in value:
+            if why and name in why:
+                raise _Invalid(self._join(key, name), why[name])
             if name not in allowed:
                 raise _Invalid(self._join(key, name), f"unknown key (expected one of: {', '.join(allowed)})")
         self.key = key

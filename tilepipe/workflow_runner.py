@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM, demo_model_path
+from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM, builtin_model_path
 from tilepipe.execute.cluster import connect
 from tilepipe.execute.ingest import ingest
 from tilepipe.execute.run import RunReport, run_model
@@ -41,10 +42,13 @@ def run_workflow(
     overwrite: bool = False,
     progress: bool = False,
     echo: Callable[[str], Any] | None = None,
+    client: Any = None,
 ) -> WorkflowOutcome:
     """Run a workflow: ingest its input (unless already a scene store), run the model, export.
 
-    ``echo`` receives progress lines for people (the CLI passes ``click.echo``).
+    ``echo`` receives progress lines for people (the CLI passes ``click.echo``). ``client``: a
+    ``distributed.Client`` to run on (kept open, e.g. a watcher's warm one) instead of the
+    workflow's cluster.
 
     Raises :class:`InputError` before anything is written or removed where an
     output is, contains or lies inside an input (``input.path``, ``model.path``)
@@ -56,16 +60,17 @@ def run_workflow(
     t0 = time.perf_counter()
     if wf.model.path is not None:
         model_sha256(wf.model.path)  # a clear error before any cluster starts
-    with connect(
+    given = contextlib.nullcontext(client) if client is not None else None
+    with given or connect(
         wf.cluster.address,
         n_workers=wf.cluster.n_workers,
         threads_per_worker=wf.cluster.threads_per_worker,
         gpu=wf.cluster.gpu,
-    ) as client:
-        dashboard = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
-        say(f"cluster: {client.scheduler.address} ({len(client.scheduler_info()['workers'])} workers)"
+    ) as active:
+        dashboard = getattr(active, "dashboard_link", None) if _has_dashboard(active) else None
+        say(f"cluster: {active.scheduler.address} ({len(active.scheduler_info()['workers'])} workers)"
             + (f", dashboard {dashboard}" if dashboard else ""))
-        model = wf.model.path or _builtin_model(wf, client)
+        model = wf.model.path or _builtin_model(wf, active)
         scene_path = wf.output.scene
         src = wf.input
         if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
@@ -78,14 +83,14 @@ def run_workflow(
             coo = synthetic_scene(spec.shape, bands=spec.bands, occupancy=spec.occupancy,
                                   tile_size=wf.tiling.tile_size, seed=spec.seed, dtype=spec.dtype)
             ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
-                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress, client=client)
+                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress, client=active)
         else:
             assert src.path is not None
             say(f"ingest: {src.path} -> {scene_path}")
             ingest(src.path, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
-                   nodata=src.nodata, bands=src.bands, overwrite=overwrite, client=client, progress=progress)
+                   nodata=src.nodata, bands=src.bands, overwrite=overwrite, client=active, progress=progress)
         say(f"run: {model} over {scene_path} -> {wf.output.zarr}")
-        report = run_model(scene_path, model, wf.output.zarr, client=client, gpu=wf.cluster.gpu,
+        report = run_model(scene_path, model, wf.output.zarr, client=active, gpu=wf.cluster.gpu,
                            batch_size=wf.cluster.batch_size, overwrite=overwrite, progress=progress)
     fresh = not report.up_to_date
     geotiff = _export(wf.output.geotiff, fresh, overwrite, say,
@@ -123,7 +128,7 @@ def _builtin_model(wf: Workflow, client: Any) -> str:
     output = Location.of(wf.output.zarr)
     folder = output.parent.path if output.is_local else "."
     bands = wf.input.synthetic.bands if wf.input.synthetic is not None else _raster_bands(wf)
-    return str(client.submit(demo_model_path, folder, bands, pure=False).result())
+    return str(client.submit(builtin_model_path, wf.model.builtin, folder, bands, pure=False).result())
 
 
 def _raster_bands(wf: Workflow) -> int:

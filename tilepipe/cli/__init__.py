@@ -33,6 +33,8 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "tilepipe.cli.export",
     "info": "tilepipe.cli.info",
     "quicklook": "tilepipe.cli.quicklook",
+    "verify": "tilepipe.cli.verify",
+    "watch": "tilepipe.cli.watch",
 }
 
 

@@ -1,0 +1,337 @@
+"""The ledger: what a watcher knows of every scene, in SQLite (WAL mode), keyed by the scene's identity.
+
+Why SQLite, and where
+---------------------
+One file next to the outputs (``<outputs>/.tilepipe-watch.sqlite``), no server, and
+real transactions: a claim is ``BEGIN IMMEDIATE`` (the database's write lock, taken
+before the row is read), so of two watchers that look at the same queued scene,
+exactly one turns it into ``running``. WAL mode lets ``--status`` read while a
+watcher writes. SQLite's locks need a local file system (its docs warn against
+network file systems, and WAL needs shared memory): watchers on several machines
+keep one ledger each on a local disk and claim through their shared Dask scheduler
+(:mod:`tilepipe.watch.claims`).
+
+Rows and states
+---------------
+A row is one scene: a file name and an identity (the content's sha256, or an
+object store's content tag), so a file rewritten under the same name is a new row.
+States: ``queued`` (seen, not yet taken), ``running`` (claimed; ``owner`` holds a
+lease until ``lease_until``), ``done``, ``failed`` (to be retried after
+``next_try``), ``quarantined`` (failed ``max_attempts`` times; only ``--retry``
+brings it back). A lease ends at ``lease_until`` (the holder renews it while it
+works) or at once where the holder is a process of this machine that is gone
+(:meth:`tilepipe.store.lock.LockHolder.is_gone`): a killed watcher's scene is taken
+again, and resumed, on the next pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tilepipe.errors import StoreError
+from tilepipe.store.lock import LockHolder
+
+__all__ = ["STATES", "Ledger", "SceneRecord"]
+
+#: Every state a scene can be in, in the order a scene goes through them.
+STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "quarantined")
+
+_SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scenes (
+    name TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    location TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    ctime_ns INTEGER,
+    inode INTEGER,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    owner TEXT,
+    owner_token TEXT,
+    lease_until REAL,
+    discovered REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    wall REAL,
+    result TEXT,
+    error TEXT,
+    report TEXT,
+    PRIMARY KEY (name, identity)
+);
+CREATE INDEX IF NOT EXISTS scenes_by_location ON scenes (location, size, mtime_ns);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SceneRecord:
+    """One row of the ledger. Times are seconds since the epoch (UTC), ``wall`` in seconds."""
+
+    name: str
+    identity: str
+    location: str
+    status: str
+    attempts: int
+    next_try: float
+    discovered: float
+    owner: str | None = None
+    owner_token: str | None = None
+    lease_until: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    wall: float | None = None
+    result: str | None = None
+    error: str | None = None
+    report: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """The file name without its last suffix: what ``{scene}`` stands for."""
+        return os.path.splitext(self.name)[0]
+
+    @property
+    def key(self) -> str:
+        """A short, unique, printable name: ``<stem>@<first 12 characters of the identity>``."""
+        return f"{self.stem}@{short_identity(self.identity)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with ISO 8601 times and the run report parsed."""
+        d = asdict(self)
+        d.pop("owner_token")
+        d["key"] = self.key
+        for name in ("started", "ended", "discovered", "next_try", "lease_until"):
+            d[name] = iso(d[name]) if d[name] else None
+        d["report"] = json.loads(self.report) if self.report else None
+        d["owner"] = json.loads(self.owner) if self.owner else None
+        return d
+
+
+def short_identity(identity: str) -> str:
+    """The first 12 hex characters of an identity (its scheme prefix, e.g. ``etag:``, dropped)."""
+    return identity.rsplit(":", 1)[-1][:12]
+
+
+def iso(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601, UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+class Ledger:
+    """The SQLite ledger at ``path`` (created on first use).
+
+    Every method opens its own short connection, so a ledger may be used from
+    several threads and processes at once; writes wait up to ``busy_timeout``
+    seconds for another writer.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 60.0) -> None:
+        self.path = os.path.abspath(path)
+        self.busy_timeout = busy_timeout
+        self._ready = False
+
+    # ------------------------------------------------------------------ connection
+
+    @contextlib.contextmanager
+    def _connect(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        try:
+            if not self._ready:
+                self._create()
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the watch ledger: {exc}") from None
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: the watch ledger failed: {exc}") from None
+        finally:
+            conn.close()
+
+    def _create(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            # WAL: readers (--status) never wait for the writer; set once, it stays with the file.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+        finally:
+            conn.close()
+        self._ready = True
+
+    # ------------------------------------------------------------------ reading
+
+    def records(self) -> list[SceneRecord]:
+        """Every scene the ledger knows, oldest first."""
+        if not os.path.exists(self.path):
+            return []
+        with self._connect(write=False) as conn:
+            rows = conn.execute("SELECT * FROM scenes ORDER BY discovered, name, identity").fetchall()
+        return [_record(row) for row in rows]
+
+    def get(self, name: str, identity: str) -> SceneRecord | None:
+        """The row of this scene, or None."""
+        with self._connect(write=False) as conn:
+            row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
+        return None if row is None else _record(row)
+
+    def known_identity(self, location: str, quick: dict[str, Any]) -> str | None:
+        """The identity recorded for the file at ``location`` as ``quick`` describes it (size, times, inode).
+
+        A cache: a file whose ``stat`` is exactly as when it was hashed is not read again.
+        """
+        with self._connect(write=False) as conn:
+            row = conn.execute(
+                "SELECT identity FROM scenes WHERE location = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ? "
+                "AND inode = ? ORDER BY discovered DESC LIMIT 1",
+                (location, quick.get("size"), quick.get("mtime_ns"), quick.get("ctime_ns"), quick.get("inode")),
+            ).fetchone()
+        return None if row is None else str(row["identity"])
+
+    # ------------------------------------------------------------------ writing
+
+    def see(self, name: str, identity: str, location: str, quick: dict[str, Any]) -> SceneRecord:
+        """Record a settled scene as ``queued`` (if new); its row either way."""
+        now = time.time()
+        with self._connect(write=True) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO scenes (name, identity, location, size, mtime_ns, ctime_ns, inode, status, "
+                "discovered) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (name, identity, location, quick.get("size"), quick.get("mtime_ns"), quick.get("ctime_ns"),
+                 quick.get("inode"), now),
+            )
+            row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
+        return _record(row)
+
+    def claim(self, name: str, identity: str, owner: LockHolder, lease: float) -> SceneRecord | None:
+        """Take the scene for ``owner`` for ``lease`` seconds: the claimed row, or None where it is not
+        to be taken now (done, quarantined, waiting for its retry time, or held by a live lease).
+
+        One transaction (``BEGIN IMMEDIATE``): of watchers claiming at once, one wins.
+        """
+        now = time.time()
+        with self._connect(write=True) as conn:
+            row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
+            if row is None or not _takeable(_record(row), now):
+                return None
+            conn.execute(
+                "UPDATE scenes SET status = 'running', owner = ?, owner_token = ?, lease_until = ?, "
+                "attempts = attempts + 1, started = ?, ended = NULL, wall = NULL WHERE name = ? AND identity = ?",
+                (json.dumps(asdict(owner)), owner.token, now + lease, now, name, identity),
+            )
+            row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
+        return _record(row)
+
+    def renew(self, token: str, lease: float) -> int:
+        """Extend every lease ``token`` holds by ``lease`` seconds from now; how many rows."""
+        with self._connect(write=True) as conn:
+            cur = conn.execute("UPDATE scenes SET lease_until = ? WHERE owner_token = ? AND status = 'running'",
+                               (time.time() + lease, token))
+            return cur.rowcount
+
+    def finish(self, record: SceneRecord, *, result: str | None, report: dict[str, Any] | None,
+               error: str | None = None) -> bool:
+        """Record a claimed scene as ``done``; False where the claim was lost meanwhile (another took over)."""
+        now = time.time()
+        return self._update_claimed(
+            record, "status = 'done', owner = NULL, owner_token = NULL, lease_until = NULL, ended = ?, wall = ?, "
+            "result = ?, report = ?, error = ?",
+            (now, now - (record.started or now), result, json.dumps(report) if report else None, error))
+
+    def fail(self, record: SceneRecord, error: str, *, max_attempts: int, backoff: float) -> SceneRecord:
+        """Record a failed attempt: ``failed`` with a retry time ``backoff * 2**(attempts - 1)`` seconds
+        from now, or ``quarantined`` once ``max_attempts`` attempts failed. The updated row."""
+        now = time.time()
+        quarantine = record.attempts >= max_attempts
+        delay = backoff * 2 ** max(record.attempts - 1, 0)
+        self._update_claimed(
+            record, "status = ?, owner = NULL, owner_token = NULL, lease_until = NULL, ended = ?, wall = ?, "
+            "error = ?, next_try = ?",
+            ("quarantined" if quarantine else "failed", now, now - (record.started or now), error,
+             0.0 if quarantine else now + delay))
+        return self.get(record.name, record.identity) or record
+
+    def release(self, record: SceneRecord) -> None:
+        """Give a claimed scene back unfinished (the watcher was asked to stop): queued again, the
+        interrupted attempt not counted; whatever its run wrote is resumed by the next taker."""
+        self._update_claimed(record, "status = 'queued', owner = NULL, owner_token = NULL, lease_until = NULL, "
+                             "attempts = MAX(attempts - 1, 0)", ())
+
+    def done_elsewhere(self, name: str, identity: str, result: str | None, report: dict[str, Any] | None) -> None:
+        """Record a scene that another watcher finished (its done marker was found) as ``done``."""
+        with self._connect(write=True) as conn:
+            conn.execute(
+                "UPDATE scenes SET status = 'done', owner = NULL, owner_token = NULL, lease_until = NULL, "
+                "result = ?, report = ?, error = NULL, ended = COALESCE(ended, ?) WHERE name = ? AND identity = ?",
+                (result, json.dumps(report) if report else None, time.time(), name, identity),
+            )
+
+    def retry(self, scene: str, *, dry_run: bool = False) -> list[SceneRecord]:
+        """Put the failed or quarantined scenes that ``scene`` names back in the queue; the rows it names.
+
+        ``scene`` is a file name, a stem, a key (``stem@identity``) or the start of an
+        identity. Raises :class:`StoreError` where it names no failed or quarantined scene.
+        """
+        matches = [r for r in self.records() if _names(r, scene)]
+        if not matches:
+            raise StoreError(f"{self.path}: the ledger knows no scene {scene!r} (see --status)")
+        failed = [r for r in matches if r.status in ("failed", "quarantined")]
+        if not failed:
+            states = ", ".join(sorted({f"{r.key} is {r.status}" for r in matches}))
+            raise StoreError(f"{self.path}: scene {scene!r} has not failed ({states}); only failed or "
+                             "quarantined scenes are retried")
+        if not dry_run:
+            with self._connect(write=True) as conn:
+                for r in failed:
+                    conn.execute("UPDATE scenes SET status = 'queued', attempts = 0, next_try = 0 "
+                                 "WHERE name = ? AND identity = ? AND status IN ('failed', 'quarantined')",
+                                 (r.name, r.identity))
+        return failed
+
+    def _update_claimed(self, record: SceneRecord, assignments: str, values: tuple[Any, ...]) -> bool:
+        with self._connect(write=True) as conn:
+            cur = conn.execute(
+                f"UPDATE scenes SET {assignments} WHERE name = ? AND identity = ? AND owner_token = ?",
+                (*values, record.name, record.identity, record.owner_token),
+            )
+            return cur.rowcount == 1
+
+
+def _takeable(record: SceneRecord, now: float) -> bool:
+    if record.status == "queued":
+        return True
+    if record.status == "failed":
+        return record.next_try <= now
+    if record.status == "running":
+        if record.lease_until is not None and record.lease_until < now:
+            return True  # the lease ran out: its holder is gone or cut off
+        holder = LockHolder.parse(record.owner or "")
+        return holder is not None and holder.is_gone()
+    return False  # done, quarantined
+
+
+def _names(record: SceneRecord, scene: str) -> bool:
+    return scene in (record.name, record.stem, record.key, record.location) or (
+        len(scene) >= 6 and short_identity(record.identity).startswith(scene[:12])
+        and record.identity.rsplit(":", 1)[-1].startswith(scene))
+
+
+def _record(row: sqlite3.Row) -> SceneRecord:
+    fields = SceneRecord.__dataclass_fields__
+    return SceneRecord(**{k: row[k] for k in row.keys() if k in fields})  # noqa: SIM118 - Row has no __iter__ of keys

@@ -1,0 +1,373 @@
+"""The watcher: passes over the inbox, claims, runs, retries, quarantine, and the service loop.
+
+A pass lists the inbox, and for every settled scene the ledger does not call done,
+quarantined, waiting for a retry or held by a live lease: waits for a free slot
+(``max_concurrent``), claims it (a ledger transaction; on a shared scheduler also a
+scheduler lock), and runs the scene workflow on it in a thread, on one Dask client
+that stays open for the watcher's life, so the cluster's workers keep their loaded
+models between scenes. A run that fails is recorded as ``failed`` and retried on a
+later pass after ``backoff * 2**(attempts - 1)`` seconds, and quarantined after
+``max_attempts`` attempts; the other scenes go on.
+
+``--once`` is one pass that waits for its scenes; without it the watcher passes
+every ``interval`` seconds until SIGTERM or SIGINT: then it takes no new scene and
+lets the running ones finish (a second signal stops them at once: they go back to
+the queue and their runs resume on the next pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from tilepipe.errors import IncompleteRunError, InputError
+from tilepipe.execute.cluster import connect, resolve_address
+from tilepipe.store.lock import LockHolder
+from tilepipe.watch.claims import SchedulerClaim
+from tilepipe.watch.inbox import Entry, Inbox, remove_tree
+from tilepipe.watch.ledger import Ledger, SceneRecord
+from tilepipe.watch.outputs import Outputs
+from tilepipe.workflow import SceneWorkflow
+
+__all__ = ["Outcome", "WatchOptions", "Watcher"]
+
+log = logging.getLogger("tilepipe.watch")
+
+#: How claims are made: ``ledger`` (SQLite transactions: watchers of one machine), ``scheduler``
+#: (also a lock on the shared Dask scheduler: watchers on several machines), ``auto`` (scheduler
+#: claims where the watcher uses an existing scheduler, else ledger claims).
+CLAIMS: tuple[str, ...] = ("auto", "ledger", "scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    """How a watcher behaves. Times in seconds.
+
+    ``settle``: a scene must have been left alone this long; ``interval``: between
+    passes of the service; ``lease``: how long a claim lasts without renewal (renewed
+    every quarter of it while the scene runs); ``backoff``: the first retry's delay,
+    doubled for each later one; ``on_done``: a command run after each finished scene
+    with the scene's and the result's locations as its last two arguments.
+    """
+
+    settle: float = 5.0
+    interval: float = 60.0
+    max_concurrent: int = 1
+    max_attempts: int = 3
+    backoff: float = 60.0
+    lease: float = 120.0
+    on_done: str | None = None
+    claims: str = "auto"
+    scheduler: str | None = None
+    gpu: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a scene a pass took: ``status`` is ``done``, ``failed``, ``quarantined`` or
+    ``released`` (given back unfinished on a stop); ``line`` is its one-line summary."""
+
+    key: str
+    status: str
+    line: str
+
+
+class _StopNow(BaseException):
+    """A second stop signal: leave the running scenes resumable and stop."""
+
+
+class Watcher:
+    """Watches ``inbox`` and runs ``workflow`` on each new, settled scene exactly once.
+
+    ``say`` receives the lines a person reads (one per scene taken, and notes).
+    """
+
+    def __init__(self, inbox: Inbox, workflow: SceneWorkflow, outputs: Outputs, ledger: Ledger,
+                 options: WatchOptions, say: Callable[[str], Any]) -> None:
+        if options.claims not in CLAIMS:
+            raise InputError(f"claims: expected one of {', '.join(CLAIMS)}, got {options.claims!r}")
+        if inbox.is_local and outputs.root.is_local and outputs.root.overlaps(inbox.location) and (
+                outputs.root.relation(inbox.location) in ("is", "is inside")):
+            raise InputError(f"{outputs.root}: the outputs would be inside the inbox {inbox}, whose files are "
+                             "all taken as scenes; choose another output folder")
+        self.inbox, self.workflow, self.outputs, self.ledger, self.options = inbox, workflow, outputs, ledger, options
+        self.address = resolve_address(options.scheduler or workflow.cluster.address)
+        self.scheduler_claims = options.claims == "scheduler" or (options.claims == "auto" and bool(self.address))
+        self.owner = LockHolder.me()
+        self.stopping = threading.Event()
+        self._say_lock = threading.Lock()
+        self._say = say
+        self._pool = ThreadPoolExecutor(max_workers=options.max_concurrent, thread_name_prefix="tilepipe-watch")
+        self._running: dict[Future[Outcome], SceneRecord] = {}
+        self._running_lock = threading.Lock()
+        self._outcomes: list[Outcome] = []
+        self._stack = contextlib.ExitStack()
+        self._client: Any = None
+        self._heartbeat: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def once(self) -> list[Outcome]:
+        """One pass; waits for the scenes it took. Their outcomes."""
+        with self._signals(), self._stack:
+            try:
+                self.run_pass()
+                self._wait_all()
+            except _StopNow:
+                self._abandon()
+        return list(self._outcomes)
+
+    def serve(self) -> list[Outcome]:
+        """Pass every ``interval`` seconds until stopped by SIGTERM or SIGINT; the outcomes of all passes."""
+        with self._signals(), self._stack:
+            try:
+                while not self.stopping.is_set():
+                    self.run_pass()
+                    self.stopping.wait(self.options.interval)
+                self._wait_all()
+            except _StopNow:
+                self._abandon()
+        return list(self._outcomes)
+
+    def run_pass(self) -> None:
+        """List the inbox; claim and start every scene that is to be run now, as slots free up."""
+        now = time.time()
+        for entry in self.inbox.entries():
+            if self.stopping.is_set():
+                return
+            if not self.inbox.settled(entry, self.options.settle, now):
+                self._note(f"{entry.name}: waiting: changed {max(now - entry.changed, 0):.1f} s ago "
+                           f"(settle time {self.options.settle:g} s)")
+                continue
+            known = self.ledger.known_identity(entry.location, entry.quick) if self.inbox.is_local else None
+            identity = self.inbox.identity(entry, known)
+            if identity is None:
+                self._note(f"{entry.name}: waiting: it changed while it was read")
+                continue
+            record = self.ledger.see(entry.name, identity, entry.location, entry.quick)
+            if not _worth_claiming(record):
+                continue
+            self._wait_for_slot()
+            if self.stopping.is_set():
+                return
+            self._take(entry, identity)
+
+    # ------------------------------------------------------------------ claiming
+
+    def _take(self, entry: Entry, identity: str) -> None:
+        client = self._client_or_start()
+        claim = None
+        if self.scheduler_claims:
+            claim = SchedulerClaim(client, str(self.outputs.root), entry.name, identity)
+            if not claim.take():
+                log.info("%s: taken by another watcher (scheduler lock %s)", entry.name, claim.name)
+                return
+        try:
+            marker = self.outputs.done_marker(entry.name, identity)
+            if marker is not None:
+                self.ledger.done_elsewhere(entry.name, identity, marker.get("result"), marker.get("report"))
+                log.info("%s: done by another watcher (%s)", entry.name, marker.get("host"))
+                if claim is not None:
+                    claim.release()
+                return
+            record = self.ledger.claim(entry.name, identity, self.owner, self.options.lease)
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+        if record is None:
+            if claim is not None:
+                claim.release()
+            return
+        future = self._pool.submit(self._process, entry, record, client, claim)
+        with self._running_lock:
+            self._running[future] = record
+        future.add_done_callback(self._finished)
+        self._start_heartbeat()
+
+    def _finished(self, future: Future[Outcome]) -> None:
+        with self._running_lock:
+            self._running.pop(future, None)
+        if not future.cancelled() and future.exception() is None:
+            self._outcomes.append(future.result())
+
+    def _wait_for_slot(self) -> None:
+        while not self.stopping.is_set():
+            with self._running_lock:
+                running = list(self._running)
+            if len(running) < self.options.max_concurrent:
+                return
+            wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+
+    def _wait_all(self) -> None:
+        while True:
+            with self._running_lock:
+                running = list(self._running)
+            if not running:
+                return
+            wait(running, timeout=1.0)
+
+    # ------------------------------------------------------------------ running one scene
+
+    def _process(self, entry: Entry, record: SceneRecord, client: Any, claim: SchedulerClaim | None) -> Outcome:
+        from tilepipe.workflow_runner import run_workflow  # noqa: PLC0415 - loads the executor: only when a scene runs
+
+        stage = self.outputs.stage_folder(entry.name, record.identity)
+        attempt = f"attempt {record.attempts} of {self.options.max_attempts}"
+        try:
+            log.info("%s: %s, staged in %s", record.key, attempt, stage)
+            local = self.inbox.stage(entry, os.path.join(stage, "input"))
+            final = self.workflow.bind(local, name=entry.stem)
+            staged = self.outputs.staged(final, stage)
+            outcome = run_workflow(staged, client=client, echo=lambda line: log.info("%s: %s", record.key, line))
+            self.outputs.publish(staged, final)
+            report = {**outcome.report.to_dict(), "result": final.output.zarr, "geotiff": final.output.geotiff,
+                      "quicklook": final.output.quicklook, "workflow_seconds": outcome.wall_seconds}
+            self.outputs.mark_done(entry.name, record.identity, final.output.zarr, report)
+            if not self.ledger.finish(record, result=final.output.zarr, report=report):
+                log.warning("%s: its claim was taken over while it ran (lease %s s too short?)",
+                            record.key, self.options.lease)
+            remove_tree(stage)
+            r = outcome.report
+            line = (f"{record.key}: done in {outcome.wall_seconds:.1f} s -> {final.output.zarr} (tiles "
+                    f"{r.tiles_total}: computed {r.computed}, empty {r.empty}, already done {r.already_done})")
+            self._say_line(line)
+            note = self._on_done(entry, final.output.zarr, record)
+            if note:
+                self._say_line(note)
+            return Outcome(record.key, "done", line)
+        except Exception as exc:
+            if self.stopping.is_set() and self._client is None:
+                return Outcome(record.key, "released", f"{record.key}: stopped; resumes on the next pass")
+            message = _one_line(exc)
+            log.error("%s: %s failed: %s", record.key, attempt, message, exc_info=not _expected(exc))
+            after = self.ledger.fail(record, message, max_attempts=self.options.max_attempts,
+                                     backoff=self.options.backoff)
+            if after.status == "quarantined":
+                line = f"{record.key}: quarantined after {after.attempts} attempts: {message}"
+            else:
+                wait_s = max(after.next_try - time.time(), 0.0)
+                line = f"{record.key}: failed ({attempt}; retried after {wait_s:.0f} s): {message}"
+            self._say_line(line)
+            return Outcome(record.key, after.status, line)
+        finally:
+            if claim is not None:
+                claim.release()
+
+    def _on_done(self, entry: Entry, result: str, record: SceneRecord) -> str | None:
+        """Run the ``--on-done`` command; a line to show where it failed."""
+        if not self.options.on_done:
+            return None
+        argv = [*shlex.split(self.options.on_done), entry.location, result]
+        env = {**os.environ, "TILEPIPE_SCENE": entry.location, "TILEPIPE_RESULT": result,
+               "TILEPIPE_SCENE_KEY": record.key}
+        try:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{record.key}: the --on-done command failed: {_one_line(exc)}"
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+            return f"{record.key}: the --on-done command exited {done.returncode}: {tail[0]}"
+        return None
+
+    # ------------------------------------------------------------------ cluster, leases, signals
+
+    def _client_or_start(self) -> Any:
+        """The watcher's one client, connected (or its embedded cluster started) on first need."""
+        if self._client is None:
+            cluster = self.workflow.cluster
+            gpu = cluster.gpu if self.options.gpu is None else self.options.gpu
+            # Unwound last-in first-out: the client closes before the pool is waited for, so a
+            # second stop signal does not wait for the running scenes.
+            self._stack.callback(self._pool.shutdown, wait=True)
+            self._client = self._stack.enter_context(connect(
+                self.address, n_workers=None if self.address else cluster.n_workers,
+                threads_per_worker=None if self.address else cluster.threads_per_worker, gpu=gpu))
+        return self._client
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            return
+
+        def beat() -> None:
+            period = max(self.options.lease / 4, 0.5)
+            while True:
+                time.sleep(period)
+                with self._running_lock:
+                    busy = bool(self._running)
+                if busy:
+                    with contextlib.suppress(Exception):
+                        self.ledger.renew(self.owner.token, self.options.lease)
+
+        self._heartbeat = threading.Thread(target=beat, name="tilepipe-watch-lease", daemon=True)
+        self._heartbeat.start()
+
+    def _abandon(self) -> None:
+        """Give every running scene back to the queue (their runs resume on the next pass)."""
+        with self._running_lock:
+            records = list(self._running.values())
+        for record in records:
+            with contextlib.suppress(Exception):
+                self.ledger.release(record)
+            self._say_line(f"{record.key}: stopped; resumes on the next pass")
+        self._client = None  # its threads now fail as the client closes: not the scenes' failures
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stopping.is_set():
+                raise _StopNow
+            self.stopping.set()
+            with self._running_lock:
+                n = len(self._running)
+            self._say_line(f"{signal.Signals(signum).name}: stopping: no new scenes; "
+                           f"{n} running scene{'s' if n != 1 else ''} finishing (signal again to stop at once)")
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # ------------------------------------------------------------------ lines
+
+    def _say_line(self, line: str) -> None:
+        with self._say_lock:
+            self._say(line)
+
+    def _note(self, line: str) -> None:
+        log.info("%s", line)
+
+
+def _worth_claiming(record: SceneRecord) -> bool:
+    """A cheap look before a claim (the claim's transaction decides)."""
+    if record.status in ("done", "quarantined"):
+        return False
+    return not (record.status == "failed" and record.next_try > time.time())
+
+
+def _expected(exc: BaseException) -> bool:
+    from tilepipe.errors import TilepipeError  # noqa: PLC0415
+
+    return isinstance(exc, (TilepipeError, OSError, IncompleteRunError))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
