@@ -12,7 +12,7 @@ Dependency order, lower never imports higher::
       <- model                 (footprints, loading, per-process caches; TensorFlow)
       <- plan                  (pure: scene info + model facts + status -> RunPlan)
       <- execute               (one executor for ingest and run, on a Client or threads)
-      <- api, conv, export, workflow, workflow_runner, cli
+      <- api, conv, verify, export, workflow, workflow_runner, watch, cli
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ __all__ = [
     "StoreError",
     "TilepipeError",
     "UntileableModelError",
+    "VerifyReport",
     "WorkflowError",
     "__version__",
     "conv_sparse",
@@ -52,6 +53,7 @@ __all__ = [
     "quicklook",
     "run",
     "run_workflow",
+    "verify_result",
 ]
 
 _LAZY = {
@@ -67,6 +69,8 @@ _LAZY = {
     "RunReport": ("tilepipe.execute.run", "RunReport"),
     "IncompleteRunError": ("tilepipe.errors", "IncompleteRunError"),
     "run_workflow": ("tilepipe.workflow_runner", "run_workflow"),
+    "verify_result": ("tilepipe.verify", "verify_result"),
+    "VerifyReport": ("tilepipe.verify", "VerifyReport"),
 }
 
 
