@@ -112,8 +112,9 @@ def empty_sparse_tensor(shape: Sequence[int]) -> tf.SparseTensor:
 
 def expected_status(dense: np.ndarray, tile: int, halo: int, *, free_interior: bool = False) -> np.ndarray:
     """Tile status ``(row, col)``, worked out here: 1 where the haloed, clipped window holds a value, else 2;
-    with ``free_interior`` (every band's response to zeros is the store's fill value), 3 for empty tiles
-    whose haloed window touches no scene edge (recorded, never written)."""
+    with ``free_interior`` (the model's response to zeros deep inside a scene is one value per band, which
+    each band's array takes as its fill value), 3 for empty tiles whose haloed window touches no scene edge
+    (recorded, never written)."""
     rows, cols = dense.shape[:2]
     ny, nx = -(-rows // tile), -(-cols // tile)
     status = np.empty((ny, nx), np.uint8)

@@ -80,7 +80,7 @@ def test_sigkill_mid_run_then_rerun_is_exact(tmp_path: Path, assert_exact: Check
     proc = subprocess.Popen([sys.executable, "-m", "tilepipe", "run", str(wf), "--no-progress"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
-    data = out / "r.zarr" / "data"
+    data = out / "r.zarr" / "band_1"
     while time.monotonic() < deadline and proc.poll() is None:
         if data.is_dir() and sum(1 for _ in data.rglob("*") if _.is_file()) >= 20:
             break

@@ -299,7 +299,7 @@ def slow_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, np.n
 
 
 def _chunks_written(result: Path) -> bool:
-    data = result / "data" / "c"
+    data = result / "band_1" / "c"
     return data.is_dir() and any(p.is_file() for p in data.rglob("*"))
 
 

@@ -82,14 +82,14 @@ def test_plan_run_partitions_the_tiles(
     case: tuple[SceneInfo, ModelFacts, np.ndarray], size: int, workers: int, data: st.DataObject
 ) -> None:
     scene, facts, nnz = case
-    _, fill = plan_result(scene, facts)
+    _, fills = plan_result(scene, facts)
     jobs = plan_jobs(scene.grid, facts.footprint, nnz)
     status = np.zeros((-(-(scene.shape[0] - facts.footprint.rows.shrink) // scene.tile_size[0]),
                        -(-(scene.shape[1] - facts.footprint.cols.shrink) // scene.tile_size[1])), np.uint8)
     done = data.draw(st.sets(st.sampled_from([(j.row, j.col) for j in jobs]))) if jobs else set()
     for r, c in done:
         status[r, c] = data.draw(st.sampled_from([STATUS_COMPUTED, STATUS_EMPTY]))
-    plan = plan_run(scene, facts, nnz, status=status, fill_value=fill, batch_size=size, workers=workers)
+    plan = plan_run(scene, facts, nnz, status=status, fill_values=fills, batch_size=size, workers=workers)
     tasked = [(j.row, j.col) for batch in plan.tasks for j in batch]
     free = [(j.row, j.col) for j in plan.free]
     # Every tile not done is either free or in exactly one task; done tiles are in neither.
@@ -107,19 +107,46 @@ def test_plan_run_partitions_the_tiles(
     assert plan.empty_classes == classes
 
 
-def test_no_free_tiles_where_another_band_does_not_respond_with_the_fill_value() -> None:
+def _interior_tiles(shape: tuple[int, int], tile: int, reach: int) -> set[tuple[int, int]]:
+    """Tiles whose window (core grown by ``reach`` px) stays off every scene edge, by brute force."""
+    rows, cols = shape
+    return {(r, c) for r in range(-(-rows // tile)) for c in range(-(-cols // tile))
+            if r * tile - reach > 0 and c * tile - reach > 0
+            and min((r + 1) * tile, rows) + reach < rows and min((c + 1) * tile, cols) + reach < cols}
+
+
+def test_empty_interior_tiles_are_free_in_every_band_each_with_its_own_fill_value() -> None:
+    scene = _scene((40, 50), 10, 2)
+    nnz = np.zeros((4, 5), np.int64)
+    nnz[2, 3] = 1  # one busy tile: never free
+    interior = _interior_tiles((40, 50), 10, 1) - {(2, 3)}
+    assert interior == {(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)}
+    three = _facts(1, 1, interior=(0.5, 0.7, -1.25))
+    _, fills = plan_result(scene, three)
+    assert fills == (0.5, np.float32(0.7), -1.25)  # each band's own response, as float32
+    plan = plan_run(scene, three, nnz, fill_values=fills, batch_size=8, workers=2)
+    assert {(j.row, j.col) for j in plan.free} == interior
+    assert plan.todo == 20 - len(interior)
+
+
+def test_no_free_tiles_where_a_band_does_not_respond_with_its_own_fill_value() -> None:
     scene = _scene((40, 40), 10, 2)
     nnz = np.zeros((4, 4), np.int64)
-    same = plan_run(scene, _facts(1, 1, interior=(0.5, 0.5)), nnz, fill_value=0.5, batch_size=8, workers=2)
-    other = plan_run(scene, _facts(1, 1, interior=(0.5, 0.7)), nnz, fill_value=0.5, batch_size=8, workers=2)
-    assert len(same.free) == 4  # the 2 x 2 interior tiles
-    assert other.free == () and other.todo == 16
+    facts = _facts(1, 1, interior=(0.5, 0.7))
+    # A format 2 store being resumed holds band 0's fill value for every band.
+    legacy = plan_run(scene, facts, nnz, fill_values=(0.5, 0.5), batch_size=8, workers=2)
+    assert legacy.free == () and legacy.todo == 16
+    # A response that repeats with a stride (transposed convolutions) is no single fill value.
+    periodic = ModelFacts("0" * 64, facts.footprint, 1, 4, (0.5, 0.7), interior_uniform=False)
+    assert plan_run(scene, periodic, nnz, fill_values=(0.5, 0.7), batch_size=8, workers=2).free == ()
+    same = plan_run(scene, facts, nnz, fill_values=(0.5, 0.7), batch_size=8, workers=2)
+    assert {(j.row, j.col) for j in same.free} == _interior_tiles((40, 40), 10, 1) == {(1, 1), (1, 2), (2, 1), (2, 2)}
 
 
 def test_busy_tiles_spread_over_workers() -> None:
     scene = _scene((80, 80), 10, 1)
     nnz = np.ones((8, 8), np.int64)
-    plan = plan_run(scene, _facts(1, 1), nnz, fill_value=0.5, batch_size=32, workers=2)
+    plan = plan_run(scene, _facts(1, 1), nnz, fill_values=(0.5,), batch_size=32, workers=2)
     # 64 busy tiles of 3 window shapes at most 16 a task: at least 4 tasks, about two per worker.
     assert max(len(b) for b in plan.tasks) <= 16
     assert len(batches([], 8, 2)) == 0
@@ -128,11 +155,11 @@ def test_busy_tiles_spread_over_workers() -> None:
 def test_plan_result_shape_transform_fill_and_identity() -> None:
     scene = _scene((50, 40), 16, 4)
     facts = _facts(2, 4, shrink=4, offset=2, interior=(0.25, 0.75))
-    info, fill = plan_result(scene, facts)
+    info, fills = plan_result(scene, facts)
     assert info.shape == (2, 46, 36)
     # 'valid' layers move the output by `offset` pixels: by hand, 1000 + 10 * 2 and 5000 - 10 * 2.
     assert info.transform == (10.0, 0.0, 1020.0, 0.0, -10.0, 4980.0)
-    assert fill == 0.25
+    assert fills == (0.25, 0.75)
     assert info.grid_shape == (3, 3)
     assert info.identity == {"scene": {"path": "x.tif", "tile_size": [16, 16], "halo": 4}, "model_sha256": "0" * 64}
     assert shifted((2.0, 0.5, 0.0, 0.25, -2.0, 0.0), 3, 4) == (2.0, 0.5, 8.0, 0.25, -2.0, -7.25)
@@ -150,7 +177,7 @@ def test_resume_skips_done_tiles_only() -> None:
     nnz = np.ones((3, 3), np.int64)
     status = np.full((3, 3), STATUS_COMPUTED, np.uint8)
     status[1, 2] = STATUS_NOT_DONE
-    plan = plan_run(scene, _facts(1, 1), nnz, status=status, fill_value=0.5, batch_size=8, workers=1)
+    plan = plan_run(scene, _facts(1, 1), nnz, status=status, fill_values=(0.5,), batch_size=8, workers=1)
     assert [(j.row, j.col) for b in plan.tasks for j in b] == [(1, 2)]
     assert plan.already_done == 8
 

@@ -74,11 +74,13 @@ class Case:
         return reference(self.model, self.dense)
 
     def chunk(self, band: int, row: int, col: int) -> Path:
-        return self.result / "data" / "c" / str(band) / str(row) / str(col)
+        """Zero-based ``band``'s chunk file of tile ``(row, col)``: one array per band, ``band_1``, ..."""
+        return self.result / f"band_{band + 1}" / "c" / str(row) / str(col)
 
 
 def _two_band(folder: Path) -> Case:
-    """Two output bands whose responses to zeros differ: no tile is free; busy, edge and interior tiles."""
+    """Two output bands whose responses to zeros differ (each band its own fill value); busy, edge and
+    interior tiles."""
     model = sequential(2, conv(3, 3, padding="same", activation="relu"),
                        conv(2, 3, padding="same", activation="sigmoid"), seed=31)
     dense = patches((50, 50, 2), [(0, 10, 0, 10), (22, 28, 22, 28)], seed=31)
@@ -122,19 +124,25 @@ def test_every_done_tile_writes_every_band_and_only_free_tiles_are_absent(
     two = _two_band(tmp_path / "two")
     two.run(dask_client)
     store = ResultStore.open(two.result, mode="r")
-    assert_exact(store.read(), two.reference(), "two bands, no free tile")
-    status = store.status()
-    assert set(np.unique(status)) == {STATUS_COMPUTED, STATUS_EMPTY}
-    fill = np.float32(store.fill_value)
-    interior_empty = [(r, c) for r, c in np.ndindex(status.shape)
-                      if status[r, c] == STATUS_EMPTY and _interior(two.tile, two.halo, (50, 50), r, c)]
-    assert interior_empty
-    for r, c in np.ndindex(status.shape):
+    assert_exact(store.read(), two.reference(), "two bands, free interior tiles")
+    # The two bands' responses to zeros differ: each has its own fill value, and the empty interior
+    # tiles are free in both (no chunk in either band).
+    fills = np.float32(store.fill_values)
+    assert fills.shape == (2,) and fills[0] != fills[1]
+    expected = expected_status(two.dense, two.tile, two.halo)
+    for r, c in np.ndindex(expected.shape):
+        if expected[r, c] == STATUS_EMPTY and _interior(two.tile, two.halo, (50, 50), r, c):
+            expected[r, c] = STATUS_FREE
+    assert (expected == STATUS_FREE).sum() >= 4
+    np.testing.assert_array_equal(store.status(), expected)
+    for r, c in np.ndindex(expected.shape):
         for band in range(2):
-            assert two.chunk(band, r, c).is_file(), (band, r, c)
-    # Band 0 of an empty interior tile equals the fill value, and its chunk was written all the same.
-    r, c = interior_empty[0]
-    assert np.all(store.data[0, r * 10 : r * 10 + 10, c * 10 : c * 10 + 10] == fill)
+            assert two.chunk(band, r, c).is_file() == (expected[r, c] != STATUS_FREE), (band, r, c)
+    # A free tile reads as each band's own response to zeros (worked out by Keras on zeros, not by tilepipe).
+    r, c = next(zip(*np.nonzero(expected == STATUS_FREE), strict=True))
+    zeros = reference(two.model, np.zeros((50, 50, 2), np.float32))[:, 25, 25]
+    tile = store.data[:, r * 10 : r * 10 + 10, c * 10 : c * 10 + 10]
+    np.testing.assert_allclose(tile, np.broadcast_to(zeros[:, None, None], tile.shape), rtol=1e-5)
 
 
 def test_missing_chunk_is_an_error_naming_the_tile_and_a_rerun_recomputes_it(
@@ -143,9 +151,9 @@ def test_missing_chunk_is_an_error_naming_the_tile_and_a_rerun_recomputes_it(
     case = _two_band(tmp_path)
     case.run(dask_client)
     status = ResultStore.open(case.result, mode="r").status()
-    assert status[2, 2] == STATUS_COMPUTED and status[3, 1] == STATUS_EMPTY
+    assert status[2, 2] == STATUS_COMPUTED and status[4, 1] == STATUS_EMPTY
     case.chunk(1, 2, 2).unlink()  # a computed tile's band 1
-    case.chunk(0, 3, 1).unlink()  # an empty tile's band 0
+    case.chunk(0, 4, 1).unlink()  # an empty (border) tile's band 0
     named = r"tile \(row 2, col 2\) band 1: its data chunk is missing, though the store records the tile computed"
     with pytest.raises(StoreError, match=named):
         export_geotiff(case.result, tmp_path / "out.tif")
@@ -202,11 +210,12 @@ def test_flipped_byte_in_a_result_chunk_is_an_error_naming_the_tile(
 ) -> None:
     case = _two_band(tmp_path)
     case.run(dask_client)
-    chunk = case.chunk(1, 2, 3)
+    assert ResultStore.open(case.result, mode="r").status()[2, 2] == STATUS_COMPUTED
+    chunk = case.chunk(1, 2, 2)
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     chunk.write_bytes(bytes(raw))
-    named = r"tile \(row 2, col 3\) band 1: its data chunk is corrupt \(checksum mismatch\)"
+    named = r"tile \(row 2, col 2\) band 1: its data chunk is corrupt \(checksum mismatch\)"
     with pytest.raises(StoreError, match=named):
         export_geotiff(case.result, tmp_path / "out.tif")
     assert not (tmp_path / "out.tif").exists()
@@ -242,7 +251,7 @@ def test_store_removed_under_a_running_run_is_never_marked_complete(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
-        data = case.result / "data" / "c"
+        data = case.result / "band_1" / "c"
         while not (data.is_dir() and any(p.is_file() for p in data.rglob("*"))):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.01)
@@ -268,7 +277,7 @@ def test_verify_notices_a_store_removed_or_replaced_under_its_writer(tmp_path: P
     info = ResultInfo(shape=(1, 20, 20), transform=(1.0, 0.0, 0.0, 0.0, -1.0, 0.0), crs_wkt=None,
                       tile_size=(10, 10), provenance={"run_id": "first"})
     path = tmp_path / "result.zarr"
-    writer = ResultStore.create(path, info, fill_value=0.0)
+    writer = ResultStore.create(path, info, fill_values=(0.0,))
     for r in range(2):
         for c in range(2):
             writer.write_core(Window(r * 10, r * 10 + 10, c * 10, c * 10 + 10), np.ones((10, 10, 1), np.float32))
@@ -276,7 +285,7 @@ def test_verify_notices_a_store_removed_or_replaced_under_its_writer(tmp_path: P
     writer.verify(all_done=True)
     # Another process that ignored the lock replaces the store with its own, of the same run.
     shutil.rmtree(path)
-    ResultStore.create(path, dataclasses.replace(info, provenance={"run_id": "second"}), fill_value=0.0)
+    ResultStore.create(path, dataclasses.replace(info, provenance={"run_id": "second"}), fill_values=(0.0,))
     with pytest.raises(StoreError, match=r"replaced by another run's \(run id second, expected first\)"):
         writer.verify(all_done=True)
     shutil.rmtree(path)

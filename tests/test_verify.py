@@ -96,9 +96,9 @@ def _damaged_copy(result: Path, to: Path, tile: tuple[int, int] = DAMAGED, size:
     import zarr
 
     shutil.copytree(result, to)
-    data = zarr.open_array(str(to / "data"), mode="r+")
+    data = zarr.open_array(str(to / "band_2"), mode="r+")  # one array per band: band 1 (0-based) is band_2
     r, c = tile
-    block = (1, slice(r * size, (r + 1) * size), slice(c * size, (c + 1) * size))
+    block = (slice(r * size, (r + 1) * size), slice(c * size, (c + 1) * size))
     data[block] = np.asarray(data[block]) + np.float32(1.0)
     return to
 

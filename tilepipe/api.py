@@ -115,7 +115,8 @@ def _result_info(path: str) -> dict[str, Any]:
         "crs": _crs_name(ri.crs_wkt),
         "transform": list(ri.transform),
         "tile_size": list(ri.tile_size),
-        "fill_value": res.fill_value,
+        "fill_values": list(res.fill_values),
+        "format_version": ri.format_version,
         "status": {
             "todo": int((status == STATUS_NOT_DONE).sum()),
             "computed": int((status == STATUS_COMPUTED).sum()),

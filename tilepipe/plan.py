@@ -213,13 +213,16 @@ def run_identity(scene: SceneInfo, model_sha256: str) -> dict[str, Any]:
     }
 
 
-def plan_result(scene: SceneInfo, facts: ModelFacts, *, scene_name: str = "") -> tuple[ResultInfo, float]:
-    """The result store a run of ``facts``' model over ``scene`` writes, and its fill value.
+def plan_result(
+    scene: SceneInfo, facts: ModelFacts, *, scene_name: str = ""
+) -> tuple[ResultInfo, tuple[float, ...]]:
+    """The result store a run of ``facts``' model over ``scene`` writes, and its fill values.
 
     The output covers the scene at the model's output scale, shrunk by ``valid``
     layers and moved by their offset; its tiles are the scene's, scaled. The
-    fill value is band 0's response deep inside an all-zero scene: what the
-    tiles :func:`plan_run` finds free read as.
+    fill values, one per output band (float32 values), are each band's response
+    deep inside an all-zero scene: what the tiles :func:`plan_run` finds free
+    read as, in every band.
 
     Raises
     ------
@@ -255,15 +258,15 @@ def plan_result(scene: SceneInfo, facts: ModelFacts, *, scene_name: str = "") ->
         tile_size=tile_size,
         identity=run_identity(scene, facts.sha256),
     )
-    return info, float(np.float32(facts.interior[0]))
+    return info, tuple(float(np.float32(v)) for v in facts.interior)
 
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     """What one run does. Tiles are :class:`TileJob` values; counts are tiles.
 
-    ``free`` are empty tiles away from every scene border whose response is the
-    store's fill value in every band: recorded :data:`~tilepipe.store.result.STATUS_FREE`,
+    ``free`` are empty tiles away from every scene border whose response is, in
+    every band, that band's fill value in the store: recorded :data:`~tilepipe.store.result.STATUS_FREE`,
     never computed or written (the one case where an absent chunk is a value).
     ``tasks`` hold every other tile still to do, batched; each of them writes
     every band's chunk.
@@ -291,7 +294,7 @@ def plan_run(
     nnz: np.ndarray,
     *,
     status: np.ndarray | None = None,
-    fill_value: float,
+    fill_values: Sequence[float],
     batch_size: int,
     workers: int,
 ) -> RunPlan:
@@ -306,17 +309,20 @@ def plan_run(
     status
         The result store's status grid of an earlier, unfinished run of the same
         identity: tiles not ``STATUS_NOT_DONE`` are skipped. None: a new run.
-    fill_value
-        What the chunks of free tiles, never written, read as.
+    fill_values
+        What the chunks of free tiles, never written, read as: one value per
+        output band (the result store's, :attr:`~tilepipe.store.result.ResultStore.fill_values`).
     batch_size, workers
         Busy tiles per task at most, and how many workers share the tasks.
     """
     jobs = plan_jobs(scene.grid, facts.footprint, nnz)
     todo = [j for j in jobs if status is None or status[j.row, j.col] == STATUS_NOT_DONE]
-    # An empty interior tile is free only where every band's response is the fill value.
-    free_interior = facts.interior_uniform and bool(
-        np.all(np.asarray(facts.interior, dtype=np.float32) == np.float32(fill_value))
-    )
+    # An empty interior tile is free only where every band's response is that band's fill value:
+    # true by construction of a new store (its fill values are the interior responses), not
+    # necessarily of a format 2 store being resumed (band 0's response for every band).
+    interior = np.asarray(facts.interior, dtype=np.float32)
+    fills = np.asarray(fill_values, dtype=np.float32)
+    free_interior = facts.interior_uniform and interior.shape == fills.shape and bool(np.all(interior == fills))
     padded = facts.footprint.padded_shape(scene.shape)
     free = tuple(j for j in todo if j.empty and free_interior and not touches_border(j, padded))
     free_ids = {(j.row, j.col) for j in free}

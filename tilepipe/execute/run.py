@@ -167,9 +167,9 @@ def run_model(
             # TensorFlow, all at once: the first worker up does not take every task then.
             check_workers(client, inputs=[scene_path, mf.path], outputs=[result_path], start_tensorflow=True)
             facts = facts_on_worker(client, mf, scene.info.bands, gpu=gpu)
-            layout, fill = plan_result(scene.info, facts, scene_name=scene_path)
+            layout, fills = plan_result(scene.info, facts, scene_name=scene_path)
             layout = replace(layout, provenance=_provenance(scene, mf, facts))
-            result, resumed = _open_or_create(location, layout, fill, overwrite)
+            result, resumed = _open_or_create(location, layout, fills, overwrite)
             repaired = _repair(result) if resumed else 0
             if resumed and result.complete:
                 stored = result.info.report or {}
@@ -179,7 +179,8 @@ def run_model(
             plan = plan_run(
                 scene.info, facts, scene.index(),
                 status=status,
-                fill_value=fill,
+                # The store's own: a resumed format 2 store has band 0's for every band.
+                fill_values=result.fill_values,
                 batch_size=batch_size or (_BATCH_GPU if gpu else _BATCH_CPU),
                 workers=len(client.scheduler_info().get("workers", {})),
             )
@@ -213,7 +214,9 @@ def _provenance(scene: SceneStore, mf: ModelFile, facts: ModelFacts) -> dict[str
     }
 
 
-def _open_or_create(location: Location, layout: ResultInfo, fill: float, overwrite: bool) -> tuple[ResultStore, bool]:
+def _open_or_create(
+    location: Location, layout: ResultInfo, fills: tuple[float, ...], overwrite: bool
+) -> tuple[ResultStore, bool]:
     """The result store to write: an existing one of the same run (resumed), or a new one for ``layout``."""
 
     def same_run() -> bool:
@@ -232,7 +235,7 @@ def _open_or_create(location: Location, layout: ResultInfo, fill: float, overwri
         "run_id": uuid.uuid4().hex,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return ResultStore.create(location, replace(layout, provenance=provenance), fill_value=fill), False
+    return ResultStore.create(location, replace(layout, provenance=provenance), fill_values=fills), False
 
 
 def _execute(

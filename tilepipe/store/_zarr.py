@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -20,6 +21,7 @@ from tilepipe.location import Location
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_FORMATS",
     "SCENE_FORMAT_VERSION",
     "chunk_problem",
     "compressors",
@@ -32,13 +34,17 @@ __all__ = [
     "vlen_bytes_dtype",
 ]
 
-#: Format of result stores. 2: every chunk carries a crc32c checksum, and every tile not
-#: recorded FREE has all its chunks written (see :mod:`tilepipe.store.result`).
-FORMAT_VERSION = 2
+#: Format of result stores written now. 2: every chunk carries a crc32c checksum, and every tile
+#: not recorded FREE has all its chunks written. 3: one array per output band, each with its own
+#: fill value, and CF georeferencing (see :mod:`tilepipe.store.result`).
+FORMAT_VERSION = 3
 
 #: Format of scene stores. 2: every chunk carries a crc32c checksum, the index's fill value -1
 #: means "not written", and each block records its entry count (see :mod:`tilepipe.store.scene`).
 SCENE_FORMAT_VERSION = 2
+
+#: Formats each kind of store is read in (format 2 result stores stay readable, and resumable).
+READABLE_FORMATS = {"scene": (SCENE_FORMAT_VERSION,), "result": (2, FORMAT_VERSION)}
 
 # What to do about a store of another format, per kind: the store must be made again.
 _REMAKE = {"scene": "ingest again with --overwrite", "result": "run again with --overwrite"}
@@ -75,8 +81,11 @@ def store_exists(location: Location) -> bool:
     return True
 
 
-#: What a tilepipe store's folder holds: its group metadata and its arrays.
-_STORE_ENTRIES = frozenset({"zarr.json", "tiles", "nnz", "entries", "data", "status", "x", "y", "band"})
+#: What a tilepipe store's folder holds: its group metadata and its arrays (and ``band_<n>``, one per band).
+_STORE_ENTRIES = frozenset(
+    {"zarr.json", "tiles", "nnz", "entries", "data", "status", "x", "y", "band", "spatial_ref"}
+)
+_BAND_ENTRY = re.compile(r"band_[1-9][0-9]*")
 
 
 def _is_tilepipe_store(location: Location) -> bool:
@@ -88,7 +97,8 @@ def _is_tilepipe_store(location: Location) -> bool:
             meta = json.load(fh)
     except (OSError, ValueError):
         try:
-            return set(os.listdir(location.path)) <= _STORE_ENTRIES
+            return all(name in _STORE_ENTRIES or _BAND_ENTRY.fullmatch(name)
+                       for name in os.listdir(location.path))
         except OSError:
             return False
     return isinstance(meta, dict) and isinstance(meta.get("attributes", {}).get("tilepipe"), dict)
@@ -157,10 +167,12 @@ def open_group(location: Location, mode: str, *, kind: str) -> tuple[zarr.Group,
         found = attrs.get("kind") if isinstance(attrs, dict) else None
         what = f"a tilepipe {found} store" if found else "not a tilepipe store"
         raise WrongStoreKindError(f"{location}: expected a tilepipe {kind} store, found {what}", found)
-    supported = SCENE_FORMAT_VERSION if kind == "scene" else FORMAT_VERSION
-    if attrs.get("format_version") != supported:
+    supported = READABLE_FORMATS.get(kind, ())
+    if attrs.get("format_version") not in supported:
+        which = (f"the supported {supported[0]}" if len(supported) == 1
+                 else f"one of the supported {', '.join(str(v) for v in supported)}")
         raise StoreError(
-            f"{location}: store format {attrs.get('format_version')} is not the supported {supported}; "
+            f"{location}: store format {attrs.get('format_version')} is not {which}; "
             f"{_REMAKE.get(kind, 'make it again')}"
         )
     return group, attrs

@@ -1,42 +1,55 @@
-"""The result store: the model's output as a dense, georeferenced Zarr v3 array.
+"""The result store: the model's output as a dense, georeferenced Zarr v3 group.
 
-Layout
-------
+Layout (format 3)
+-----------------
 ``zarr.json`` attributes, key ``"tilepipe"``
     Format version, ``shape = (bands, rows, cols)``, CRS (WKT), affine
     transform of the output grid, ``complete`` (false until every tile is
     done and checked), provenance (model sha256, halo, tile size, tilepipe
     version, scene store identity, run id) and the run report.
-``data``
-    float32 ``(band, y, x)``, one chunk per band and tile core, so every tile
-    writes chunks of its own only: safe in parallel, and idempotent (a tile
-    run twice writes the same bytes). Every chunk carries a crc32c checksum.
+``band_1`` ... ``band_<bands>``
+    One float32 ``(y, x)`` array per output band, one chunk per tile core, so
+    every tile writes chunks of its own only: safe in parallel, and idempotent
+    (a tile run twice writes the same bytes). Every chunk carries a crc32c
+    checksum. Each array's fill value is its own band's response deep inside an
+    all-zero scene: one array per band, because one Zarr array has one fill
+    value, and an absent chunk must read right in every reader (xarray, zarr),
+    not only in tilepipe's. :attr:`ResultStore.data` shows them as one
+    ``(band, y, x)`` array.
 ``status``
     uint8 per tile: 0 not done, 1 computed, 2 empty, 3 free. One chunk per
     block of tiles, written only by the client as tasks finish (a task that
     dies before its status is written is simply redone). A rerun resumes from it.
-``y``, ``x``, ``band``
-    Coordinates (pixel centres in CRS units) so ``xarray.open_zarr`` gives
-    named, georeferenced axes.
+``spatial_ref``, ``y``, ``x``
+    CF georeferencing (:mod:`tilepipe.store._cf`): a grid mapping with the CRS
+    (``crs_wkt``) and ``GeoTransform``, named by every band's ``grid_mapping``,
+    and pixel-centre coordinates, so ``xarray.open_zarr`` gives variables whose
+    ``rio.crs``, ``rio.transform()`` (rioxarray) and ``odc.geobox`` (odc-geo)
+    are the result's grid.
+
+Format 2 stores (one ``(band, y, x)`` array ``data`` with band 0's fill value
+for every band, and a ``band`` coordinate) are still read, verified, exported
+and resumed; a run writes format 3.
 
 An absent chunk, and why it is never ambiguous
 ----------------------------------------------
-The fill value is the model's response to an all-zero interior window
-(band 0). A tile recorded *free* (an empty interior tile whose every band's
-response is that fill value) is never written: its absent chunks read as
-exactly its values. Every other done tile, *computed* or *empty*, writes the
-chunk of every band, even one that equals the fill value (a compressed
-constant chunk costs a few bytes). So for a done tile an absent chunk means
-one thing only: the store is damaged. :meth:`ResultStore.verify` checks that
-against one listing of the chunks, at the end of every run, on a rerun that
-would call the store up to date, and before every export.
+A tile recorded *free* (an empty interior tile whose response in every band
+is that band's fill value) is never written: its absent chunks read as exactly
+its values. Every other done tile, *computed* or *empty*, writes the chunk of
+every band, even one that equals the fill value (a compressed constant chunk
+costs a few bytes). So for a done tile an absent chunk means one thing only:
+the store is damaged. :meth:`ResultStore.verify` checks that against one
+listing of the chunks, at the end of every run, on a rerun that would call the
+store up to date, and before every export.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,18 +61,25 @@ from zarr.core.sync import sync
 from tilepipe.errors import StoreError
 from tilepipe.geometry import Window
 from tilepipe.location import Location
+from tilepipe.store import _cf
 from tilepipe.store._zarr import FORMAT_VERSION, chunk_problem, compressors, create_group, open_group
 from tilepipe.store.scene import block_size_for
 
 __all__ = [
+    "LEGACY_FORMAT_VERSION",
     "STATUS_COMPUTED",
     "STATUS_EMPTY",
     "STATUS_FREE",
     "STATUS_NOT_DONE",
+    "BandStack",
     "ResultInfo",
     "ResultStore",
     "TileDamage",
+    "band_array_name",
 ]
+
+#: The result store format with one ``(band, y, x)`` array ``data`` and one fill value (still read).
+LEGACY_FORMAT_VERSION = 2
 
 #: Not done yet: nothing of the tile may be read.
 STATUS_NOT_DONE = 0
@@ -67,7 +87,7 @@ STATUS_NOT_DONE = 0
 STATUS_COMPUTED = 1
 #: Empty (no input in its window), its response to zeros written to every band's chunk.
 STATUS_EMPTY = 2
-#: Empty, away from every border, its response the fill value in every band: recorded, never written.
+#: Empty, away from every border, its response each band's fill value: recorded, never written.
 STATUS_FREE = 3
 
 _DONE_WRITTEN = (STATUS_COMPUTED, STATUS_EMPTY)
@@ -103,7 +123,7 @@ class TileDamage:
                     f"{_STATUS_WORDS.get(self.status, 'done')}")
         if self.problem == "stray":
             return (f"{tile} band {self.band}: holds a data chunk, though the store records the tile free "
-                    "(it must read as the fill value)")
+                    "(it must read as the band's fill value)")
         if self.problem == "not done":
             return f"{tile}: not done, though the store is marked complete"
         if self.problem == "unfinished":
@@ -133,6 +153,9 @@ class ResultInfo:
         Whether every tile was written and checked.
     report : dict or None
         The last run's report (:meth:`tilepipe.execute.run.RunReport.to_dict`).
+    format_version : int
+        The store's layout: :data:`FORMAT_VERSION` (one array per band) for a new
+        store, :data:`LEGACY_FORMAT_VERSION` for an older one.
     """
 
     shape: tuple[int, int, int]
@@ -143,6 +166,7 @@ class ResultInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     report: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -152,7 +176,7 @@ class ResultInfo:
     def to_attrs(self) -> dict[str, Any]:
         """JSON-ready ``tilepipe`` attributes."""
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "kind": "result",
             "shape": list(self.shape),
             "tile_size": list(self.tile_size),
@@ -190,6 +214,7 @@ class ResultInfo:
         provenance = dict(provenance) if isinstance(provenance, dict) else {}
         identity = provenance.pop("identity", None)
         report = d.get("report")
+        version = d.get("format_version", FORMAT_VERSION)
         return cls(
             shape=(shape[0], shape[1], shape[2]),
             transform=(transform[0], transform[1], transform[2], transform[3], transform[4], transform[5]),
@@ -199,43 +224,169 @@ class ResultInfo:
             provenance=provenance,
             complete=d.get("complete") is True,
             report=report if isinstance(report, dict) else None,
+            format_version=version if isinstance(version, int) else FORMAT_VERSION,
         )
 
 
-class ResultStore:
-    """A result store; cheap to open, nothing read eagerly."""
+def band_array_name(band: int) -> str:
+    """The name of the Zarr array of zero-based ``band`` in a format 3 store: ``band_1``, ``band_2``, ..."""
+    return f"band_{band + 1}"
 
-    def __init__(self, location: Location, group: zarr.Group, info: ResultInfo) -> None:
+
+class BandStack:
+    """A result's bands as one float32 ``(band, y, x)`` array, whatever the store's layout.
+
+    ``stack[b, rows, cols]`` reads band ``b`` (an int) or a slice of bands
+    (stacked), ``rows`` and ``cols`` being ints or slices; assigning to
+    ``stack[b, rows, cols]`` writes band ``b``. A format 3 store keeps band ``b`` in
+    an array of its own (its own fill value), a format 2 store at index ``b`` of
+    one ``(band, y, x)`` array: each band is a ``(zarr array, leading index)`` pair.
+    ``shape`` and ``chunks`` are those of the ``(band, y, x)`` view.
+    """
+
+    def __init__(self, planes: Sequence[tuple[Any, tuple[int, ...]]], shape: tuple[int, int, int],
+                 tile_size: tuple[int, int]) -> None:
+        if len(planes) != shape[0]:
+            raise ValueError(f"Expected {shape[0]} bands. Got {len(planes)} instead.")
+        self._planes = tuple(planes)
+        self.shape = shape
+        self.chunks = (1, *tile_size)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def array(self, band: int) -> tuple[Any, tuple[int, ...]]:
+        """The Zarr array that holds ``band`` and the band's leading index in it (``()`` for its own array)."""
+        return self._planes[band]
+
+    def fill_value(self, band: int) -> float:
+        """What an absent chunk of ``band`` reads as."""
+        return float(self._planes[band][0].fill_value)
+
+    def chunk_key(self, band: int, row: int, col: int) -> str:
+        """The store key of band ``band``'s chunk of tile ``(row, col)`` (whatever the chunk key encoding)."""
+        array, lead = self._planes[band]
+        return array_prefix(array) + str(array.metadata.encode_chunk_key((*lead, row, col)))
+
+    def arrays(self) -> list[Any]:
+        """The distinct Zarr arrays that hold the bands."""
+        seen: dict[str, Any] = {}
+        for array, _ in self._planes:
+            seen.setdefault(array_prefix(array), array)
+        return list(seen.values())
+
+    def _split(self, key: Any) -> tuple[Any, tuple[Any, Any]]:
+        parts = key if isinstance(key, tuple) else (key,)
+        if parts and parts[0] is Ellipsis:
+            parts = (slice(None), *parts[1:])
+        if len(parts) > 3 or any(p is Ellipsis for p in parts[1:]):
+            raise IndexError(f"Expected (band, rows, cols) indices. Got {key!r} instead.")
+        band, *rest = parts or (slice(None),)
+        rest += [slice(None)] * (2 - len(rest))
+        return band, (rest[0], rest[1])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        band, (rows, cols) = self._split(key)
+        if isinstance(band, slice):
+            planes = [self[b, rows, cols] for b in range(*band.indices(self.shape[0]))]
+            if planes:
+                return np.stack(planes)
+            return np.empty((0, *np.empty(self.shape[1:], np.bool_)[rows, cols].shape), np.float32)
+        array, lead = self._planes[int(band)]
+        return np.asarray(array[(*lead, rows, cols)])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        band, (rows, cols) = self._split(key)
+        if isinstance(band, slice):
+            values = np.asarray(value, dtype=np.float32)
+            for i, b in enumerate(range(*band.indices(self.shape[0]))):
+                self[b, rows, cols] = values[i] if values.ndim == 3 else values
+            return
+        array, lead = self._planes[int(band)]
+        array[(*lead, rows, cols)] = value
+
+    def write(self, rows: slice, cols: slice, planes: np.ndarray) -> None:
+        """Write ``planes`` ``(band, y, x)`` into every band's ``rows`` and ``cols``, the bands at once."""
+
+        async def write_all() -> None:
+            await asyncio.gather(*(
+                array.async_array.setitem((*lead, rows, cols), plane)
+                for (array, lead), plane in zip(self._planes, planes, strict=True)
+            ))
+
+        sync(write_all())
+
+
+def array_prefix(array: Any) -> str:
+    """Where a Zarr array's keys start in its store (``"band_1/"`` for a store at a group's root)."""
+    path = str(array.store_path.path)
+    return f"{path.rstrip('/')}/" if path else ""
+
+
+def _array(group: zarr.Group, name: str, location: Location) -> Any:
+    """The group's array ``name``, set to write every chunk (see :data:`_WRITE_EVERY_CHUNK`)."""
+    array = group.get(name)
+    if not isinstance(array, zarr.Array):
+        raise StoreError(f"{location}: the result store has no '{name}' array")
+    return array.with_config(_WRITE_EVERY_CHUNK)
+
+
+def _check_array(array: Any, name: str, shape: tuple[int, ...], location: Location, axes: str) -> None:
+    if tuple(array.shape) != shape:
+        raise StoreError(f"{location}: '{name}' has shape {tuple(array.shape)}, but the store says {shape} "
+                         f"(expected {axes})")
+    if np.dtype(array.dtype) != np.float32:
+        raise StoreError(f"{location}: '{name}' holds {array.dtype}, expected float32")
+
+
+class ResultStore:
+    """A result store; cheap to open, nothing but metadata read eagerly."""
+
+    def __init__(self, location: Location, group: zarr.Group, info: ResultInfo, bands: BandStack) -> None:
         self.location = location
         self.path = str(location)
         self._group = group
         self.info = info
-        self._data: Any = None
+        self._bands = bands
         self._status: Any = None
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str] | Location, info: ResultInfo, *, fill_value: float) -> ResultStore:
+    def create(
+        cls, path: str | os.PathLike[str] | Location, info: ResultInfo, *, fill_values: Sequence[float]
+    ) -> ResultStore:
         """Create an empty, incomplete result store described by ``info`` (replacing whatever is at ``path``).
 
-        ``fill_value`` is what the chunks of free tiles (:data:`STATUS_FREE`) read as:
-        the model's response to an all-zero interior window in band 0.
+        ``fill_values`` holds one value per band: what the chunks of free tiles
+        (:data:`STATUS_FREE`) read as, the model's response to an all-zero interior
+        window in that band. The store is written in :data:`FORMAT_VERSION`.
         """
+        bands, rows, cols = info.shape
+        fills = tuple(float(np.float32(v)) for v in fill_values)
+        if len(fills) != bands:
+            raise ValueError(f"Expected {bands} fill values, one per band. Got {len(fills)} instead.")
+        info = replace(info, format_version=FORMAT_VERSION)
         location = Location.of(path)
         group = create_group(location)
         group.attrs["tilepipe"] = info.to_attrs()
-        bands, rows, cols = info.shape
-        data = group.create_array(
-            "data",
-            shape=info.shape,
-            chunks=(1, *info.tile_size),
-            dtype="float32",
-            fill_value=float(fill_value),
-            dimension_names=("band", "y", "x"),
-            # Level 1: float outputs barely compress better at higher levels, and
-            # writing is a fifth of a dense run's time at level 3.
-            compressors=compressors(1),
-            config=_WRITE_EVERY_CHUNK,
-        )
+        planes = []
+        for band, fill in enumerate(fills):
+            name = band_array_name(band)
+            array = group.create_array(
+                name,
+                shape=(rows, cols),
+                chunks=info.tile_size,
+                dtype="float32",
+                fill_value=fill,
+                dimension_names=("y", "x"),
+                # Level 1: float outputs barely compress better at higher levels, and
+                # writing is a fifth of a dense run's time at level 3.
+                compressors=compressors(1),
+                attributes=_cf.variable_attrs(name),
+                config=_WRITE_EVERY_CHUNK,
+            )
+            planes.append((array, ()))
         group.create_array(
             "status",
             shape=info.grid_shape,
@@ -246,40 +397,40 @@ class ResultStore:
             dimension_names=("tile_row", "tile_col"),
             compressors=compressors(1),
         )
-        a, b, c, d, e, f = info.transform
-        if b == 0 and d == 0:
-            ys = group.create_array("y", shape=(rows,), dtype="float64", dimension_names=("y",),
-                                    compressors=compressors(1))
-            ys[...] = f + e * (np.arange(rows) + 0.5)
-            xs = group.create_array("x", shape=(cols,), dtype="float64", dimension_names=("x",),
-                                    compressors=compressors(1))
-            xs[...] = c + a * (np.arange(cols) + 0.5)
-        bs = group.create_array("band", shape=(bands,), dtype="int32", dimension_names=("band",),
-                                compressors=compressors(1))
-        bs[...] = np.arange(1, bands + 1)
-        store = cls(location, group, info)
-        store._data = data
-        return store
+        group.create_array(_cf.GRID_MAPPING, shape=(), dtype="int32", fill_value=0, dimension_names=(),
+                           attributes=_cf.grid_mapping_attrs(info.crs_wkt, info.transform))
+        axes = _cf.centres(info.transform, rows, cols)
+        if axes is not None:  # a rotated grid has no 1-D coordinates: GeoTransform alone says where it is
+            for name, values in zip(("y", "x"), axes, strict=True):
+                coord = group.create_array(name, shape=values.shape, dtype="float64", dimension_names=(name,),
+                                           compressors=compressors(1), attributes=_cf.axis_attrs(name))
+                coord[...] = values
+        return cls(location, group, info, BandStack(planes, info.shape, info.tile_size))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | Location, *, mode: str = "r+") -> ResultStore:
-        """Open an existing result store and check its ``data`` array agrees with its attributes."""
+        """Open an existing result store and check its band arrays agree with its attributes."""
         location = Location.of(path)
         group, attrs = open_group(location, mode, kind="result")
-        data = group.get("data")
-        if not isinstance(data, zarr.Array):
-            raise StoreError(f"{location}: the result store has no 'data' array")
-        info = ResultInfo.from_attrs(attrs, path=str(location), chunks=tuple(data.chunks))
-        if tuple(data.shape) != info.shape:
-            raise StoreError(
-                f"{location}: 'data' has shape {tuple(data.shape)}, but the store says {info.shape} "
-                "(expected (bands, rows, cols))"
-            )
-        if np.dtype(data.dtype) != np.float32:
-            raise StoreError(f"{location}: 'data' holds {data.dtype}, expected float32")
-        store = cls(location, group, info)
-        store._data = data.with_config(_WRITE_EVERY_CHUNK)
-        return store
+        info = ResultInfo.from_attrs(attrs, path=str(location))
+        bands, rows, cols = info.shape
+        planes: list[tuple[Any, tuple[int, ...]]] = []
+        if info.format_version == LEGACY_FORMAT_VERSION:
+            data = _array(group, "data", location)
+            info = ResultInfo.from_attrs(attrs, path=str(location), chunks=tuple(data.chunks))
+            _check_array(data, "data", info.shape, location, "(bands, rows, cols)")
+            planes = [(data, (band,)) for band in range(bands)]
+        else:
+            for band in range(bands):
+                name = band_array_name(band)
+                array = _array(group, name, location)
+                _check_array(array, name, (rows, cols), location, "(rows, cols)")
+                planes.append((array, ()))
+            chunks = tuple(int(v) for v in planes[0][0].chunks) if planes else info.tile_size
+            if chunks != info.tile_size:
+                raise StoreError(f"{location}: 'band_1' has chunks {chunks}, but the store says tiles of "
+                                 f"{info.tile_size}")
+        return cls(location, group, info, BandStack(planes, info.shape, info.tile_size))
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -292,19 +443,14 @@ class ResultStore:
         return self.info.complete
 
     @property
-    def data(self) -> Any:
-        """The ``(band, y, x)`` float32 array."""
-        if self._data is None:
-            data = self._group["data"]
-            if not isinstance(data, zarr.Array):
-                raise StoreError(f"{self.path}: the result store has no 'data' array")
-            self._data = data.with_config(_WRITE_EVERY_CHUNK)
-        return self._data
+    def data(self) -> BandStack:
+        """Every band as one ``(band, y, x)`` float32 array (see :class:`BandStack`)."""
+        return self._bands
 
     @property
-    def fill_value(self) -> float:
-        """What unwritten chunks read as."""
-        return float(self.data.fill_value)
+    def fill_values(self) -> tuple[float, ...]:
+        """What unwritten chunks read as, per band."""
+        return tuple(self._bands.fill_value(band) for band in range(self.info.shape[0]))
 
     def _status_array(self) -> Any:
         if self._status is None:
@@ -319,7 +465,7 @@ class ResultStore:
         (see the module docstring).
         """
         planes = np.moveaxis(np.asarray(values, dtype=np.float32), 2, 0)
-        self.data[:, core.row_start : core.row_stop, core.col_start : core.col_stop] = planes
+        self._bands.write(slice(core.row_start, core.row_stop), slice(core.col_start, core.col_stop), planes)
         return int(planes.shape[0])
 
     def write_status(self, status: np.ndarray) -> None:
@@ -362,21 +508,20 @@ class ResultStore:
             self._group.attrs["tilepipe"] = self.info.to_attrs()
 
     # -- integrity ----------------------------------------------------------
-    def _data_prefix(self) -> str:
-        """Where the data array's keys start in its zarr store (``"data/"`` for a store at a root)."""
-        path = self.data.store_path.path
-        return f"{path.rstrip('/')}/" if path else ""
-
     def _chunk_key(self, band: int, row: int, col: int) -> str:
         """The store key of one data chunk (whatever the array's chunk key encoding)."""
-        return self._data_prefix() + self.data.metadata.encode_chunk_key((band, row, col))
+        return self._bands.chunk_key(band, row, col)
 
     def _chunk_keys(self) -> set[str]:
-        """The keys of every data chunk present, from one listing (any zarr store)."""
-        store, prefix = self.data.store_path.store, self._data_prefix()
+        """The keys of every data chunk present, from one listing per band array (any zarr store)."""
+        arrays = self._bands.arrays()
+        store = self._group.store_path.store
 
         async def keys() -> set[str]:
-            return {key async for key in store.list_prefix(prefix)}
+            found: set[str] = set()
+            for array in arrays:
+                found.update([key async for key in store.list_prefix(array_prefix(array))])
+            return found
 
         try:
             return sync(keys())
@@ -386,7 +531,7 @@ class ResultStore:
     def damage(self, *, all_done: bool | None = None) -> list[TileDamage]:
         """Tiles whose stored chunks disagree with their status, in (row, col) order.
 
-        Lists the data chunks once and reads the status grid. ``all_done`` (default:
+        Lists each band's chunks once and reads the status grid. ``all_done`` (default:
         whether the store is marked complete) also reports tiles not done.
         """
         if all_done is None:
@@ -435,7 +580,7 @@ class ResultStore:
         A done tile (computed or empty) must have every band's chunk; a free tile
         none; with ``all_done`` (default: whether the store is marked complete) every
         tile must be done; and the store at this location must still be this one (not
-        removed or replaced by another run). Costs one listing of the data chunks and
+        removed or replaced by another run). Costs one listing of each band's chunks and
         one read of the status grid; chunk contents are checked (crc32c) when they are read.
         """
         self._still_here()
@@ -451,7 +596,7 @@ class ResultStore:
         """Record ``(row, col)`` tiles as not done and remove their data chunks, so a run redoes them."""
         if not tiles:
             return
-        store = self.data.store_path.store
+        store = self._group.store_path.store
         keys = [self._chunk_key(b, r, c) for r, c in tiles for b in range(self.info.shape[0])]
 
         async def delete() -> None:
