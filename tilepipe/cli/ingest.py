@@ -1,4 +1,4 @@
-"""``tilepipe ingest SOURCE STORE``."""
+"""``tilepipe ingest SOURCE... STORE``."""
 
 from __future__ import annotations
 
@@ -8,36 +8,49 @@ from tilepipe.api import ingest
 from tilepipe.cli import options
 from tilepipe.errors import InputError
 from tilepipe.execute.cluster import connect, resolve_address
+from tilepipe.store import SceneStore
 
 
 @click.command("ingest")
-@click.argument("source")
+@click.argument("sources", nargs=-1, required=True)
 @click.argument("store")
 @click.option("--tile-size", type=int, default=1024, show_default=True, help="Tile core size in pixels.")
 @click.option("--halo", type=int, default=None, help="Overlap in pixels (default: what --model needs, else 16).")
 @click.option("--model", "model", default=None, help="A .keras model whose footprint sets the halo.")
-@click.option("--nodata", type=float, default=None, help="Override the source's nodata value.")
-@click.option("--bands", default=None, help="Comma-separated 1-based bands to read (default: all).")
+@click.option("--nodata", type=float, default=None, help="Override every band's nodata value.")
+@click.option("--bands", default=None, help="Comma-separated 1-based bands of a single raster (default: all).")
+@click.option("--assets", default=None, help="Comma-separated asset keys to stack, for a STAC item SOURCE.")
 @options.scheduler
 @options.overwrite
-def command(source: str, store: str, tile_size: int, halo: int | None, model: str | None, nodata: float | None,
-            bands: str | None, scheduler: str | None, overwrite: bool) -> None:
-    """Ingest a raster SOURCE (GeoTIFF) into a sparse, tiled scene STORE (Zarr v3).
+def command(sources: tuple[str, ...], store: str, tile_size: int, halo: int | None, model: str | None,
+            nodata: float | None, bands: str | None, assets: str | None, scheduler: str | None,
+            overwrite: bool) -> None:
+    """Ingest a raster SOURCE into a sparse, tiled scene STORE (Zarr v3).
 
-    Reads windows on local threads, or on a Dask cluster with --scheduler (or $DASK_SCHEDULER_ADDRESS).
+    SOURCE is a GeoTIFF, a VRT or anything rasterio opens; several SOURCEs are a band
+    stack (rasters on one grid, their bands stacked in the order given); a STAC item
+    JSON takes --assets. Reads windows on local threads, or on a Dask cluster with
+    --scheduler (or $DASK_SCHEDULER_ADDRESS).
     """
     try:
         band_list = tuple(int(b) for b in bands.split(",")) if bands else None
     except ValueError:
         raise InputError(f"--bands: expected comma-separated integers, got {bands!r}") from None
+    asset_list = tuple(a.strip() for a in assets.split(",")) if assets is not None else None
+    if asset_list is not None and not all(asset_list):
+        raise InputError(f"--assets: expected comma-separated asset keys, got {assets!r}")
+    source: str | list[str] = sources[0] if len(sources) == 1 else list(sources)
+
+    def run(client: object = None) -> SceneStore:
+        return ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata, bands=band_list,
+                      assets=asset_list, overwrite=overwrite, client=client)
+
     address = resolve_address(scheduler)
     if address:
         with connect(address) as client:
-            scene = ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata,
-                           bands=band_list, overwrite=overwrite, client=client)
+            scene = run(client)
     else:
-        scene = ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata,
-                       bands=band_list, overwrite=overwrite)
+        scene = run()
     nnz = scene.index()
     ny, nx = nnz.shape
     click.echo(f"{store}: {scene.info.shape[0]} x {scene.info.shape[1]} x {scene.info.bands} {scene.info.dtype}, "

@@ -16,7 +16,7 @@ from tilepipe.execute.tasks import BlockDone, ingest_coo_block, ingest_raster_bl
 from tilepipe.geometry import parse_tile_size
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.logs import NOTICE
-from tilepipe.sources import GeoTiffSource, TileBuckets, as_coo, parse_crs, parse_transform, probe_geotiff
+from tilepipe.sources import RasterStack, TileBuckets, as_coo, parse_crs, parse_transform, probe_stack
 from tilepipe.sources.identity import file_identity, quick_identity, unchanged
 from tilepipe.store._zarr import remove_partial_writes, remove_store
 from tilepipe.store.lock import store_lock
@@ -48,6 +48,7 @@ def ingest(
     model: Any = None,
     nodata: float | None = None,
     bands: tuple[int, ...] | list[int] | None = None,
+    assets: tuple[str, ...] | list[str] | None = None,
     crs: Any = None,
     transform: Any = None,
     overwrite: bool = False,
@@ -59,10 +60,13 @@ def ingest(
     Parameters
     ----------
     source
-        A raster path (GeoTIFF or anything rasterio opens; ``nodata`` pixels
-        become absent entries), a ``tf.SparseTensor`` (``H x W`` or
-        ``H x W x C``), a ``(indices, values, shape)`` tuple of COO arrays, or a
-        :class:`~tilepipe.sources.CooScene`.
+        A raster path (GeoTIFF, VRT or anything rasterio opens; ``nodata``
+        values become absent entries), a list of raster paths on one grid
+        (their bands stacked in the order given), a local STAC item JSON
+        (with ``assets``), a ``tf.SparseTensor`` (``H x W`` or ``H x W x C``),
+        a ``(indices, values, shape)`` tuple of COO arrays, or a
+        :class:`~tilepipe.sources.CooScene`. Rasters of a stack on different
+        grids (CRS, transform or shape) are refused before anything is written.
     store
         Where the Zarr v3 scene store goes (a folder, or a URL zarr opens).
     tile_size
@@ -77,8 +81,11 @@ def ingest(
     model
         Optional ``keras.Model`` or ``.keras`` path whose footprint sets the halo.
     nodata, bands
-        For rasters: override the file's nodata; 1-based bands to read. A
-        nodata value the raster's dtype cannot hold (-1 on uint8) is refused.
+        For rasters: override every band's nodata (default: each band's own);
+        1-based bands to read (a single raster only). A nodata value the
+        raster's dtype cannot hold (-1 on uint8) is refused.
+    assets
+        For a STAC item: the asset keys to stack, in order.
     crs, transform
         For in-memory sources: a CRS (anything ``rasterio.crs.CRS.from_user_input``
         takes) and an affine transform (``affine.Affine`` or 6 numbers).
@@ -98,14 +105,20 @@ def ingest(
         raise InputError(f"tile_size: {exc}") from exc
     halo, step = _resolve_halo(halo, model, client)
     tile = _aligned(tile, step)
-    if isinstance(source, (str, os.PathLike)):
-        refuse_overlaps([str(location)], [os.fspath(source)])  # before anything at the output is touched
-        raster = probe_geotiff(os.fspath(source), bands=tuple(bands) if bands else None, nodata=nodata)
+    paths = _raster_paths(source)
+    if paths is not None:
+        refuse_overlaps([str(location)], list(paths))  # before anything at the output is touched
+        raster = probe_stack(paths[0] if isinstance(source, (str, os.PathLike)) else paths,
+                             assets=None if assets is None else tuple(assets),
+                             bands=tuple(bands) if bands else None, nodata=nodata)
+        refuse_overlaps([str(location)], list(raster.paths) + list(raster.files))  # a STAC item's or VRT's rasters
         if client is not None:
-            check_workers(client, inputs=[raster.path], outputs=[str(location)])
+            check_workers(client, inputs=list(raster.paths), outputs=[str(location)])
         info = _raster_info(raster, _fit_tile(tile, raster.shape, tile_size), halo)
         return _write(location, info, overwrite, client, progress,
                       lambda _store, blocks: [Task(ingest_raster_block, (raster, str(location), b)) for b in blocks])
+    if assets is not None:
+        raise InputError("assets: only for a STAC item given by its path")
     scene = as_coo(source)
     info = SceneInfo(
         shape=scene.shape[:2], bands=scene.shape[2], dtype=str(scene.values.dtype),
@@ -122,23 +135,81 @@ def ingest(
     return _write(location, info, overwrite, None, progress, coo_tasks)
 
 
-def _raster_info(raster: GeoTiffSource, tile: tuple[int, int], halo: int) -> SceneInfo:
-    """The scene store's description of a raster source, with the source's cheap identity (no content hash yet)."""
-    location = Location.of(raster.path)
-    identity: dict[str, Any] = quick_identity(location.path) if location.is_local else {"path": raster.path}
-    identity.update({"bands": list(raster.bands), "nodata": raster.nodata})
+def _raster_paths(source: Any) -> tuple[str, ...] | None:
+    """The raster paths ``source`` names (one path, or a list of them), None for scenes in memory."""
+    if isinstance(source, (str, os.PathLike)):
+        return (os.fspath(source),)
+    if isinstance(source, list) or (isinstance(source, tuple) and source
+                                    and all(isinstance(p, (str, os.PathLike)) for p in source)):
+        if not all(isinstance(p, (str, os.PathLike)) for p in source):
+            raise InputError(f"expected a list of raster paths, got {source!r}"[:200])
+        if not source:
+            raise InputError("expected at least one raster in the list of paths")
+        return tuple(os.fspath(p) for p in source)
+    return None
+
+
+def _raster_info(raster: RasterStack, tile: tuple[int, int], halo: int) -> SceneInfo:
+    """The scene store's description of a raster source, with the source's cheap identity (no content hash yet).
+
+    One plain raster keeps the identity of a single file (path, size, times, inode; its
+    content hash added when the store is created). Anything that reads more than one
+    file (a list of rasters, a STAC item's assets, a VRT and the files it references,
+    a raster with sidecar files) holds ``files``: one such identity per local file, so
+    that a change to any of them makes it a new scene. A raster named by URL is
+    identified by its URL only: its content cannot be hashed from here.
+    """
+    first = raster.layers[0]
+    location = Location.of(first.path)
+    alone = not location.is_local or list(first.files) in ([], [os.path.abspath(location.path)])
+    if len(raster.layers) == 1 and alone:
+        identity: dict[str, Any] = quick_identity(location.path) if location.is_local else {"path": first.path}
+        identity.update({"bands": list(first.bands), "nodata": first.nodata})
+        if first.band_nodata and len(set(map(str, first.band_nodata))) > 1:
+            identity["nodata"] = list(first.band_nodata)
+    else:
+        urls = [p for p in raster.paths if not Location.of(p).is_local]
+        identity = {
+            "kind": "stack", "path": raster.name, "paths": list(raster.paths),
+            "files": [quick_identity(f) for f in raster.files] + [{"path": u} for u in urls],
+            "bands": [list(layer.bands) for layer in raster.layers], "nodata": list(raster.band_nodata),
+        }
     return SceneInfo(
-        shape=raster.shape, bands=len(raster.bands), dtype=raster.dtype, tile_size=tile, halo=halo,
+        shape=raster.shape, bands=raster.bands, dtype=raster.dtype, tile_size=tile, halo=halo,
         nodata=raster.nodata, crs_wkt=raster.crs_wkt, transform=raster.transform, source=identity,
     )
 
 
+def _with_content(source: dict[str, Any]) -> dict[str, Any]:
+    """A source identity with the content hash of every local file it names (one full read of each)."""
+    if "files" in source:
+        return {**source, "files": [file_identity(f["path"]) if "size" in f else f for f in source["files"]]}
+    if "size" in source:
+        return {**source, **file_identity(source["path"])}
+    return source
+
+
 def _same_source(stored: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Whether a stored source identity is the source as it is now (a file's content included)."""
+    """Whether a stored source identity is the source as it is now (every file's content included)."""
+    if "files" in now:
+        same_reading = all(stored.get(k) == now[k] for k in ("kind", "paths", "bands", "nodata"))
+        return same_reading and _files_unchanged(stored.get("files"), now["files"])
     if "size" not in now:  # in-memory points (a checksum) or a URL (its path): compared as they are
         return stored == now
     same_reading = all(stored.get(k) == now[k] for k in ("bands", "nodata"))
     return same_reading and unchanged(stored, now["path"])
+
+
+def _files_unchanged(stored: Any, now: list[dict[str, Any]]) -> bool:
+    """Whether the stored identities are of the same files, each unchanged since."""
+    if not isinstance(stored, list) or len(stored) != len(now):
+        return False
+    for was, is_ in zip(stored, now, strict=True):
+        if not isinstance(was, dict) or was.get("path") != is_["path"]:
+            return False
+        if ("size" in is_ and not unchanged(was, is_["path"])) or ("size" not in is_ and was != is_):
+            return False
+    return True
 
 
 def _fit_tile(
@@ -211,8 +282,8 @@ def _write(
         else:
             if decision == "replace":
                 remove_store(location)
-            if "size" in info.source:  # a local file: its content hash is part of what the store records
-                info = replace(info, source={**info.source, **file_identity(info.source["path"])})
+            # Local files: their content hashes are part of what the store records.
+            info = replace(info, source=_with_content(info.source))
             store = SceneStore.create(location, info)
             blocks = store.blocks()
         try:
@@ -254,6 +325,8 @@ def _other_source(stored: dict[str, Any], now: dict[str, Any]) -> str:
     path = stored.get("path")
     if path is None or path != now.get("path"):
         return f"a scene of another source ({path or 'points in memory'})"
+    if "files" in now and not _files_unchanged(stored.get("files"), now["files"]):
+        return f"a scene of {path} as it was before one of its files changed"
     if "size" in now and not unchanged(stored, path):
         return f"a scene of {path} as it was before it changed"
     return "the same file"

@@ -6,6 +6,7 @@ writes the status and index records that several tasks share a chunk of.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from tilepipe.errors import StoreError
 from tilepipe.geometry import Footprint, Tile
 from tilepipe.plan import TileJob
 from tilepipe.sources.coo import TileBuckets
-from tilepipe.sources.geotiff import GeoTiffSource, open_raster, read_window_entries
+from tilepipe.sources.geotiff import open_raster
+from tilepipe.sources.stack import RasterStack, read_stack_entries
 from tilepipe.store.result import ResultStore
 from tilepipe.store.scene import SceneStore
 
@@ -139,18 +141,23 @@ def _core_count(tile: Tile, shape: tuple[int, int, int], flat: np.ndarray) -> in
     return int(np.count_nonzero(inside))
 
 
-def ingest_raster_block(source: GeoTiffSource, store_path: str, block: tuple[int, int]) -> BlockDone:
-    """Read, pack and write the tiles of one block and its index chunk (nothing else). Memory: one tile window."""
+def ingest_raster_block(source: RasterStack, store_path: str, block: tuple[int, int]) -> BlockDone:
+    """Read, pack and write the tiles of one block and its index chunk (nothing else).
+
+    Every raster of the stack is opened once per block and read one tile window at a
+    time. Memory: one tile window of the stacked bands.
+    """
     store = SceneStore.open(store_path, require_complete=False, mode="r+")
     rows, cols = _block_tiles(store, block)
     counts = np.zeros((len(rows), len(cols)), dtype=np.int64)
     grid = store.info.grid
     entries = 0
-    with open_raster(source.path) as dataset:
+    with contextlib.ExitStack() as opened:
+        datasets = [opened.enter_context(open_raster(path)) for path in source.paths]
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
                 tile = grid.tile(r, c)
-                shape, flat, values = read_window_entries(source, tile.window, dataset)
+                shape, flat, values = read_stack_entries(source, tile.window, datasets)
                 store.write_tile(r, c, shape, flat, values)
                 counts[i, j] = flat.size
                 entries += _core_count(tile, shape, flat)

@@ -7,6 +7,11 @@ because a sparse detection one pixel wide would vanish between samples. The band
 one group of whole Zarr chunks at a time, so every chunk is decoded once and memory stays
 at about 16 MB plus the picture, whatever the scene size.
 
+The axes carry the scene's map coordinates (x and y in the result's CRS, from its affine
+transform, the CRS named in the axis labels); a rotated grid, or one without a transform,
+is labelled in pixels. Colours come from a perceptual colour map (viridis by default), and
+a band whose values all lie in [0, 1] (a probability map) is shown on that whole scale.
+
 The figure is drawn with matplotlib's object API (``matplotlib.figure.Figure``) rather
 than pyplot: it needs no backend switch, so a notebook's backend is left alone, and it
 keeps no global state between calls.
@@ -25,6 +30,7 @@ import numpy as np
 from tilepipe.errors import InputError, StoreError, TilepipeError
 from tilepipe.export._publish import check_output, publish
 from tilepipe.export.geotiff import open_result
+from tilepipe.sources.stack import crs_name
 from tilepipe.store.result import ResultStore
 
 __all__ = ["quicklook"]
@@ -35,9 +41,9 @@ _READ_PIXELS = 1 << 22
 #: The figure is laid out in pixels at this resolution (dots per inch).
 _DPI = 100
 
-#: Margins around the image in pixels: title on top, colour bar and its labels right.
-_TOP, _BOTTOM, _LEFT = 44, 12, 12
-_CBAR_GAP, _CBAR_WIDTH, _CBAR_LABELS = 12, 16, 66
+#: Margins around the image in pixels: title on top, coordinates left and below, colour bar right.
+_TOP, _BOTTOM, _LEFT = 44, 46, 52
+_CBAR_GAP, _CBAR_WIDTH, _CBAR_LABELS = 12, 16, 50
 _RIGHT = _CBAR_GAP + _CBAR_WIDTH + _CBAR_LABELS
 
 #: Smallest figure width and colour bar height (pixels), so the title and ticks fit.
@@ -146,11 +152,16 @@ def _block_mean(data: Any, band: int, step: int, *, read_pixels: int = _READ_PIX
 
 
 def _colour_limits(sample: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[float, float]:
-    """Colour limits: the given ones, else the 2nd and 98th percentiles of the finite sample."""
+    """Colour limits: the given ones, else 0 and 1 where every finite value lies in [0, 1] (a
+    probability map, whose few hot spots percentiles would hide), else the 2nd and 98th
+    percentiles of the finite sample."""
     if vmin is not None and vmax is not None and not vmin < vmax:
         raise InputError(f"Expected vmin < vmax. Got vmin={vmin}, vmax={vmax} instead.")
     finite = sample[np.isfinite(sample)]
-    low, high = (float(v) for v in np.percentile(finite, [2, 98])) if finite.size else (0.0, 1.0)
+    if finite.size and finite.min() >= 0 and finite.max() <= 1 and finite.min() < finite.max():
+        low, high = 0.0, 1.0
+    else:
+        low, high = (float(v) for v in np.percentile(finite, [2, 98])) if finite.size else (0.0, 1.0)
     lo = low if vmin is None else float(vmin)
     hi = high if vmax is None else float(vmax)
     if not lo < hi:
@@ -205,8 +216,61 @@ def _title(store: ResultStore, band: int, step: int) -> str:
     return f"{line1}\n{line2}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Axes:
+    """What the axes show: the image's ``(left, right, bottom, top)`` extent and the axis labels."""
+
+    extent: tuple[float, float, float, float]
+    xlabel: str
+    ylabel: str
+
+
+def _axes(store: ResultStore, covered: tuple[int, int]) -> _Axes:
+    """Map coordinates from the result's transform and CRS; pixels for a rotated grid or no georeference.
+
+    ``covered`` is ``(rows, cols)`` of store pixels the picture spans: whole blocks of the
+    block mean, so an edge block that the scene fills only in part reaches past its edge
+    by less than one block.
+    """
+    rows, cols = covered
+    a, b, c, d, e, f = store.info.transform
+    wkt = store.info.crs_wkt
+    if b != 0 or d != 0 or (wkt is None and (a, e, c, f) == (1.0, 1.0, 0.0, 0.0)):
+        return _Axes((0.0, float(cols), float(rows), 0.0), "column (px)", "row (px)")
+    extent = (c, c + a * cols, f + e * rows, f)
+    if wkt is None:
+        return _Axes(extent, "x (no CRS)", "y (no CRS)")
+    from rasterio.crs import CRS  # noqa: PLC0415 - with matplotlib, only when a quicklook is drawn
+
+    crs = CRS.from_wkt(wkt)
+    name = crs_name(wkt)
+    full = wkt.split('"')[1] if '"' in wkt else ""
+    shown = f"{name} ({full})" if full and full not in name else name
+    if crs.is_geographic:
+        return _Axes(extent, f"longitude (°), {shown}", f"latitude (°), {name}")
+    unit = {"metre": "m", "meter": "m", "foot": "ft", "US survey foot": "ftUS"}.get(crs.linear_units or "", "")
+    unit = f" ({unit or crs.linear_units})" if (unit or crs.linear_units) not in ("", "unknown") else ""
+    return _Axes(extent, f"x{unit}, {shown}", f"y{unit}, {name}")
+
+
+def _ticks(a: float, b: float, pixels: int) -> list[float]:
+    """About four round coordinates between ``a`` and ``b``, none within a screen pixel of either end:
+    a tick mark on the image's edge would paint over its edge pixels."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - matplotlib loads only when a quicklook is drawn
+
+    lo, hi = min(a, b), max(a, b)
+    margin = (hi - lo) / max(pixels, 1)
+    return [float(v) for v in MaxNLocator(nbins=4).tick_values(lo, hi) if lo + margin <= v <= hi - margin]
+
+
+def _tick(value: float, _pos: object = None) -> str:
+    """A coordinate as a tick label: whole thousands-separated numbers where large, else short."""
+    return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.6g}"
+
+
 def _render(
-    sample: np.ndarray, layout: _Layout, *, colormap: Any, lo: float, hi: float, title: str, path: Path
+    sample: np.ndarray, layout: _Layout, *, colormap: Any, lo: float, hi: float, title: str, path: Path,
+    axes: _Axes | None = None,
 ) -> None:
     """Draw the block-mean image, its colour bar and title, and save them as PNG at ``path``."""
     from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib loads only when a quicklook is drawn
@@ -217,10 +281,31 @@ def _render(
         left, bottom, w, h = rect
         return left / layout.width, bottom / layout.height, w / layout.width, h / layout.height
 
+    from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: PLC0415 - as above
+
     ax = fig.add_axes(box(layout.image))
-    ax.set_axis_off()
     # Nearest neighbour at a whole zoom factor: each shown pixel is exactly zoom² pixels.
-    image = ax.imshow(sample, cmap=colormap, vmin=lo, vmax=hi, interpolation="nearest", aspect="auto")
+    image = ax.imshow(sample, cmap=colormap, vmin=lo, vmax=hi, interpolation="nearest", aspect="auto",
+                      extent=None if axes is None else axes.extent)
+    if axes is None:
+        ax.set_axis_off()
+    else:
+        ax.set_xlabel(axes.xlabel, fontsize=8, labelpad=2)
+        ax.set_ylabel(axes.ylabel, fontsize=8, labelpad=2)
+        left, right, bottom, top = axes.extent
+        _, _, width, height = layout.image
+        for axis, lo_hi, pixels in ((ax.xaxis, (left, right), width), (ax.yaxis, (bottom, top), height)):
+            axis.set_major_locator(FixedLocator(_ticks(*lo_hi, pixels)))
+            axis.set_major_formatter(FuncFormatter(_tick))
+        ax.tick_params(labelsize=7, length=3, pad=1, direction="out")
+        for spine in ax.spines.values():
+            # No frame, and ticks set 2 points off the image: drawn on its edge they would
+            # paint over its edge pixels (anti-aliasing bleeds into them).
+            spine.set_visible(False)
+            spine.set_position(("outward", 2))
+        for label in ax.get_yticklabels():
+            label.set_rotation(90)
+            label.set_verticalalignment("center")
     finite = sample[np.isfinite(sample)]
     below = bool(finite.size and finite.min() < lo)
     above = bool(finite.size and finite.max() > hi)
@@ -244,7 +329,7 @@ def quicklook(
     vmin: float | None = None,
     vmax: float | None = None,
 ) -> Path:
-    """Draw one band of a result store as a colour-mapped PNG with a colour bar and a title.
+    """Draw one band of a result store as a colour-mapped PNG with map axes, a colour bar and a title.
 
     The band is shrunk by a whole factor so that the PNG, margins included, is at most
     ``max_size`` pixels on each side; each shown pixel is the mean of the block it stands
@@ -272,8 +357,9 @@ def quicklook(
     overwrite : bool, default False
         Replace ``out_png`` if it exists.
     vmin, vmax : float, optional
-        Band values at the ends of the colour bar, in the band's units. Default: the 2nd
-        and 98th percentiles of the shown pixels, robust to a few extreme values.
+        Band values at the ends of the colour bar, in the band's units. Default: 0 and 1
+        where every shown pixel lies in [0, 1] (a probability map), else the 2nd and 98th
+        percentiles of the shown pixels, robust to a few extreme values.
 
     Returns
     -------
@@ -306,7 +392,9 @@ def quicklook(
     with publish(out_path, overwrite=overwrite) as partial:
         try:
             title = _title(store, band, layout.step)
-            _render(sample, layout, colormap=colormap, lo=lo, hi=hi, title=title, path=partial)
+            ny, nx = layout.sample_shape
+            axes = _axes(store, (ny * layout.step, nx * layout.step))
+            _render(sample, layout, colormap=colormap, lo=lo, hi=hi, title=title, path=partial, axes=axes)
             _check_png(partial, layout)
         except TilepipeError:
             raise

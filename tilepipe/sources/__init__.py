@@ -1,4 +1,5 @@
-"""Sources of scenes, read: GeoTIFFs (anything rasterio opens), SparseTensors and COO arrays.
+"""Sources of scenes, read: GeoTIFFs and VRTs (anything rasterio opens), band stacks (a list of
+rasters on one grid, or a STAC item's assets), SparseTensors and COO arrays.
 
 Readers only: writing them into scene stores is :mod:`tilepipe.execute.ingest`'s job.
 """
@@ -6,20 +7,26 @@ Readers only: writing them into scene stores is :mod:`tilepipe.execute.ingest`'s
 from tilepipe.sources.coo import CooScene, TileBuckets, as_coo, coo_from_arrays, coo_from_sparse_tensor
 from tilepipe.sources.georef import IDENTITY_TRANSFORM, parse_crs, parse_transform
 from tilepipe.sources.geotiff import GeoTiffSource, open_raster, probe_geotiff, read_window_entries
+from tilepipe.sources.stack import RasterStack, crs_name, is_stac_item, probe_stack, read_stack_entries
 from tilepipe.sources.synthetic import synthetic_scene
 
 __all__ = [
     "IDENTITY_TRANSFORM",
     "CooScene",
     "GeoTiffSource",
+    "RasterStack",
     "TileBuckets",
     "as_coo",
     "coo_from_arrays",
     "coo_from_sparse_tensor",
+    "crs_name",
+    "is_stac_item",
     "open_raster",
     "parse_crs",
     "parse_transform",
     "probe_geotiff",
+    "probe_stack",
+    "read_stack_entries",
     "read_window_entries",
     "synthetic_scene",
 ]

@@ -1,8 +1,10 @@
-"""GeoTIFF (any raster rasterio reads) as a tilepipe source.
+"""GeoTIFF (any raster rasterio reads, VRTs included) as a tilepipe source.
 
-Pixels equal to nodata (and NaN) are the absent entries of the sparse scene;
-so are zeros, which densify to zero anyway. Windows are read one tile at a
-time, so an ingest task holds one tile window in memory, whatever the scene.
+Values equal to their band's nodata (and NaN) are the absent entries of the
+sparse scene; so are zeros, which densify to zero anyway. The rule is per band
+value: a pixel holds no entry where every band is absent. Windows are read one
+tile at a time, so an ingest task holds one tile window in memory, whatever
+the scene.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ from tilepipe.errors import InputError
 from tilepipe.geometry import Window
 from tilepipe.location import Location
 
-__all__ = ["GeoTiffSource", "open_raster", "probe_geotiff", "read_window_entries"]
+__all__ = ["GeoTiffSource", "open_raster", "probe_geotiff", "read_window", "read_window_entries"]
 
 
 @dataclass(frozen=True, slots=True)
 class GeoTiffSource:
-    """A raster source: shapes ``(rows, cols)``, ``bands`` 1-based as rasterio numbers them."""
+    """A raster source: shapes ``(rows, cols)``, ``bands`` 1-based as rasterio numbers them.
+
+    ``nodata`` is the first chosen band's (what a scene store records);
+    ``band_nodata`` holds each chosen band's, in the order of ``bands``
+    (empty: ``nodata`` for every band). ``files`` are the local files GDAL
+    reads for it: the raster itself, and a VRT's sources or sidecar files.
+    """
 
     path: str
     shape: tuple[int, int]
@@ -34,6 +42,12 @@ class GeoTiffSource:
     nodata: float | None
     crs_wkt: str | None
     transform: tuple[float, float, float, float, float, float]
+    band_nodata: tuple[float | None, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def nodata_of(self, index: int) -> float | None:
+        """The nodata of the ``index``-th chosen band (zero-based)."""
+        return self.band_nodata[index] if self.band_nodata else self.nodata
 
 
 def open_raster(path: str):  # type: ignore[no-untyped-def]
@@ -73,10 +87,11 @@ def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: fl
         dtype = np.result_type(*[np.dtype(d) for d in dtypes])
         if dtype.kind not in "biuf":
             raise InputError(f"{path}: unsupported data type {dtype} (expected integers or floats)")
-        file_nodata = src.nodatavals[chosen[0] - 1]
-        nd = nodata if nodata is not None else file_nodata
-        if nd is not None:
-            _check_nodata(path, float(nd), dtype)
+        # A GeoTIFF has one nodata for all bands; a VRT may give each band its own.
+        per_band = [nodata if nodata is not None else src.nodatavals[b - 1] for b in chosen]
+        for nd in {float(v) for v in per_band if v is not None}:
+            _check_nodata(path, nd, dtype)
+        band_nodata = tuple(None if v is None else float(v) for v in per_band)
         crs_wkt = src.crs.to_wkt() if src.crs is not None else None
         t = src.transform
         return GeoTiffSource(
@@ -84,10 +99,22 @@ def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: fl
             shape=(src.height, src.width),
             bands=chosen,
             dtype=str(dtype),
-            nodata=None if nd is None else float(nd),
+            nodata=band_nodata[0],
             crs_wkt=crs_wkt,
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+            band_nodata=band_nodata,
+            files=_local_files(src),
         )
+
+
+def _local_files(dataset) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    """The local files GDAL reads for ``dataset`` (absolute): the raster first, then a VRT's sources, sidecars."""
+    found: list[str] = []
+    for name in dataset.files:
+        path = os.path.abspath(name)
+        if os.path.isfile(path) and path not in found:
+            found.append(path)
+    return tuple(found)
 
 
 def _check_nodata(path: str, nodata: float, dtype: np.dtype) -> None:
@@ -116,6 +143,16 @@ def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  #
 
     ``shape`` is ``(rows, cols, bands)``; ``flat`` are sorted flat indices into it.
     """
+    data, present = read_window(source, window, dataset)
+    flat = np.flatnonzero(present)
+    return data.shape, flat, data.reshape(-1)[flat]
+
+
+def read_window(source: GeoTiffSource, window: Window, dataset=None):  # type: ignore[no-untyped-def]
+    """Read ``window`` as ``(data, present)``, both ``(y, x, band)``; ``data`` in ``source.dtype``.
+
+    ``present`` is False where a value is zero, NaN or its band's nodata: the sparse scene's absent entries.
+    """
     rio_window = RioWindow(window.col_start, window.row_start, window.width, window.height)  # type: ignore[call-arg]
     why = None
     try:
@@ -133,12 +170,10 @@ def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  #
         )
     data = np.moveaxis(data, 0, -1).astype(source.dtype, copy=False)  # (bands, y, x) -> (y, x, bands)
     present = data != 0
-    if source.nodata is not None:
-        if math.isnan(source.nodata):
-            pass  # NaN is dropped below
-        else:
-            present &= data != np.asarray(source.nodata).astype(data.dtype)
+    for i in range(len(source.bands)):
+        nodata = source.nodata_of(i)
+        if nodata is not None and not math.isnan(nodata):  # NaN is dropped below
+            present[..., i] &= data[..., i] != np.asarray(nodata).astype(data.dtype)
     if data.dtype.kind == "f":
         present &= ~np.isnan(data)
-    flat = np.flatnonzero(present)
-    return data.shape, flat, data.reshape(-1)[flat]
+    return data, present
