@@ -290,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
 def check(result_path: str, tif: str, index: np.ndarray, tile: int) -> str:
     """The GeoTIFF equals the result store on an occupied tile and an empty one."""
     import rasterio
-    import zarr
     from rasterio.windows import Window
 
-    data = zarr.open_group(result_path, mode="r")["data"]
+    import tilepipe
+
+    data = tilepipe.open_result(result_path).data
     occupied = np.argwhere(index > 0)
     empty = np.argwhere(index == 0)
     picks = [tuple(occupied[len(occupied) // 2])] if len(occupied) else []

@@ -415,3 +415,21 @@ def test_service_runs_new_scenes_warm_and_stops_on_sigterm(tmp_path: Path, model
     notified = sorted(log.read_text().splitlines())
     stems = ("first", "second", "third")
     assert notified == sorted(f"{site.inbox / f'{s}.tif'} {site.out / f'{s}.zarr'}" for s in stems)
+
+
+def test_derived_products_are_published_beside_the_result(tmp_path: Path, model: Any, cluster: str,
+                                                          assert_exact: Any) -> None:
+    """A watched workflow's threshold mask lands at its final path, equal to numpy's on the whole-scene model."""
+    import rasterio
+
+    site = Site(tmp_path, model)
+    site.workflow.write_text(
+        f"model: {{path: {model.path}}}\ntiling: {{tile_size: 32}}\n"
+        "output: {zarr: out/{scene}.zarr, threshold: {path: out/{scene}_mask.tif, value: 0.0}}\n", encoding="utf-8")
+    site.drop("m.tif", seed=4)
+    proc = site.watch("--once", *sched(cluster))
+    assert proc.returncode == 0, proc.stderr
+    ref = reference(model.keras, site.dense["m"])
+    with rasterio.open(site.out / "m_mask.tif") as src:
+        np.testing.assert_array_equal(src.read(1), (ref[0] > 0.0).astype(np.uint8))
+    assert not list((site.out).glob("**/.tilepipe-watch/work/*/threshold/*"))  # moved, not copied

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
@@ -32,6 +32,7 @@ from typing import TypeGuard
 import yaml
 
 from tilepipe.errors import WorkflowError
+from tilepipe.export.products import Classes, Scale, Threshold
 from tilepipe.geometry.grid import parse_tile_size
 from tilepipe.location import has_scheme
 
@@ -42,6 +43,8 @@ __all__ = [
     "InputSpec",
     "ModelSpec",
     "OutputSpec",
+    "PRODUCT_KEYS",
+    "ProductSpec",
     "SCENE_PLACEHOLDER",
     "SceneWorkflow",
     "SyntheticSpec",
@@ -58,6 +61,8 @@ BUILTIN_MODELS: tuple[str, ...] = ("demo", "unet")
 #: Pixel types a synthetic scene can have.
 SYNTHETIC_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
 DEFAULT_TILE_SIZE = 1024
+#: Products of the float result a workflow's output may ask for, each a GeoTIFF of its own.
+PRODUCT_KEYS: tuple[str, ...] = ("classes", "threshold", "scale")
 #: What a scene workflow's output paths hold where the scene file's stem goes.
 SCENE_PLACEHOLDER = "{scene}"
 
@@ -82,16 +87,32 @@ class SyntheticSpec:
 
 @dataclass(frozen=True, slots=True)
 class InputSpec:
-    """The scene: exactly one of ``path`` (GeoTIFF or scene store) or ``synthetic``.
+    """The scene: exactly one of ``path``, ``stack`` or ``synthetic``.
 
-    ``nodata`` ``None`` means "as the file says"; ``bands`` are 1-based band
-    indexes, ``None`` meaning all bands.
+    ``path`` is one raster (GeoTIFF, VRT, anything rasterio opens), a scene
+    store (``.zarr``) or a local STAC item (``.json``, with ``assets``: the
+    asset keys to stack, in order). ``stack`` holds the rasters of a band
+    stack (``input.path`` given as a list), on one grid, stacked in order.
+    ``nodata`` ``None`` means "as each band says"; ``bands`` are 1-based band
+    indexes of a single raster, ``None`` meaning all bands.
     """
 
     path: str | None
     nodata: float | None = None
     bands: tuple[int, ...] | None = None
     synthetic: SyntheticSpec | None = None
+    stack: tuple[str, ...] | None = None
+    assets: tuple[str, ...] | None = None
+
+    @property
+    def raster(self) -> str | tuple[str, ...] | None:
+        """What ingest reads: the raster or STAC item path, the stack's paths, or None (synthetic)."""
+        return self.stack if self.stack is not None else self.path
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path the input names (for overlap checks)."""
+        return self.stack if self.stack is not None else (self.path,) if self.path is not None else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +140,50 @@ class TilingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ProductSpec:
+    """A GeoTIFF derived from the float result: where it goes and what it holds."""
+
+    path: str
+    product: Classes | Threshold | Scale
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
-    """Where results go: the result store, the scene store and optional exports."""
+    """Where results go: the result store, the scene store and optional exports.
+
+    ``geotiff`` is the float result; ``classes``, ``threshold`` and ``scale`` are
+    products of it, each a GeoTIFF of its own (``cog`` applies to every GeoTIFF).
+    ``band_names`` (one per output band) name the bands in the store and the GeoTIFFs.
+    """
 
     zarr: str
     scene: str
     geotiff: str | None = None
     cog: bool = False
     quicklook: str | None = None
+    band_names: tuple[str, ...] | None = None
+    classes: ProductSpec | None = None
+    threshold: ProductSpec | None = None
+    scale: ProductSpec | None = None
+
+    @property
+    def products(self) -> tuple[tuple[str, ProductSpec], ...]:
+        """``(key, spec)`` of every product asked for, in file order: classes, threshold, scale."""
+        found = ((name, getattr(self, name)) for name in PRODUCT_KEYS)
+        return tuple((name, spec) for name, spec in found if spec is not None)
+
+    def with_paths(self, move: Callable[[str, str], str]) -> OutputSpec:
+        """A copy with every path ``p`` of key ``k`` (``zarr``, ``classes``, ...) replaced by ``move(k, p)``."""
+        def opt(key: str, where: str | None) -> str | None:
+            return None if where is None else move(key, where)
+
+        def product(key: str, spec: ProductSpec | None) -> ProductSpec | None:
+            return None if spec is None else replace(spec, path=move(key, spec.path))
+
+        return replace(self, zarr=move("zarr", self.zarr), scene=move("scene", self.scene),
+                       geotiff=opt("geotiff", self.geotiff), quicklook=opt("quicklook", self.quicklook),
+                       classes=product("classes", self.classes), threshold=product("threshold", self.threshold),
+                       scale=product("scale", self.scale))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +272,7 @@ class SceneWorkflow:
         (default: the file's stem)."""
         stem = name if name is not None else PurePosixPath(scene.replace(os.sep, "/")).stem
 
-        def sub(where: str | None) -> str | None:
-            return None if where is None else where.replace(SCENE_PLACEHOLDER, stem)
-
-        out = self.output
-        output = OutputSpec(zarr=str(sub(out.zarr)), scene=str(sub(out.scene)), geotiff=sub(out.geotiff),
-                            cog=out.cog, quicklook=sub(out.quicklook))
+        output = self.output.with_paths(lambda _key, where: where.replace(SCENE_PLACEHOLDER, stem))
         return Workflow(self.source, InputSpec(path=scene), self.model, self.tiling, output, self.cluster)
 
 
@@ -330,36 +382,88 @@ def parse_scene_workflow(data: object, *, source: Path, base_dir: Path) -> Scene
 def _require_placeholders(section: object, output: OutputSpec) -> None:
     """Every output path of a scene workflow names ``{scene}``, else all scenes would write one place."""
     given = section if isinstance(section, Mapping) else {}
-    for name in ("zarr", "scene", "geotiff", "quicklook"):
-        where = getattr(output, name)
-        if where is None or (name == "scene" and given.get("scene") is None):
+    paths: list[tuple[str, str | None, object]] = [
+        (f"output.{name}", getattr(output, name), given.get(name))
+        for name in ("zarr", "scene", "geotiff", "quicklook")
+    ]
+    for name, spec in output.products:
+        written = given.get(name)
+        key = f"output.{name}.path" if isinstance(written, Mapping) else f"output.{name}"
+        paths.append((key, spec.path, written.get("path") if isinstance(written, Mapping) else written))
+    for key, where, written in paths:
+        if where is None or (key == "output.scene" and given.get("scene") is None):
             continue  # the default scene store derives from output.zarr
         for found in re.findall(r"\{[^{}]*\}", where):
             if found != SCENE_PLACEHOLDER:
-                raise _Invalid(f"output.{name}", f"expected no placeholder but {SCENE_PLACEHOLDER}, got {found!r}")
+                raise _Invalid(key, f"expected no placeholder but {SCENE_PLACEHOLDER}, got {found!r}")
         if SCENE_PLACEHOLDER not in where:
-            raise _Invalid(f"output.{name}", f"expected a path holding {SCENE_PLACEHOLDER} (the scene file's "
-                                             f"stem), got {_show(given.get(name))}")
+            raise _Invalid(key, f"expected a path holding {SCENE_PLACEHOLDER} (the scene file's "
+                                f"stem), got {_show(written)}")
 
 
 # --------------------------------------------------------------------------- sections
 
 
 def _parse_input(value: object, base_dir: Path) -> InputSpec:
-    sec = _Section(value, "input", ("path", "nodata", "bands", "synthetic"))
+    sec = _Section(value, "input", ("path", "assets", "nodata", "bands", "synthetic"))
     sec.exactly_one_of("path", "synthetic")
     if sec.has("synthetic"):
-        for name in ("nodata", "bands"):
+        for name in ("nodata", "bands", "assets"):
             if sec.has(name):
                 raise _Invalid(sec.key_of(name), "only valid with 'input.path', not with 'input.synthetic'")
         return InputSpec(path=None, synthetic=_parse_synthetic(sec.require("synthetic")))
     nodata = sec.get("nodata")
     bands = sec.get("bands")
-    return InputSpec(
-        path=_location(sec.require("path"), sec.key_of("path"), base_dir),
+    spec = InputSpec(
+        path=None,
         nodata=None if nodata is None else _nodata(nodata, sec.key_of("nodata")),
         bands=None if bands is None else _bands(bands, sec.key_of("bands")),
     )
+    given = sec.require("path")
+    if isinstance(given, (list, tuple)):
+        for name in ("bands", "assets"):
+            if sec.has(name):
+                raise _Invalid(sec.key_of(name), "only valid with one path in 'input.path', not with a list "
+                                                 "(a band stack: the list names the bands, in order)")
+        return replace(spec, stack=_stack(given, sec.key_of("path"), base_dir))
+    path = _location(given, sec.key_of("path"), base_dir)
+    stac = path.lower().endswith(".json")
+    if stac and not sec.has("assets"):
+        raise _Invalid(sec.key_of("assets"), "missing required key 'assets' (the STAC item's asset keys to "
+                                             "stack, in order, e.g. [B04, B03, B02])")
+    if sec.has("assets") and not stac:
+        raise _Invalid(sec.key_of("assets"), f"only valid with a STAC item (a .json file) in 'input.path', "
+                                             f"got {_show(given)}")
+    if stac and sec.has("bands"):
+        raise _Invalid(sec.key_of("bands"), "only valid with a raster in 'input.path', not with a STAC item "
+                                            "(its assets name the bands, in order)")
+    assets = _assets(sec.require("assets"), sec.key_of("assets")) if stac else None
+    return replace(spec, path=path, assets=assets)
+
+
+def _stack(value: list[object] | tuple[object, ...], key: str, base_dir: Path) -> tuple[str, ...]:
+    """The rasters of a band stack: a non-empty list of raster paths (no scene stores, no STAC items)."""
+    if not value:
+        raise _Invalid(key, "expected a path, or a non-empty list of raster paths (a band stack), got []")
+    paths = []
+    for i, item in enumerate(value):
+        path = _location(item, f"{key}[{i}]", base_dir)
+        if path.rstrip("/").endswith(".zarr") or path.lower().endswith(".json"):
+            raise _Invalid(f"{key}[{i}]", f"expected a raster in a band stack (not a scene store or STAC item), "
+                                          f"got {_show(item)}")
+        paths.append(path)
+    return tuple(paths)
+
+
+def _assets(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid(key, f"expected a non-empty list of STAC asset keys, got {_show(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise _Invalid(f"{key}[{i}]", f"expected an asset key (a string), got {_show(item)}")
+    if len(set(value)) != len(value):
+        raise _Invalid(key, f"expected distinct asset keys, got {_show(value)}")
+    return tuple(str(v) for v in value)
 
 
 def _parse_synthetic(value: object) -> SyntheticSpec:
@@ -420,29 +524,111 @@ def _parse_tiling(value: object) -> TilingSpec:
 
 
 def _parse_output(value: object, base_dir: Path) -> OutputSpec:
-    sec = _Section(value, "output", ("zarr", "scene", "geotiff", "cog", "quicklook"))
+    sec = _Section(value, "output", ("zarr", "scene", "geotiff", "cog", "quicklook", "band_names", *PRODUCT_KEYS))
     zarr = _location(sec.require("zarr"), sec.key_of("zarr"), base_dir)
     locations = {"zarr": zarr, "scene": _default_scene(zarr)}
     for name in ("scene", "geotiff", "quicklook"):
         if sec.has(name):
             locations[name] = _location(sec.get(name), sec.key_of(name), base_dir)
+    products = {name: _parse_product(name, sec.get(name), sec.key_of(name), base_dir)
+                for name in PRODUCT_KEYS if sec.has(name)}
+    keys = {name: sec.key_of(name) for name in locations}
+    for name, (spec, key) in products.items():
+        locations[name], keys[name] = spec.path, key
     seen: dict[str, str] = {}
     for name, where in locations.items():
         if where in seen:
-            raise _Invalid(
-                sec.key_of(name), f"expected a location other than output.{seen[where]}, got {_show(where)}"
-            )
+            raise _Invalid(keys[name], f"expected a location other than output.{seen[where]}, got {_show(where)}")
         seen[where] = name
     cog = _bool(sec.get("cog", False), sec.key_of("cog"))
-    if cog and "geotiff" not in locations:
-        raise _Invalid(sec.key_of("cog"), "only valid with 'output.geotiff'")
+    if cog and "geotiff" not in locations and not products:
+        raise _Invalid(sec.key_of("cog"), f"only valid with 'output.geotiff' or a product ({', '.join(PRODUCT_KEYS)})")
+    names = sec.get("band_names")
+    band_names = None if names is None else _band_names(names, sec.key_of("band_names"))
+    classes = products.get("classes")
+    if classes is not None and band_names is not None:
+        given = classes[0].product
+        assert isinstance(given, Classes)
+        for field_name, values in (("names", given.names), ("colors", given.colors)):
+            if values is not None and len(values) != len(band_names):
+                raise _Invalid(f"output.classes.{field_name}", f"expected {len(band_names)} entries, one per "
+                                                               f"output.band_names entry, got {len(values)}")
     return OutputSpec(
         zarr=zarr,
         scene=locations["scene"],
         geotiff=locations.get("geotiff"),
         cog=cog,
         quicklook=locations.get("quicklook"),
+        band_names=band_names,
+        classes=classes[0] if classes is not None else None,
+        threshold=products["threshold"][0] if "threshold" in products else None,
+        scale=products["scale"][0] if "scale" in products else None,
     )
+
+
+def _parse_product(name: str, value: object, key: str, base_dir: Path) -> tuple[ProductSpec, str]:
+    """One product: a path alone (defaults), or a mapping with ``path`` and the product's settings.
+
+    Returns the spec and the key path of its location, for messages about clashing paths.
+    """
+    allowed = {"classes": ("path", "names", "colors"), "threshold": ("path", "value", "band"),
+               "scale": ("path", "min", "max", "nodata")}[name]
+    if isinstance(value, str) and name != "threshold":
+        path = _location(value, key, base_dir)
+        return ProductSpec(path, Classes() if name == "classes" else Scale()), key
+    if not isinstance(value, Mapping):
+        what = "a mapping" if name == "threshold" else "a path or a mapping"
+        raise _Invalid(key, f"expected {what} with keys: {', '.join(allowed)}; got {_show(value)}")
+    sec = _Section(value, key, allowed)
+    path = _location(sec.require("path"), sec.key_of("path"), base_dir)
+    product: Classes | Threshold | Scale
+    if name == "classes":
+        names = sec.get("names")
+        colors = sec.get("colors")
+        product = Classes(names=None if names is None else _band_names(names, sec.key_of("names")),
+                          colors=None if colors is None else _colors(colors, sec.key_of("colors")))
+    elif name == "threshold":
+        band = sec.get("band")
+        product = Threshold(value=_number(sec.require("value"), sec.key_of("value")),
+                            band=None if band is None else _int(band, sec.key_of("band"), minimum=0,
+                                                                what="a zero-based band index (an integer >= 0)"))
+    else:
+        low = _number(sec.get("min", 0.0), sec.key_of("min"))
+        high = _number(sec.get("max", 1.0), sec.key_of("max"))
+        if not low < high:
+            raise _Invalid(sec.key_of("max"), f"expected a number > output.scale.min ({low:g}), got {_show(high)}")
+        nodata = sec.get("nodata")
+        if nodata is not None and (not _is_int(nodata) or nodata not in (0, 255)):
+            raise _Invalid(sec.key_of("nodata"), f"expected 0 or 255 (the code kept for NaN), got {_show(nodata)}")
+        product = Scale(min=low, max=high, nodata=nodata)
+    return ProductSpec(path, product), sec.key_of("path")
+
+
+def _band_names(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid(key, f"expected a non-empty list of names, got {_show(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise _Invalid(f"{key}[{i}]", f"expected a name (a non-empty string), got {_show(item)}")
+    if len(set(value)) != len(value):
+        raise _Invalid(key, f"expected distinct names, got {_show(value)}")
+    return tuple(str(v) for v in value)
+
+
+def _colors(value: object, key: str) -> tuple[tuple[int, int, int], ...]:
+    """Colours as ``"#rrggbb"`` or ``[r, g, b]`` of 0-255."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid(key, f"expected a non-empty list of colours ('#rrggbb' or [r, g, b]), got {_show(value)}")
+    colours = []
+    for i, item in enumerate(value):
+        if isinstance(item, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", item):
+            colours.append((int(item[1:3], 16), int(item[3:5], 16), int(item[5:7], 16)))
+        elif (isinstance(item, (list, tuple)) and len(item) == 3
+              and all(_is_int(v) and 0 <= v <= 255 for v in item)):
+            colours.append((int(item[0]), int(item[1]), int(item[2])))
+        else:
+            raise _Invalid(f"{key}[{i}]", f"expected '#rrggbb' or [r, g, b] of integers 0-255, got {_show(item)}")
+    return tuple(colours)
 
 
 def _parse_cluster(value: object) -> ClusterSpec:

@@ -13,10 +13,10 @@ from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM, builtin_model_path
 from tilepipe.execute.cluster import connect
 from tilepipe.execute.ingest import ingest
 from tilepipe.execute.run import RunReport, run_model
-from tilepipe.export import export_geotiff, quicklook
+from tilepipe.export import export_geotiff, quicklook, record_band_names
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.model.loader import model_sha256
-from tilepipe.sources import probe_geotiff, synthetic_scene
+from tilepipe.sources import probe_stack, synthetic_scene
 from tilepipe.store import SceneStore
 from tilepipe.workflow import Workflow, load_workflow
 
@@ -34,6 +34,7 @@ class WorkflowOutcome:
     quicklook: str | None
     wall_seconds: float
     dashboard: str | None
+    products: tuple[str, ...] = ()
 
 
 def run_workflow(
@@ -85,28 +86,42 @@ def run_workflow(
             ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
                    crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress, client=active)
         else:
-            assert src.path is not None
-            say(f"ingest: {src.path} -> {scene_path}")
-            ingest(src.path, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
-                   nodata=src.nodata, bands=src.bands, overwrite=overwrite, client=active, progress=progress)
+            assert src.raster is not None
+            shown = ", ".join(src.stack) if src.stack is not None else src.path
+            if src.assets is not None:
+                shown = f"{shown} (assets {', '.join(src.assets)})"
+            say(f"ingest: {shown} -> {scene_path}")
+            ingest(list(src.raster) if src.stack is not None else src.raster, scene_path,
+                   tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model, nodata=src.nodata,
+                   bands=src.bands, assets=src.assets, overwrite=overwrite, client=active, progress=progress)
         say(f"run: {model} over {scene_path} -> {wf.output.zarr}")
         report = run_model(scene_path, model, wf.output.zarr, client=active, gpu=wf.cluster.gpu,
                            batch_size=wf.cluster.batch_size, overwrite=overwrite, progress=progress)
     fresh = not report.up_to_date
+    names = wf.output.band_names
+    if names is not None:
+        record_band_names(wf.output.zarr, names)  # the store names its bands; every export reads them there
     geotiff = _export(wf.output.geotiff, fresh, overwrite, say,
                       lambda out, ow: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow,
                                                      progress=progress))
+    products = tuple(derived.path for _, derived in wf.output.products)
+    for _, derived in wf.output.products:
+        _export(derived.path, fresh, overwrite, say,
+                lambda out, ow, derived=derived: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow,
+                                                                progress=progress, product=derived.product))
     look = _export(wf.output.quicklook, fresh, overwrite, say,
                    lambda out, ow: quicklook(wf.output.zarr, out, overwrite=ow))
-    return WorkflowOutcome(report, scene_path, wf.output.zarr, geotiff, look, time.perf_counter() - t0, dashboard)
+    return WorkflowOutcome(report, scene_path, wf.output.zarr, geotiff, look, time.perf_counter() - t0, dashboard,
+                           products)
 
 
 def _refuse_overlaps(wf: Workflow) -> None:
     """No output may be, contain or lie inside an input or another output: ``--overwrite`` would destroy it."""
     src = wf.input.path
     ingests = src is None or not src.rstrip("/").endswith(".zarr")  # a scene store input is used as it is
-    outputs = [wf.output.zarr, wf.output.scene if ingests else None, wf.output.geotiff, wf.output.quicklook]
-    refuse_overlaps(outputs, [src, wf.model.path])
+    outputs = [wf.output.zarr, wf.output.scene if ingests else None, wf.output.geotiff, wf.output.quicklook,
+               *(spec.path for _, spec in wf.output.products)]
+    refuse_overlaps(outputs, [*wf.input.paths, wf.model.path])
 
 
 def _export(out: str | None, fresh: bool, overwrite: bool, say: Callable[[str], Any], write: Any) -> str | None:
@@ -132,12 +147,13 @@ def _builtin_model(wf: Workflow, client: Any) -> str:
 
 
 def _raster_bands(wf: Workflow) -> int:
-    if wf.input.bands:
-        return len(wf.input.bands)
-    assert wf.input.path is not None
-    if wf.input.path.rstrip("/").endswith(".zarr"):
-        return SceneStore.open(wf.input.path).info.bands
-    return len(probe_geotiff(wf.input.path).bands)
+    src = wf.input
+    if src.bands:
+        return len(src.bands)
+    if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
+        return SceneStore.open(src.path).info.bands
+    assert src.raster is not None
+    return probe_stack(src.raster, assets=src.assets).bands
 
 
 def _has_dashboard(client: Any) -> bool:

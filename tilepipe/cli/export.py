@@ -5,16 +5,41 @@ from __future__ import annotations
 import click
 
 from tilepipe.cli import options
-from tilepipe.export import export_geotiff
+from tilepipe.export import Classes, Product, Scale, Threshold, export_geotiff
 
 
 @click.command("export")
 @click.argument("result")
 @click.argument("out")
 @click.option("--cog", is_flag=True, help="Write a Cloud-Optimized GeoTIFF.")
+@click.option("--classes", is_flag=True, help="Write the class map (argmax over bands, with a colour table).")
+@click.option("--threshold", type=float, default=None, metavar="VALUE",
+              help="Write a binary uint8 mask: band > VALUE (255 where NaN).")
+@click.option("--scale", "scaled", is_flag=True, help="Write uint8 codes with scale/offset (see --scale-range).")
+@click.option("--scale-range", nargs=2, type=float, default=(0.0, 1.0), show_default=True, metavar="MIN MAX",
+              help="The values codes 0 and 255 stand for, with --scale.")
+@click.option("--band", type=int, default=None, help="Zero-based band of --threshold (needed for several bands).")
+@click.option("--band-names", default=None, metavar="A,B,...", help="Names of the result's bands, comma-separated.")
 @options.overwrite
 @options.progress
-def command(result: str, out: str, cog: bool, overwrite: bool, progress: bool) -> None:
-    """Export a RESULT store to a tiled, compressed GeoTIFF at OUT (windowed, bounded memory)."""
-    path = export_geotiff(result, out, cog=cog, overwrite=overwrite, progress=progress)
+def command(result: str, out: str, cog: bool, classes: bool, threshold: float | None, scaled: bool,
+            scale_range: tuple[float, float], band: int | None, band_names: str | None, overwrite: bool,
+            progress: bool) -> None:
+    """Export a RESULT store, or one product of it, to a tiled, compressed GeoTIFF at OUT (windowed)."""
+    asked = [name for name, on in (("--classes", classes), ("--threshold", threshold is not None),
+                                   ("--scale", scaled)) if on]
+    if len(asked) > 1:
+        raise click.UsageError(f"give at most one of --classes, --threshold, --scale (got {', '.join(asked)})")
+    if band is not None and threshold is None:
+        raise click.UsageError("--band goes with --threshold")
+    product: Product | None = None
+    if classes:
+        product = Classes()
+    elif threshold is not None:
+        product = Threshold(threshold, band)
+    elif scaled:
+        product = Scale(*scale_range)
+    names = [name.strip() for name in band_names.split(",")] if band_names is not None else None
+    path = export_geotiff(result, out, cog=cog, overwrite=overwrite, progress=progress, product=product,
+                          band_names=names)
     click.echo(f"wrote {path}")

@@ -7,6 +7,12 @@ GeoTIFF tile is written exactly once (a window that cut a tile would make GDAL r
 and a rewritten compressed tile leaves dead bytes in the file). Peak memory is one
 window (about 16 MB) plus GDAL's block cache, whatever the scene size.
 
+Sparse results are mostly one constant (the fill value of free tiles). A block that
+holds nothing else is not written at all: GDAL fills every never-written block at close,
+compressing one such block once and reusing its bytes (see :func:`_write_tiled`), and a
+block inside free tiles is not even read. What readers see is unchanged: every block is
+in the file, with the exact values, and no nodata value is added to a float result.
+
 Nothing half-written ever sits at the output's name: the file is built in a private
 folder beside it and moved onto the name only once it is proven whole. A COG goes
 through a second file there: GDAL's COG driver only copies from an existing dataset.
@@ -41,9 +47,12 @@ from rasterio.windows import Window
 
 from tilepipe.errors import InputError, StoreError, TilepipeError
 from tilepipe.export._publish import failure_reason, native_stderr, publish
+from tilepipe.export.bands import band_names as stored_band_names
+from tilepipe.export.bands import parse_band_names
+from tilepipe.export.products import Layout, Product, layout
 from tilepipe.geometry import Window as CoreWindow
 from tilepipe.progress import progress_bar
-from tilepipe.store.result import ResultStore
+from tilepipe.store.result import STATUS_FREE, ResultStore
 
 __all__ = ["export_geotiff", "open_result"]
 
@@ -162,22 +171,82 @@ def _read_window(store: ResultStore, band: int, window: tuple[int, int, int, int
     return np.asarray(block, dtype=np.float32)
 
 
+def _free_blocks(store: ResultStore, rows: int, cols: int, side: int) -> np.ndarray:
+    """Which ``side``-pixel blocks, ``(block_row, block_col)``, lie wholly in free tiles.
+
+    A free tile (:data:`STATUS_FREE`) is never written and reads as each band's fill
+    value; :meth:`ResultStore.verify`, run before every export, proved none of them holds
+    a chunk. So such a block is the fill value without being read.
+    """
+    status = np.asarray(store.status())
+    th, tw = store.info.tile_size
+    # Prefix sums of the tiles that are not free: one subtraction per block answers "none of them".
+    busy = np.zeros((status.shape[0] + 1, status.shape[1] + 1), np.int64)
+    busy[1:, 1:] = (status != STATUS_FREE).cumsum(0).cumsum(1)
+    r = np.arange(0, rows, side)
+    c = np.arange(0, cols, side)
+    r0, r1 = r // th, -(-np.minimum(r + side, rows) // th)
+    c0, c1 = c // tw, -(-np.minimum(c + side, cols) // tw)
+    count = busy[np.ix_(r1, c1)] - busy[np.ix_(r0, c1)] - busy[np.ix_(r1, c0)] + busy[np.ix_(r0, c0)]
+    return np.asarray(count == 0)
+
+
+def _same_bits(pixels: np.ndarray, value: np.ndarray) -> bool:
+    """Whether every pixel has exactly the bits of ``value`` (NaN payloads, -0.0 told apart)."""
+    kind = f"u{pixels.dtype.itemsize}"
+    return bool(np.all(pixels.view(kind) == value.view(kind)))
+
+
+def _skip_value(plan: Layout) -> float:
+    """The value never-written blocks get: the commonest constant of the output's bands (the first on ties)."""
+    constants = [np.asarray(v, plan.dtype).tobytes() for v in plan.constants]
+    best = max(range(len(constants)), key=lambda i: (constants.count(constants[i]), -i))
+    return plan.constants[best]
+
+
+def _write_blocks(dst: Any, index: int, pixels: np.ndarray, window: tuple[int, int, int, int], blocksize: int,
+                  skip: np.ndarray | None) -> None:
+    """Write a window's pixels, ``(y, x)``, leaving out whole blocks that hold only ``skip``."""
+    r0, c0, height, width = window
+    if skip is None:
+        dst.write(pixels, index, window=Window(c0, r0, width, height))
+        return
+    blocks = [(r, c) for r in range(0, height, blocksize) for c in range(0, width, blocksize)]
+    kept = [(r, c) for r, c in blocks if not _same_bits(pixels[r : r + blocksize, c : c + blocksize], skip)]
+    if len(kept) == len(blocks):
+        dst.write(pixels, index, window=Window(c0, r0, width, height))
+        return
+    for r, c in kept:
+        part = pixels[r : r + blocksize, c : c + blocksize]
+        dst.write(part, index, window=Window(c0 + c, r0 + r, part.shape[1], part.shape[0]))
+
+
 def _write_tiled(
-    store: ResultStore, bands: tuple[int, ...], path: Path, compress: str, blocksize: int, progress: bool = False
+    store: ResultStore, plan: Layout, path: Path, compress: str, blocksize: int, progress: bool = False
 ) -> None:
-    """Write the chosen bands to a tiled, compressed, band-interleaved GeoTIFF at ``path``."""
+    """Write ``plan``'s bands to a tiled, compressed, band-interleaved GeoTIFF at ``path``.
+
+    Constant blocks cost next to nothing: a block that holds only the skip value (the
+    commonest constant of the output's bands, the fill value of a sparse result) is never
+    written, so GDAL fills it when the file is closed, with the dataset's nodata value,
+    which is the skip value meanwhile: GDAL compresses such a block once and writes its
+    bytes for every block left empty (GTiff, ``SPARSE_OK=FALSE``, the default). The
+    nodata value is then set to what the product says (none for a float result: the fill
+    value is a real value). Blocks of free tiles are not even read (:func:`_free_blocks`).
+    """
     info = store.info
     _, rows, cols = info.shape
     try:
         crs = CRS.from_wkt(info.crs_wkt) if info.crs_wkt else None
     except Exception as exc:  # rasterio raises CRSError, GDAL may raise others
         raise StoreError(f"{store.path}: the store's CRS is not valid WKT: {exc}") from exc
+    skip_value = _skip_value(plan)
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": cols,
         "height": rows,
-        "count": len(bands),
-        "dtype": "float32",
+        "count": len(plan.sources),
+        "dtype": plan.dtype,
         "crs": crs,
         "transform": Affine(*info.transform),
         "tiled": True,
@@ -190,30 +259,50 @@ def _write_tiled(
         # Classic TIFF stops at 4 GB; GDAL switches to BigTIFF only where it may be needed.
         "bigtiff": "IF_SAFER",
         "num_threads": "ALL_CPUS",
+        # What GDAL fills never-written blocks with (see above); replaced once the file is closed.
+        "nodata": skip_value,
     }
-    if compress in _PREDICTED:
+    if compress in _PREDICTED and plan.dtype == "float32":
         profile["predictor"] = 3
     # Whole blocks per window; see the module docstring for why.
     side = blocksize * max(1, _WINDOW_SIDE // blocksize)
     windows = list(_windows(rows, cols, side))
-    bar = progress_bar(len(windows) * len(bands), "export", "window", enabled=progress)
+    free = _free_blocks(store, rows, cols, blocksize)
+    per_window = side // blocksize
+    bar = progress_bar(len(windows) * len(plan.sources), "export", "window", enabled=progress)
     try:
         with rasterio.open(path, "w", **profile) as dst:
-            dst.update_tags(**_provenance_tags(store.attrs["provenance"]))
-            for index, band in enumerate(bands, start=1):
-                # One-based names, as GDAL counts bands; they name the store's band.
-                dst.set_band_description(index, f"band_{band + 1}")
+            dst.update_tags(**_provenance_tags(store.attrs["provenance"]), **plan.tags)
+            if plan.colormap is not None:
+                dst.write_colormap(1, plan.colormap)
+            if plan.scales is not None and plan.offsets is not None:
+                dst.scales, dst.offsets = plan.scales, plan.offsets
+            bands = zip(plan.sources, plan.transforms, plan.constants, plan.descriptions, strict=True)
+            for index, (sources, transform, constant, description) in enumerate(bands, start=1):
+                dst.set_band_description(index, description)
+                value = np.asarray(constant, plan.dtype)
+                skip = value if _same_bits(value, np.asarray(skip_value, plan.dtype)) else None
                 for window in windows:
                     r0, c0, height, width = window
-                    block = _read_window(store, band, window)
-                    dst.write(block, index, window=Window(c0, r0, width, height))
+                    all_free = bool(free[r0 // blocksize : r0 // blocksize + per_window,
+                                         c0 // blocksize : c0 // blocksize + per_window].all())
+                    if all_free and skip is not None:
+                        bar.update(1)
+                        continue
+                    if all_free:
+                        pixels = np.full((height, width), value, plan.dtype)
+                    else:
+                        pixels = transform(np.stack([_read_window(store, b, window) for b in sources]))
+                    _write_blocks(dst, index, pixels, window, blocksize, skip)
                     bar.update(1)
+        with rasterio.open(path, "r+") as dst:
+            dst.nodata = plan.nodata
     finally:
         # Closed here on failure too: the stream it writes to may not outlive the export.
         bar.close()
 
 
-def _to_cog(src: Path, dst: Path, compress: str, blocksize: int, resampling: str) -> None:
+def _to_cog(src: Path, dst: Path, compress: str, blocksize: int, resampling: str, floating: bool = True) -> None:
     """Copy a GeoTIFF into a Cloud-Optimized GeoTIFF with overviews."""
     options: dict[str, Any] = {
         "compress": compress,
@@ -222,12 +311,14 @@ def _to_cog(src: Path, dst: Path, compress: str, blocksize: int, resampling: str
         "bigtiff": "IF_SAFER",
         "num_threads": "ALL_CPUS",
     }
-    if compress in _PREDICTED:
+    if compress in _PREDICTED and floating:
         options["predictor"] = "FLOATING_POINT"
     rasterio.shutil.copy(str(src), str(dst), driver="COG", **options)
 
 
-def _parse_resampling(resampling: str) -> str:
+def _parse_resampling(resampling: str | None) -> str | None:
+    if resampling is None:
+        return None
     allowed = ("nearest", "average", "bilinear", "cubic", "mode", "rms")
     value = str(resampling).lower()
     if value not in allowed:
@@ -244,21 +335,32 @@ def export_geotiff(
     bands: Sequence[int] | None = None,
     compress: str = "deflate",
     blocksize: int = 512,
-    resampling: str = "average",
+    resampling: str | None = None,
     progress: bool = False,
+    product: Product | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write a finished result store to a float32 GeoTIFF, block by block.
+    """Write a finished result store, or a product of it, to a GeoTIFF, block by block.
+
+    By default the GeoTIFF holds the float32 result itself. With ``product`` it holds what
+    that product computes from the exact float values instead (:mod:`tilepipe.export.products`):
+    a class map (:class:`~tilepipe.export.products.Classes`), a binary mask
+    (:class:`~tilepipe.export.products.Threshold`) or uint8 codes with their scale and
+    offset (:class:`~tilepipe.export.products.Scale`); export once per file wanted.
 
     The GeoTIFF has the store's CRS and affine transform, square tiles of ``blocksize``
-    pixels, lossless compression (with the floating-point predictor where the codec uses
-    one), band descriptions ``band_1``, ``band_2``, ... naming the store's bands
-    (one-based), and the run's provenance as ``TILEPIPE_*`` tags (``TILEPIPE_MODEL_SHA256``,
-    ``TILEPIPE_RUN_ID``, ...; nested records are flattened, long values left out). No
-    nodata value is set: every pixel of a complete result is a model output, and the
-    store's fill value is a real value there (the response of empty tiles).
+    pixels, lossless compression (with the floating-point predictor for float32 where the
+    codec uses one), band descriptions naming the store's bands (``band_names``, else the
+    names recorded in the store, else ``band_1``, ``band_2``, ... one-based), and the run's
+    provenance as ``TILEPIPE_*`` tags (``TILEPIPE_MODEL_SHA256``, ``TILEPIPE_RUN_ID``, ...;
+    nested records are flattened, long values left out). The float result has no nodata
+    value: every pixel of a complete result is a model output, and the store's fill value is
+    a real value there (the response of empty tiles). Products state their own nodata.
 
-    Memory stays bounded whatever the scene size: one window of 2048 x 2048 pixels
-    (16 MB; one block where blocks are larger) is held at a time, plus GDAL's block cache.
+    Memory stays bounded whatever the scene size: one window of 2048 x 2048 pixels per
+    band read (16 MB each; one block where blocks are larger) at a time, plus GDAL's block
+    cache. Blocks that hold one constant (the free tiles of a sparse result) are
+    compressed once, not once per block, and blocks of free tiles are not read at all.
 
     Parameters
     ----------
@@ -273,15 +375,21 @@ def export_geotiff(
         Replace ``out`` if it exists. The old file stays in place until the new one is whole.
     bands : sequence of int, optional
         Zero-based indices of the store's bands to export, in output order. Default: all.
+        Used by the float result and :class:`~tilepipe.export.products.Scale`.
     compress : str, default "deflate"
         Lossless codec: "deflate", "lzw", "zstd", "lzma", "lerc" or "none".
     blocksize : int, default 512
         Side of the GeoTIFF's square tiles in pixels, a multiple of 16.
-    resampling : str, default "average"
-        How COG overviews are computed: "nearest" (use it for class labels), "average",
-        "bilinear", "cubic", "mode" or "rms". Ignored without ``cog``.
+    resampling : str, optional
+        How COG overviews are computed: "nearest", "average", "bilinear", "cubic", "mode"
+        or "rms". Default: "nearest" for class maps and masks, "average" otherwise.
+        Ignored without ``cog``.
     progress : bool, default False
         Show a progress bar (one step per window and band).
+    product : Classes, Threshold or Scale, optional
+        What to write instead of the float result.
+    band_names : sequence of str, optional
+        One name per band of the store, for band descriptions and class names.
 
     Returns
     -------
@@ -296,17 +404,20 @@ def export_geotiff(
         (its run did not finish), or reading or writing failed (disk full, ...): then
         nothing new is left at ``out``.
     InputError
-        ``out`` exists and ``overwrite`` is false, is a folder or a device, or an
-        argument is invalid.
+        ``out`` exists and ``overwrite`` is false, is a folder or a device, an argument is
+        invalid, or the product does not fit the result.
     """
     compress = _parse_compress(compress)
     blocksize = _parse_blocksize(blocksize)
-    resampling = _parse_resampling(resampling)
+    chosen_resampling = _parse_resampling(resampling)
     store = open_result(result)
     if not store.complete:
         raise StoreError(f"{store.path}: the result is incomplete: its run did not finish; run it again to resume")
     store.verify()  # every chunk its record promises is there: an absent one must not read as the fill value
-    chosen = _parse_bands(bands, store.info.shape[0])
+    count = store.info.shape[0]
+    chosen = _parse_bands(bands, count)
+    names = parse_band_names(band_names, count) or stored_band_names(store)
+    plan = layout(product, chosen, store.fill_values, names)
     out_path = Path(out)
     with publish(out_path, overwrite=overwrite) as partial:
         native: list[str] = []
@@ -314,13 +425,14 @@ def export_geotiff(
             with native_stderr() as native:
                 if cog:
                     tiled = partial.with_name(f"{partial.stem}.tiled.tif")
-                    _write_tiled(store, chosen, tiled, compress, blocksize, progress)
+                    _write_tiled(store, plan, tiled, compress, blocksize, progress)
                     # Checked before copying: a tile missing here would be copied as zeros.
-                    _check_whole(tiled, len(chosen))
-                    _to_cog(tiled, partial, compress, blocksize, resampling)
+                    _check_whole(tiled, len(plan.sources))
+                    _to_cog(tiled, partial, compress, blocksize, chosen_resampling or plan.resampling,
+                            plan.dtype == "float32")
                 else:
-                    _write_tiled(store, chosen, partial, compress, blocksize, progress)
-                _check_whole(partial, len(chosen))
+                    _write_tiled(store, plan, partial, compress, blocksize, progress)
+                _check_whole(partial, len(plan.sources))
         except TilepipeError:
             raise
         except Exception as exc:  # GDAL errors (RasterioIOError, CPLE_*), OSError (disk full), _NotWhole

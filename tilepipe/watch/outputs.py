@@ -39,7 +39,7 @@ from typing import Any
 
 from tilepipe.location import Location
 from tilepipe.watch.inbox import remove_tree
-from tilepipe.workflow import SCENE_PLACEHOLDER, OutputSpec, SceneWorkflow, Workflow
+from tilepipe.workflow import SCENE_PLACEHOLDER, SceneWorkflow, Workflow
 
 __all__ = ["Outputs", "outputs_root"]
 
@@ -95,23 +95,21 @@ class Outputs:
     def staged(final: Workflow, folder: str) -> Workflow:
         """``final`` with every output moved into ``folder`` (``<folder>/<kind>/<file name>``; the
         folders are made here)."""
-        out = final.output
-
-        def inside(kind: str, where: str | None) -> str | None:
-            if where is None:
-                return None
+        def inside(kind: str, where: str) -> str:
             os.makedirs(os.path.join(folder, kind), exist_ok=True)
             return os.path.join(folder, kind, Location.of(where).name)
 
-        output = OutputSpec(zarr=str(inside("zarr", out.zarr)), scene=str(inside("scene", out.scene)),
-                            geotiff=inside("geotiff", out.geotiff), cog=out.cog,
-                            quicklook=inside("quicklook", out.quicklook))
-        return replace(final, output=output)
+        # with_paths carries every output the workflow asks for (products and band names included).
+        return replace(final, output=final.output.with_paths(inside))
 
     def publish(self, staged: Workflow, final: Workflow) -> None:
         """Move (or upload) every staged output to its final place; the result store last."""
-        for kind in ("scene", "quicklook", "geotiff", "zarr"):
-            src, dst = getattr(staged.output, kind), getattr(final.output, kind)
+        kinds = ("scene", "quicklook", "geotiff")
+        pairs = [(getattr(staged.output, kind), getattr(final.output, kind)) for kind in kinds]
+        finals = dict(final.output.products)
+        pairs += [(spec.path, finals[key].path) for key, spec in staged.output.products]
+        pairs.append((staged.output.zarr, final.output.zarr))  # last: a complete result store means all is in place
+        for src, dst in pairs:
             if src is None or dst is None or not os.path.exists(src):
                 continue
             target = Location.of(dst)
