@@ -5,18 +5,25 @@ For each occupancy (fraction of tiles holding values) one synthetic clustered sc
 generated and run through:
 
 (a) naive        ``tf.SparseTensor`` of the whole scene -> ``tf.sparse.to_dense`` -> model,
-                 in a subprocess (its memory is measurable, an OOM cannot kill the harness)
+                 in a subprocess (its memory is measurable, an OOM cannot kill the harness);
+                 for a strided model (``--model unet``) the scene is padded with zeros at the
+                 bottom/right to a multiple of the total stride S first and the output cropped:
+                 the reference tilepipe must equal
 (b) map_overlap  ``dask.array.from_zarr(dense scene).map_overlap(model, depth=halo,
-                 boundary="none")`` -> ``to_zarr``, on the same cluster as (c), warm
+                 boundary="none")`` -> ``to_zarr``, on the same cluster kind as (c), warm
+                 (strided model: scene padded to a multiple of S, depth rounded up to one)
 (c) tilepipe     ``tilepipe.run`` on an ingested scene store, warm workers
 (c') tilepipe CLI ``tilepipe run WORKFLOW.yaml`` from process start (ingest + run + GeoTIFF)
 (d) floor        the sum of pure compiled-model call times over the non-empty tiles
 
 and the ratios naive/tilepipe, map_overlap/tilepipe and (tilepipe - floor)/floor are
-written to ``results/bench-<size>.json`` and ``results/bench-<size>.md``.
+written to ``results/bench-<size>.json`` and ``results/bench-<size>.md`` (``--model unet``:
+``bench-<size>-unet.*``). The outputs of (a), (b) and (c) are compared (max |x - ref| / max |ref|);
+a difference over 1e-5 is reported and makes the exit status 1.
 
     python benchmarks/bench.py --quick
     python benchmarks/bench.py --size 8192 --occupancy 0.01,0.05,0.25,1.0 --workers 2
+    python benchmarks/bench.py --model unet --size 8192 --occupancy 0.01,0.05,1.0 --workers 2
 
 See benchmarks/README.md for what each number means.
 """
@@ -53,6 +60,8 @@ TARGET_SPARSE_VS_MAPOVERLAP = 5.0
 TARGET_DENSE_VS_MAPOVERLAP = 1.2
 TARGET_OVERHEAD = 0.25
 SPARSE_MAX_OCCUPANCY = 0.05
+# Outputs of (a), (b) and (c) must agree to this (max |x - ref| / max |ref|, DESIGN's exactness bar)
+AGREEMENT_TOLERANCE = 1e-5
 PROFILE_SECONDS = 4.0  # --profile: repeat the warm run under py-spy until this much wall time is sampled
 
 
@@ -75,39 +84,70 @@ def _maxrss() -> int:
 
 
 def child_naive(spec: dict[str, Any]) -> dict[str, Any]:
-    """Whole-scene SparseTensor -> to_dense -> model (what most people try first)."""
+    """Whole-scene SparseTensor -> to_dense -> model (what most people try first).
+
+    A strided model runs on the scene padded with zeros at the bottom/right to a
+    multiple of its total stride (``spec["step"]``), and its output is cropped back:
+    the reference a tiled run must equal. After the timed part, the output's first
+    channel is written to ``spec["out"]`` (Zarr, ``(rows, cols)``) for the harness to compare.
+    """
     tf = _child_tf(spec["threads"])
     import keras
 
     from tilepipe.sources import synthetic_scene
 
-    size, bands, tile = spec["size"], spec["bands"], spec["tile"]
+    size, bands, tile, step = spec["size"], spec["bands"], spec["tile"], spec.get("step", 1)
     coo = synthetic_scene((size, size), bands=bands, occupancy=spec["occupancy"], tile_size=(tile, tile),
                           seed=spec["seed"])
+    padded = _round_up(size, step)
     model = keras.saving.load_model(spec["model"], safe_mode=True)
     model(np.zeros((1, 16, 16, bands), np.float32), training=False)  # runtime up, weights built
     t0 = time.perf_counter()
     # The synthetic COO is already in row-major order, so no tf.sparse.reorder (which would only add time).
+    # The zero padding is only a larger dense_shape: the padded pixels hold no value.
     st = tf.SparseTensor(indices=np.stack([coo.rows, coo.cols, coo.bands], axis=1), values=coo.values,
-                         dense_shape=coo.shape)
+                         dense_shape=(padded, padded, bands))
     dense = tf.sparse.to_dense(st)
     t1 = time.perf_counter()
-    out = model(dense[None], training=False)
+    out = model(dense[None], training=False)[0, :size, :size, 0]
     checksum = float(tf.reduce_sum(out))
     t2 = time.perf_counter()
-    return {"wall_seconds": t2 - t0, "densify_seconds": t1 - t0, "model_seconds": t2 - t1,
-            "checksum": checksum, "child_max_rss": _maxrss()}
+    del dense
+    answer = {"wall_seconds": t2 - t0, "densify_seconds": t1 - t0, "model_seconds": t2 - t1,
+              "checksum": checksum, "padded_size": padded, "child_max_rss": _maxrss()}
+    if spec.get("out"):
+        import zarr
+
+        arr = zarr.create_array(spec["out"], shape=(size, size), chunks=(tile, tile), dtype="float32",
+                                fill_value=0.0, overwrite=True)
+        arr[:, :] = np.asarray(out)
+    return answer
 
 
 def child_model(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build and save the demo model; its halo and layer widths (so the harness needs no TensorFlow)."""
-    from tilepipe.demo import build_demo_model
+    """Build and save the model (``spec["name"]``: demo or unet); the facts the harness needs without TensorFlow.
+
+    ``halo`` and ``step`` (total stride) from tilepipe's footprint; ``floats_per_pixel``:
+    the input's bands plus every layer's output values per input pixel (channels x
+    its scale squared), measured on a zero input. Keras keeps every intermediate of a
+    functional model alive until the call returns, so this is what a whole-scene call holds.
+    """
+    import keras
+
+    from tilepipe.demo import BUILDERS
     from tilepipe.model import footprint_of
 
-    model = build_demo_model(spec["bands"])
+    bands = spec["bands"]
+    model = BUILDERS[spec.get("name", "demo")](bands)
     model.save(spec["model"])
-    return {"halo": int(footprint_of(model).halo),
-            "widths": [int(layer.output.shape[-1]) for layer in model.layers]}
+    fp = footprint_of(model)
+    probe = 64
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    taps = keras.Model(model.inputs, [layer.output for layer in layers])
+    outs = taps(np.zeros((1, probe, probe, bands), np.float32), training=False)
+    floats = bands + sum(int(np.prod(o.shape[1:])) for o in outs) / probe**2
+    return {"halo": int(fp.halo), "step": int(max(fp.step)), "floats_per_pixel": float(floats),
+            "widths": [int(layer.output.shape[-1]) for layer in layers]}
 
 
 def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +165,12 @@ def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
     for job in jobs:
         tile = scene.read_tile(job.row, job.col)
         assert tile is not None
-        windows.append(np.ascontiguousarray(tile.to_dense()[job.need.relative_to(job.stored).slices]))
+        # ``need`` may reach past the scene into a strided model's zero padding (as tilepipe pads it)
+        dense = tile.to_dense()
+        overlap = job.need.clip(job.stored.row_stop, job.stored.col_stop)
+        window = np.zeros((*job.need.shape, dense.shape[-1]), np.float32)
+        window[overlap.relative_to(job.need).slices] = dense[overlap.relative_to(job.stored).slices]
+        windows.append(window)
     # one tile per call; each tile's time is its best of `passes` calls (this VM's timings are noisy)
     passes = spec.get("passes", 3)
     for shape in {w.shape for w in windows}:
@@ -311,16 +356,27 @@ def _add_path(path: str) -> None:
         sys.path.insert(0, path)
 
 
-def predicted_naive_bytes(size: int, bands: int, nnz: int, widths: list[int]) -> int:
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+# Copies of each activation a whole-scene call holds at its peak, per model (measured, see below).
+NAIVE_COPIES = {"demo": 2.0, "unet": 1.15}
+
+
+def predicted_naive_bytes(padded: int, nnz: int, floats_per_pixel: float, copies: float) -> int:
     """What whole-scene densify + model holds at its peak, + 1 GB of runtime.
 
-    Dense input, the two widest activations alive at once and the output, each
-    counted twice (oneDNN reorders every tensor into its blocked layout): calibrated
-    on 8192 x 8192 x 4 with the demo model, predicted 19.8 GB, measured 19.5 GB max RSS.
+    ``padded``: the scene side the model runs on. The dense input and every layer's
+    output (Keras keeps a functional model's intermediates alive during the call;
+    ``floats_per_pixel`` from ``child_model``), each counted ``copies`` times. The demo
+    model's tensors are all counted twice (oneDNN reorders every tensor into its blocked
+    layout): 4 + 16 + 16 + 1 floats per pixel at 8192 x 8192 x 4, predicted 19.8 GB,
+    measured 19.5 GB max RSS. The U-Net's (226 floats per pixel) barely more than once:
+    2040 x 2040 x 4 measured 4.8 GB max RSS, 1.0 copies over 1 GB of runtime; with 1.15,
+    4096 x 4096 x 4 is predicted 17.2 GB, measured 16.4 GB.
     """
-    pair = max((a + b for a, b in zip([bands, *widths], widths, strict=False)), default=bands)
-    px = size * size
-    return 2 * px * 4 * (bands + pair + widths[-1]) + nnz * (3 * 8 + 4) * 2 + GB
+    return int(copies * padded * padded * 4 * floats_per_pixel) + nnz * (3 * 8 + 4) * 2 + GB
 
 
 def _trim_memory() -> None:
@@ -349,12 +405,39 @@ def local_cluster(workers: int) -> Iterator[Any]:
         cluster.close()
 
 
-def case_mapoverlap(client: Any, dense_path: str, out_path: str, model_path: str, halo: int, tile: int) -> float:
+def _chunks_along(length: int, tile: int, depth: int) -> tuple[int, ...]:
+    """Chunk sizes of ``tile`` along an axis of ``length``; a last chunk shorter than
+    ``depth`` joins the one before it (dask would otherwise rechunk, and a rechunk
+    need not keep the chunk boundaries on the model's stride)."""
+    sizes = [tile] * (length // tile)
+    rest = length % tile
+    if rest and rest < depth and sizes:
+        sizes[-1] += rest
+    elif rest:
+        sizes.append(rest)
+    return tuple(sizes)
+
+
+def case_mapoverlap(client: Any, dense_path: str, out_path: str, model_path: str, depth: int, tile: int,
+                    size: int) -> float:
+    """``map_overlap`` of the model over the dense scene at ``dense_path`` -> Zarr at ``out_path``.
+
+    For a strided model the dense scene is already padded to a multiple of the stride S,
+    and ``tile`` and ``depth`` are multiples of S: every block (chunk grown by the depth,
+    or cut at the padded scene's edge by ``boundary="none"``) starts at and is a multiple
+    of S, as the reference's grid is. ``boundary="none"`` (not 0): the model then sees the
+    scene's edge as the reference does, and its ``same`` layers pad each activation there;
+    zeros padded onto the input are not the same thing. The output is cropped to the scene.
+    """
     import dask.array as da
 
-    x = da.from_zarr(dense_path)
-    y = da.map_overlap(benchlib.predict_block, x, depth=(halo, halo, 0), boundary="none", dtype=np.float32,
+    rows, cols, bands = da.from_zarr(dense_path).shape
+    chunks = (_chunks_along(rows, tile, depth), _chunks_along(cols, tile, depth), (bands,))
+    x = da.from_zarr(dense_path, chunks=chunks)
+    y = da.map_overlap(benchlib.predict_block, x, depth=(depth, depth, 0), boundary="none", dtype=np.float32,
                        drop_axis=2, meta=np.empty((0, 0), np.float32), model_path=model_path)
+    if y.shape != (size, size) or chunks[:2] != (_chunks_along(rows, tile, 0), _chunks_along(cols, tile, 0)):
+        y = y[:size, :size].rechunk((tile, tile))  # zarr wants regular chunks
     t0 = time.perf_counter()
     da.to_zarr(y, out_path, overwrite=True)
     return time.perf_counter() - t0
@@ -400,13 +483,17 @@ def case_cli(tmp: str, size: int, bands: int, occ: float, seed: int, tile: int, 
 
 
 def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, tmp: str,
-                    model_path: str, widths: list[int], halo: int, results_dir: str) -> dict[str, Any]:
+                    model_path: str, facts: dict[str, Any], results_dir: str) -> dict[str, Any]:
     import tilepipe
     from tilepipe.sources import synthetic_scene
 
     size, bands, tile, workers = args.size, args.bands, args.tile_size, args.workers
+    halo, step = int(facts["halo"]), int(facts["step"])
+    padded = _round_up(size, step)  # the side the reference (a) and map_overlap (b) run on
+    depth = _round_up(halo, step)  # map_overlap's depth: the halo, kept on the stride
     pixels = size * size
-    rec: dict[str, Any] = {"occupancy": occ, "size": size, "bands": bands, "tile_size": tile, "pixels": pixels}
+    rec: dict[str, Any] = {"occupancy": occ, "size": size, "bands": bands, "tile_size": tile, "pixels": pixels,
+                           "padded_size": padded, "mapoverlap_depth": depth}
     say = _say
 
     # ------------------------------------------------------------- untimed preparation
@@ -419,7 +506,7 @@ def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, t
     # halo = the model's footprint (what model=model_path would derive, without TensorFlow in this process)
     tilepipe.ingest(coo, scene_path, tile_size=tile, halo=halo, overwrite=True)
     index = tilepipe.open_scene(scene_path).index()
-    chunks = benchlib.write_dense_zarr(coo, dense_path, tile)
+    chunks = benchlib.write_dense_zarr(coo, dense_path, tile, shape=(padded, padded, bands))
     rec.update(nonzero_entries=nnz, tiles_total=int(index.size), tiles_nonempty=int((index > 0).sum()),
                dense_chunks_written=chunks)
     say(f"occupancy {occ}: {nnz} values, {rec['tiles_nonempty']}/{rec['tiles_total']} non-empty tile windows; "
@@ -429,10 +516,12 @@ def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, t
 
     # ------------------------------------------------------------- (a) naive
     _trim_memory()  # give the harness's freed heap back, so the naive child has all it can get
-    need = predicted_naive_bytes(size, bands, nnz, widths)
+    need = predicted_naive_bytes(padded, nnz, float(facts["floats_per_pixel"]), NAIVE_COPIES[args.model])
     avail = benchlib.psutil.virtual_memory().available
+    naive_out = os.path.join(tmp, "naive.zarr")
+    _rm(naive_out)
     spec = {"size": size, "bands": bands, "tile": tile, "occupancy": occ, "seed": args.seed, "model": model_path,
-            "threads": workers}
+            "threads": workers, "step": step, "out": naive_out}
     if args.skip_naive:
         cases["naive"] = {"skipped": True}
     elif need > avail:
@@ -450,12 +539,12 @@ def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, t
     mo_out = os.path.join(tmp, "mapoverlap.zarr")
     times = []
     with local_cluster(workers) as client:
-        case_mapoverlap(client, dense_path, os.path.join(tmp, "mo-warm.zarr"), model_path, halo, tile)
+        case_mapoverlap(client, dense_path, os.path.join(tmp, "mo-warm.zarr"), model_path, depth, tile, size)
         _rm(os.path.join(tmp, "mo-warm.zarr"))
         with sampler.phase("map_overlap") as mark:
             for _ in range(args.repeat):
                 _rm(mo_out)
-                times.append(case_mapoverlap(client, dense_path, mo_out, model_path, halo, tile))
+                times.append(case_mapoverlap(client, dense_path, mo_out, model_path, depth, tile, size))
     cases["map_overlap"] = {"wall_seconds": min(times), "all_seconds": times, "peak_rss": mark.peak,
                             "baseline_rss": mark.baseline}
     say(f"  map_overlap: {_brief(cases['map_overlap'])}")
@@ -478,9 +567,20 @@ def bench_occupancy(args: argparse.Namespace, occ: float, sampler: RssSampler, t
                               "baseline_rss": mark.baseline, "report": reports[best]}
     say(f"  tilepipe warm: {_brief(cases['tilepipe_warm'])}")
 
-    rec["max_rel_err_tilepipe_vs_mapoverlap"] = benchlib.max_rel_err(mo_out, tp_out, "data", tile)
-    say(f"  max rel err tilepipe vs map_overlap: {rec['max_rel_err_tilepipe_vs_mapoverlap']:.2e}")
-
+    # ------------------------------------------------------------- do (a), (b), (c) agree?
+    naive_ran = "error" not in cases["naive"] and not cases["naive"].get("skipped")
+    pairs = [("tilepipe_vs_mapoverlap", tp_out, "data", mo_out)]
+    if naive_ran:  # (a) is the reference
+        pairs += [("tilepipe_vs_naive", tp_out, "data", naive_out), ("mapoverlap_vs_naive", mo_out, None, naive_out)]
+    agreement = {name: benchlib.max_rel_err(x, comp, ref, None, tile) for name, x, comp, ref in pairs}
+    rec["agreement"] = agreement
+    rec["max_rel_err_tilepipe_vs_mapoverlap"] = agreement["tilepipe_vs_mapoverlap"]["rel"]
+    rec["agree"] = all(a["rel"] <= AGREEMENT_TOLERANCE for a in agreement.values())
+    for name, a in agreement.items():
+        flag = "ok" if a["rel"] <= AGREEMENT_TOLERANCE else f"MISMATCH (over {AGREEMENT_TOLERANCE:g})"
+        say(f"  max rel err {name.replace('_vs_', ' vs ')}: {a['rel']:.2e} "
+            f"(max abs {fmt(a['max_abs'], '.2e')}, max |ref| {fmt(a['max_ref'], '.3g')}) {a.get('error', '')}{flag}")
+    _rm(naive_out)
 
     # ------------------------------------------------------------- (c') tilepipe CLI, cold
     if args.skip_cli:
@@ -569,9 +669,23 @@ def _brief(c: dict[str, Any]) -> str:
     return f"{c['wall_seconds']:.2f} s, peak RSS {c.get('peak_rss', 0) / GB:.2f} GB"
 
 
+def _err(rec: dict[str, Any], pair: str) -> str:
+    a = rec.get("agreement", {}).get(pair)
+    if a is None:
+        value = rec.get(f"max_rel_err_{pair}")  # results written before the agreement record
+        return "-" if value is None else f"{value:.1e}"
+    return f"{a['rel']:.1e}" + ("" if a["rel"] <= AGREEMENT_TOLERANCE else " MISMATCH")
+
+
 def _say(line: str) -> None:
     print(line, flush=True)
 
+
+MODEL_ABOUT = {
+    "demo": "`tilepipe.demo.build_demo_model` (three 3x3 `same` Conv2D, 16 filters)",
+    "unet": "`tilepipe.demo.build_unet_model` (3-level U-Net, 16/32/32 filters, 2x2 max pooling down, "
+            "bilinear upsampling up, skip concatenation)",
+}
 
 CASE_NAMES = [
     ("naive", "(a) naive to_dense + model"),
@@ -586,8 +700,16 @@ CASE_NAMES = [
 def render_markdown(doc: dict[str, Any]) -> str:
     a = doc["args"]
     lib = doc.get("tilepipe", {})
+    model = a.get("model", "demo")
+    facts = doc.get("model_facts", {})
+    about = MODEL_ABOUT.get(model, model)
     out = [
-        f"# tilepipe benchmark, {a['size']} x {a['size']} x {a['bands']}, tile {a['tile_size']}",
+        f"# tilepipe benchmark, {a['size']} x {a['size']} x {a['bands']}, tile {a['tile_size']}, model {model}",
+        "",
+        f"Model: {about}; halo {doc.get('halo')}, total stride {facts.get('step', 1)}."
+        + (" (a) runs on the scene padded with zeros to a multiple of the stride (output cropped), the "
+           f"reference; (b) on the dense scene padded likewise, depth {_round_up(doc.get('halo', 0), facts['step'])}, "
+           '`boundary="none"`.' if facts.get("step", 1) > 1 else ""),
         "",
         f"tilepipe {lib.get('version')} at commit {lib.get('commit')}{' (dirty)' if lib.get('dirty') else ''}, "
         f"from {lib.get('path')}; {doc.get('started')}.",
@@ -637,11 +759,14 @@ def render_markdown(doc: dict[str, Any]) -> str:
             fmt(q["overhead_over_floor"], ".0%") if q["overhead_over_floor"] is not None else "-",
             fmt(q["overhead_over_floor_1thread_split"], ".0%")
             if q["overhead_over_floor_1thread_split"] is not None else "-",
-            f"{r['max_rel_err_tilepipe_vs_mapoverlap']:.1e}", "; ".join(checks),
+            _err(r, "tilepipe_vs_mapoverlap"), _err(r, "tilepipe_vs_naive"), _err(r, "mapoverlap_vs_naive"),
+            "; ".join(checks),
         ])
     out.append(markdown_table(
         ["occupancy", "non-empty tiles", "naive / tilepipe", "map_overlap / tilepipe", "(tilepipe-floor)/floor",
-         "vs 1-thread floor", "max rel err vs (b)", "targets"], rrows))
+         "vs 1-thread floor", "rel err (c) vs (b)", "(c) vs (a)", "(b) vs (a)", "targets"], rrows))
+    out += ["", f"rel err: max |x - ref| / max |ref| over the whole output, ref the second named; "
+            f"agreement required: <= {AGREEMENT_TOLERANCE:g} ('-': (a) did not run)."]
     out.append("")
     return "\n".join(out)
 
@@ -651,6 +776,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", choices=["demo", "unet"], default="demo",
+                   help="demo: tilepipe.demo.build_demo_model (3 convs, halo 3); unet: build_unet_model\n"
+                        "(3 levels, 16/32/32 filters, stride 8, halo 48; results in bench-<size>-unet.*)")
     p.add_argument("--size", type=int, default=8192, help="scene rows = cols (default 8192)")
     p.add_argument("--bands", type=int, default=4)
     p.add_argument("--tile-size", type=int, default=1024)
@@ -685,8 +813,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="tilepipe-bench-", dir=args.tmp)
     sampler = RssSampler().start()
-    json_path = os.path.join(args.out, f"bench-{args.size}.json")
-    md_path = os.path.join(args.out, f"bench-{args.size}.md")
+    stem = f"bench-{args.size}" + ("" if args.model == "demo" else f"-{args.model}")
+    json_path = os.path.join(args.out, f"{stem}.json")
+    md_path = os.path.join(args.out, f"{stem}.md")
     doc: dict[str, Any] = {
         "args": {k: v for k, v in vars(args).items() if k not in ("child", "child_spec")},
         "machine": benchlib.machine(),
@@ -696,13 +825,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         model_path = os.path.join(tmp, "model.keras")
-        built = run_child("model", {"bands": args.bands, "model": model_path}, sampler)
+        built = run_child("model", {"name": args.model, "bands": args.bands, "model": model_path}, sampler)
         if "error" in built:
             raise RuntimeError(f"building the model failed: {built['error']}")
-        halo, widths = int(built["halo"]), list(built["widths"])
-        doc["halo"] = halo
+        facts = {k: built[k] for k in ("halo", "step", "floats_per_pixel", "widths")}
+        if args.tile_size % facts["step"]:
+            raise SystemExit(f"--tile-size {args.tile_size} is not a multiple of the model's stride {facts['step']}")
+        doc["halo"] = facts["halo"]
+        doc["model_facts"] = facts
         for occ in args.occupancies:
-            rec = bench_occupancy(args, occ, sampler, tmp, model_path, widths, halo, args.out)
+            rec = bench_occupancy(args, occ, sampler, tmp, model_path, facts, args.out)
             rec["harness_imported_tensorflow"] = "tensorflow" in sys.modules
             doc["results"].append(rec)
             doc["overall_peak_rss"] = sampler.overall_peak
@@ -717,6 +849,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(md)
     print(f"written: {json_path}, {md_path}")
+    bad = [r["occupancy"] for r in doc["results"] if not r.get("agree", True)]
+    if bad:
+        print(f"MISMATCH: results differ by more than {AGREEMENT_TOLERANCE:g} at occupancy "
+              f"{', '.join(f'{o:g}' for o in bad)}", file=sys.stderr)
+        return 1
     return 0
 
 

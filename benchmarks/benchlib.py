@@ -205,7 +205,7 @@ def cached_model(path: str) -> Any:
 def predict_block(block: np.ndarray, model_path: str) -> np.ndarray:
     """``map_overlap`` block function: the model on one haloed ``(rows, cols, bands)`` block.
 
-    Returns the first output channel as ``(rows, cols)`` (the demo model has one).
+    Returns the first output channel as ``(rows, cols)`` (the demo model and the U-Net have one).
     """
     model = cached_model(model_path)
     out = model(np.ascontiguousarray(block[None], dtype=np.float32), training=False)
@@ -215,16 +215,18 @@ def predict_block(block: np.ndarray, model_path: str) -> np.ndarray:
 # --------------------------------------------------------------------------- scenes
 
 
-def write_dense_zarr(coo: Any, path: str, tile: int) -> int:
+def write_dense_zarr(coo: Any, path: str, tile: int, shape: tuple[int, int, int] | None = None) -> int:
     """Write the COO scene as a dense Zarr v3 array ``(rows, cols, bands)`` chunked ``(tile, tile, bands)``.
 
     Chunk by chunk from the COO (never the whole dense array); chunks without a
     value are left unwritten (they read as the fill value 0, as zarr's default
-    ``write_empty_chunks=False`` would leave them anyway). Returns chunks written.
+    ``write_empty_chunks=False`` would leave them anyway). ``shape`` (default the
+    scene's) may be larger: the scene padded with zeros at the bottom/right, as a
+    strided model's reference runs on it. Returns chunks written.
     """
     import zarr
 
-    rows, cols, bands = coo.shape
+    rows, cols, bands = shape if shape is not None else coo.shape
     arr = zarr.create_array(path, shape=(rows, cols, bands), chunks=(tile, tile, bands), dtype="float32",
                             fill_value=0.0, overwrite=True)
     nx = -(-cols // tile)
@@ -243,24 +245,49 @@ def write_dense_zarr(coo: Any, path: str, tile: int) -> int:
     return int(ids.size)
 
 
-def max_rel_err(a_path: str, b_path: str, b_component: str | None, tile: int) -> float:
-    """max |a - b| / max |b| between a ``(rows, cols)`` map_overlap result and a tilepipe
-    ``(band, rows, cols)`` result, read block by block."""
+def _first_channel(path: str, component: str | None) -> Any:
+    """A result as a ``(rows, cols)`` view: a 2-D array (map_overlap, naive) as it is,
+    a tilepipe ``(band, rows, cols)`` array (``component`` of a group) at band 0."""
     import zarr
 
-    a = zarr.open_array(a_path, mode="r")
-    b = zarr.open_group(b_path, mode="r")[b_component] if b_component else zarr.open_array(b_path, mode="r")
-    rows, cols = a.shape
+    arr = zarr.open_group(path, mode="r")[component] if component else zarr.open_array(path, mode="r")
+    if arr.ndim == 2:
+        return lambda r, c: arr[r, c]
+    return lambda r, c: arr[0, r, c]
+
+
+def max_rel_err(x_path: str, x_component: str | None, ref_path: str, ref_component: str | None,
+                tile: int) -> dict[str, Any]:
+    """``max |x - ref| / max |ref|`` between two results, read block by block.
+
+    Each is a 2-D Zarr array (``component`` None) or the ``component`` of a group
+    holding ``(band, rows, cols)`` (tilepipe's result; band 0 is compared). Returns
+    ``{"rel": ..., "max_abs": ..., "max_ref": ...}``; different shapes are an error
+    (``rel`` infinite and ``"error"`` saying so), never a silent partial comparison.
+    """
+    import zarr
+
+    shapes = []
+    for path, comp in ((x_path, x_component), (ref_path, ref_component)):
+        arr = zarr.open_group(path, mode="r")[comp] if comp else zarr.open_array(path, mode="r")
+        shapes.append(tuple(arr.shape[-2:]))
+    if shapes[0] != shapes[1]:
+        return {"rel": float("inf"), "max_abs": None, "max_ref": None,
+                "error": f"shapes differ: {shapes[0]} vs {shapes[1]}"}
+    x, y = _first_channel(x_path, x_component), _first_channel(ref_path, ref_component)
+    rows, cols = shapes[0]
     err = 0.0
     ref = 0.0
     step = 4 * tile
     for r in range(0, rows, step):
         for c in range(0, cols, step):
-            x = np.asarray(a[r : r + step, c : c + step], dtype=np.float64)
-            y = np.asarray(b[0, r : r + step, c : c + step], dtype=np.float64)
-            err = max(err, float(np.max(np.abs(x - y))))
-            ref = max(ref, float(np.max(np.abs(y))))
-    return err / ref if ref > 0 else err
+            window = (slice(r, r + step), slice(c, c + step))
+            a = np.asarray(x(*window), dtype=np.float64)
+            b = np.asarray(y(*window), dtype=np.float64)
+            diff = float(np.max(np.abs(a - b)))
+            err = max(err, diff if np.isfinite(diff) else float("inf"))  # a NaN must not compare away
+            ref = max(ref, float(np.max(np.abs(b))))
+    return {"rel": err / ref if ref > 0 else err, "max_abs": err, "max_ref": ref}
 
 
 # --------------------------------------------------------------------------- formatting

@@ -210,8 +210,14 @@ def _provenance(scene: SceneStore, mf: ModelFile, facts: ModelFacts) -> dict[str
         "halo": scene.info.halo,
         "tile_size": list(scene.info.tile_size),
         "tilepipe_version": __version__,
-        "scene_store": scene.path,
+        "scene_store": _shown(scene.path),
     }
+
+
+def _shown(path: str) -> str:
+    """A store's path as recorded in provenance: absolute where it is local, as the model's is."""
+    location = Location.of(path)
+    return location.path if location.is_local else path
 
 
 def _open_or_create(
