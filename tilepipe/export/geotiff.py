@@ -417,7 +417,10 @@ def export_geotiff(
     count = store.info.shape[0]
     chosen = _parse_bands(bands, count)
     names = parse_band_names(band_names, count) or stored_band_names(store)
-    plan = layout(product, chosen, store.fill_values, names)
+    try:
+        plan = layout(product, chosen, store.fill_values, names)
+    except InputError as exc:  # the product does not fit this result: say which result
+        raise InputError(f"{store.path}: {exc}") from None
     out_path = Path(out)
     with publish(out_path, overwrite=overwrite) as partial:
         native: list[str] = []
