@@ -7,15 +7,18 @@ inside the helpers that use them, so a module that only runs the command does no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pytest
 
 if TYPE_CHECKING:
     import keras
@@ -137,3 +140,55 @@ def write_geotiff(path: Path, data: np.ndarray, *, crs: str | None = None, trans
     with rasterio.open(path, "w", driver="GTiff", width=cols, height=rows, count=bands, dtype=data.dtype.name,
                        nodata=nodata, crs=crs, transform=transform) as dst:
         dst.write(data)
+
+
+# -- a real cluster -------------------------------------------------------------------------------
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+@contextlib.contextmanager
+def dask_cli_cluster(logs: Path, workers: Sequence[tuple[str, Sequence[str]]]) -> Iterator[str]:
+    """A scheduler and one single-threaded worker per ``(name, extra dask-worker args)``, started with the
+    real ``dask`` CLI on 127.0.0.1; yields the scheduler's address once every worker has joined."""
+    if not os.path.exists(DASK):
+        pytest.skip(f"the dask CLI is not installed beside {sys.executable}")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
+            stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
+        )
+    ]
+    for name, extra in workers:
+        procs.append(
+            subprocess.Popen(
+                [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
+                 "--name", name, "--no-dashboard", *extra],
+                stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
+            )
+        )
+    from distributed import Client
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(len(workers), timeout=max(1, deadline - time.monotonic()))
+                break
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -7,68 +7,24 @@ the CPU here just as it would on a card.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import free_port, run_tilepipe, write_geotiff
+from helpers import dask_cli_cluster, free_port, run_tilepipe, write_geotiff
 
 pytestmark = pytest.mark.cluster
 
-DASK = str(Path(sys.executable).with_name("dask"))
 
 
 @pytest.fixture(scope="module")
 def cluster_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A scheduler and two single-threaded workers, started with the real `dask` CLI."""
-    if not os.path.exists(DASK):
-        pytest.skip(f"the dask CLI is not installed beside {sys.executable}")
-    logs = tmp_path_factory.mktemp("cluster-logs")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    procs = [
-        subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
-            stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
-        )
-    ]
-    for name, extra in (("gpu-worker", ["--resources", "GPU=1"]), ("cpu-worker", [])):
-        procs.append(
-            subprocess.Popen(
-                [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
-                 "--name", name, "--no-dashboard", *extra],
-                stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
-            )
-        )
-    from distributed import Client
-
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(address, timeout=5) as client:
-                    client.wait_for_workers(2, timeout=max(1, deadline - time.monotonic()))
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+    workers = (("gpu-worker", ["--resources", "GPU=1"]), ("cpu-worker", []))
+    with dask_cli_cluster(tmp_path_factory.mktemp("cluster-logs"), workers) as address:
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def _model(bands: int):  # type: ignore[no-untyped-def]

@@ -23,9 +23,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from helpers import assert_one_clear_line, conv, free_port, patches, reference, run_tilepipe, sequential, write_geotiff
+from helpers import (
+    assert_one_clear_line,
+    conv,
+    dask_cli_cluster,
+    patches,
+    reference,
+    run_tilepipe,
+    sequential,
+    write_geotiff,
+)
 
-DASK = str(Path(sys.executable).with_name("dask"))
 CRS, TRANSFORM = "EPSG:32618", (10.0, 0.0, 500000.0, 0.0, -10.0, 4600000.0)
 DONE_LINE = re.compile(r"^(\S+)@([0-9a-f]{12}): done in .* \(tiles (\d+): computed (\d+), empty (\d+), "
                        r"already done (\d+)\)$", re.MULTILINE)
@@ -37,42 +45,8 @@ DONE_LINE = re.compile(r"^(\S+)@([0-9a-f]{12}): done in .* \(tiles (\d+): comput
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A scheduler and two single-threaded workers on 127.0.0.1, started with the ``dask`` CLI."""
-    if not os.path.exists(DASK):
-        pytest.skip(f"the dask CLI is not installed beside {sys.executable}")
-    logs = tmp_path_factory.mktemp("watch-cluster-logs")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    procs = [subprocess.Popen(
-        [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
-        stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env)]  # noqa: SIM115
-    for n in range(2):
-        procs.append(subprocess.Popen(
-            [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
-             "--name", f"w{n}", "--no-dashboard"],
-            stdout=open(logs / f"w{n}.log", "w"), stderr=subprocess.STDOUT, env=env))  # noqa: SIM115
-    from distributed import Client
-
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(address, timeout=5) as client:
-                    client.wait_for_workers(2, timeout=max(1, deadline - time.monotonic()))
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+    with dask_cli_cluster(tmp_path_factory.mktemp("watch-cluster-logs"), (("w0", []), ("w1", []))) as address:
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 class Model(NamedTuple):
