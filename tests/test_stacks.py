@@ -243,7 +243,7 @@ def test_workflow_input_forms(tmp_path: Path) -> None:
         ("{path: a.tif, assets: [B1]}", "input.assets: only valid with a STAC item"),
         ("{path: item.json, assets: []}", "input.assets: expected a non-empty list of STAC asset keys"),
         ("{path: item.json, assets: [B1, 4]}", "input.assets[1]: expected an asset key (a string), got 4"),
-        ("{path: item.json, assets: [B1, B1]}", "input.assets: expected distinct asset keys"),
+        ("{path: item.json, assets: [B1, B1]}", "input.assets: expected distinct STAC asset keys"),
         ("{path: item.json, assets: [B1], bands: [1]}", "input.bands: only valid with a raster"),
         ("{synthetic: {shape: [8, 8]}, assets: [B1]}", "input.assets: only valid with 'input.path'"),
     ],

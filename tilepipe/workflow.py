@@ -456,14 +456,7 @@ def _stack(value: list[object] | tuple[object, ...], key: str, base_dir: Path) -
 
 
 def _assets(value: object, key: str) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise _Invalid(key, f"expected a non-empty list of STAC asset keys, got {_show(value)}")
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            raise _Invalid(f"{key}[{i}]", f"expected an asset key (a string), got {_show(item)}")
-    if len(set(value)) != len(value):
-        raise _Invalid(key, f"expected distinct asset keys, got {_show(value)}")
-    return tuple(str(v) for v in value)
+    return _distinct_names(value, key, "STAC asset keys", "an asset key (a string)")
 
 
 def _parse_synthetic(value: object) -> SyntheticSpec:
@@ -605,13 +598,18 @@ def _parse_product(name: str, value: object, key: str, base_dir: Path) -> tuple[
 
 
 def _band_names(value: object, key: str) -> tuple[str, ...]:
+    return _distinct_names(value, key, "names", "a name (a non-empty string)")
+
+
+def _distinct_names(value: object, key: str, what: str, each: str) -> tuple[str, ...]:
+    """A non-empty list of distinct, non-blank strings (band names, STAC asset keys)."""
     if not isinstance(value, (list, tuple)) or not value:
-        raise _Invalid(key, f"expected a non-empty list of names, got {_show(value)}")
+        raise _Invalid(key, f"expected a non-empty list of {what}, got {_show(value)}")
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            raise _Invalid(f"{key}[{i}]", f"expected a name (a non-empty string), got {_show(item)}")
+            raise _Invalid(f"{key}[{i}]", f"expected {each}, got {_show(item)}")
     if len(set(value)) != len(value):
-        raise _Invalid(key, f"expected distinct names, got {_show(value)}")
+        raise _Invalid(key, f"expected distinct {what}, got {_show(value)}")
     return tuple(str(v) for v in value)
 
 
