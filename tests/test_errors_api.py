@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+from affine import Affine
 from keras import layers as kl
 
 import tilepipe
@@ -21,7 +22,7 @@ from tilepipe.errors import (
     WorkflowError,
 )
 
-from helpers import empty_sparse_tensor, write_geotiff
+from helpers import assert_one_clear_line, empty_sparse_tensor, run_tilepipe, write_geotiff
 
 
 def _conv_model(bands: int = 2) -> keras.Model:
@@ -204,6 +205,27 @@ def test_untileable_model_names_the_layer(index: int, tmp_path: Path, dask_clien
     with pytest.raises(UntileableModelError, match=layer):
         tilepipe.run(scene.path, str(path), tmp_path / "r.zarr", client=dask_client)
     assert not (tmp_path / "r.zarr").exists()
+
+
+@pytest.mark.cluster
+def test_a_model_file_with_a_non_local_layer_is_named_in_the_refusal(tmp_path: Path, dask_client: Any) -> None:
+    # Several model files lie about; the layer's name alone does not say which one to fix.
+    model, layer = _untileable()[0]
+    path = tmp_path / "pooled.keras"
+    model.save(path)
+    said = f"{path}: layer '{layer}' (GlobalAveragePooling2D) is not local"
+    tif = tmp_path / "scene.tif"
+    write_geotiff(tif, np.ones((2, 20, 20), np.uint8), crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0))
+    proc = run_tilepipe("ingest", str(tif), str(tmp_path / "s.zarr"), "--model", str(path))  # footprint read here
+    assert_one_clear_line(proc, said)
+    scene = tilepipe.ingest(_coo(), tmp_path / "scene.zarr", tile_size=8, halo=2)
+    with pytest.raises(UntileableModelError) as err:  # footprint read by a worker
+        tilepipe.run(scene.path, str(path), tmp_path / "r.zarr", client=dask_client)
+    assert str(err.value).startswith(said)
+    with pytest.raises(UntileableModelError) as err:  # a model object has no file to name
+        tilepipe.run(scene.path, model, tmp_path / "r.zarr", client=dask_client)
+    assert str(err.value).startswith(f"layer '{layer}'")
+    assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "r.zarr").exists()
 
 
 def test_resizing_model_is_refused() -> None:

@@ -17,7 +17,9 @@ from rasterio.enums import Compression
 from rasterio.transform import Affine
 
 from tilepipe.errors import InputError, StoreError
-from tilepipe.export import export_geotiff, quicklook
+from tilepipe.export import export_geotiff, quicklook, record_band_names
+
+from helpers import assert_one_clear_line, run_tilepipe
 
 # The package's ``quicklook`` attribute is the function, which hides the module of the same
 # name from ``from ... import``: fetch the modules themselves to reach their internals.
@@ -259,6 +261,43 @@ def test_missing_output_folder(store: tuple[Path, np.ndarray], tmp_path: Path) -
     path, _ = store
     with pytest.raises(InputError, match="does not exist"):
         export_geotiff(path, tmp_path / "no" / "out.tif")
+
+
+def test_cli_scales_a_result_holding_nan_with_the_nodata_asked_for(
+    store: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    path, expected = store  # band 1 holds a chunk of NaN
+    out = tmp_path / "scaled.tif"
+    refused = run_tilepipe("export", str(path), str(out), "--scale", "--scale-range", "0", "20")
+    assert_one_clear_line(refused, f"Error: {path}: the result holds NaN", "give it nodata 0 or 255",
+                          "--scale-nodata")
+    assert not out.exists()
+    proc = run_tilepipe("export", str(path), str(out), "--scale", "--scale-range", "0", "20", "--scale-nodata", "0")
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(out) as src:
+        codes, nodata, scales, offsets = src.read(), src.nodata, src.scales, src.offsets
+    assert nodata == 0
+    nan = np.isnan(expected)
+    assert nan.any() and np.array_equal(codes == 0, nan)  # code 0 where NaN, and nowhere else
+    # Codes 1-255 span [0, 20]: 254 steps. Decoded with the file's own scale and offset, every value is
+    # within half a step of the truth, clipped to the range.
+    step = 20 / 254
+    assert scales == (pytest.approx(step),) * 3
+    decoded = codes * np.asarray(scales)[:, None, None] + np.asarray(offsets)[:, None, None]
+    truth = np.clip(expected, 0, 20)
+    assert np.abs(decoded - truth)[~nan].max() <= step / 2 + 1e-6
+    usage = run_tilepipe("export", str(path), str(tmp_path / "x.tif"), "--scale-nodata", "255")
+    assert usage.returncode == 2 and "--scale-nodata goes with --scale" in usage.stderr
+
+
+def test_band_names_that_do_not_fit_name_the_result(store: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, _ = store
+    proc = run_tilepipe("export", str(path), str(tmp_path / "out.tif"), "--band-names", "a,b")
+    assert_one_clear_line(proc, f"Error: {path}: Expected 3 band names, one per band of the result. Got 2 instead.")
+    with pytest.raises(InputError) as err:
+        record_band_names(path, ["one"])
+    assert str(err.value) == f"{path}: Expected 3 band names, one per band of the result. Got 1 instead."
+    assert listing(tmp_path) == {"result.zarr"}
 
 
 # ---------------------------------------------------------------- quicklook

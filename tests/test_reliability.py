@@ -1,17 +1,19 @@
 """What a user meets in ordinary use, checked against the whole-scene dense model.
 
-A changed input is noticed; every empty-tile border class is exact; a 'valid' model
-with a non-square kernel places its output right (all six transform coefficients);
-nodata other than zero; a user's script that builds its model at module level runs
-on the embedded cluster.
+A changed input is noticed, also when it is rewritten while ingest reads it; every
+empty-tile border class is exact; a 'valid' model with a non-square kernel places its
+output right (all six transform coefficients); nodata other than zero; a user's script
+that builds its model at module level runs on the embedded cluster.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,10 @@ import rasterio
 from affine import Affine
 
 import tilepipe
-from tilepipe.errors import StoreError
+from tilepipe.errors import InputError, StoreError
 from tilepipe.store import ResultStore
 
-from helpers import Checker, conv, reference, sequential, write_geotiff
+from helpers import Checker, conv, dense_scene, reference, sequential, write_geotiff
 
 
 def _model(bands: int, *specs: tuple[int, Any, str, str | None], seed: int) -> Any:
@@ -80,6 +82,75 @@ def test_a_touched_file_with_the_same_bytes_is_the_same_scene(tmp_path: Path) ->
     os.utime(tif, ns=(1, 1))
     again = tilepipe.ingest(tif, tmp_path / "s.zarr", tile_size=32, halo=2)  # reused: no --overwrite needed
     assert again.info.source["sha256"] == first.info.source["sha256"]
+
+
+def _rewrite_after_the_first_block(monkeypatch: pytest.MonkeyPatch, target: Path, content: Path) -> threading.Event:
+    """Copy ``content`` over ``target`` (as ``cp`` does: same inode, new bytes) once ingest's first block is read.
+
+    The hook wraps the real block task, which reads the real file: only the moment of the rewrite is chosen.
+    Returns an event set once the file was rewritten.
+    """
+    from tilepipe.execute import ingest as ingest_module
+
+    real = ingest_module.ingest_raster_block
+    done, lock = threading.Event(), threading.Lock()
+
+    def block_then_rewrite(*args: Any) -> Any:
+        result = real(*args)
+        with lock:
+            if not done.is_set():
+                shutil.copyfile(content, target)
+                done.set()
+        return result
+
+    monkeypatch.setattr(ingest_module, "ingest_raster_block", block_then_rewrite)
+    return done
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one raster", "band stack"])
+def test_an_input_rewritten_while_ingest_reads_it_fails_and_leaves_no_store(
+    stacked: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(6)
+    profile = {"crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 4000000)}
+    old, new = (np.where(rng.random((1, 96, 96)) < 0.3, rng.integers(1, 200, (1, 96, 96)), 0).astype(np.uint8)
+                for _ in range(2))
+    first, tif, other = tmp_path / "first.tif", tmp_path / "scene.tif", tmp_path / "other.tif"
+    write_geotiff(first, np.full((1, 96, 96), 3, np.uint8), **profile)
+    write_geotiff(tif, old, **profile)
+    write_geotiff(other, new, **profile)  # the same grid and type: only the pixels differ
+    source: Any = [str(first), str(tif)] if stacked else str(tif)
+    store = tmp_path / "scene.zarr"
+    rewritten = _rewrite_after_the_first_block(monkeypatch, tif, other)
+
+    with pytest.raises(InputError) as err:
+        tilepipe.ingest(source, store, tile_size=16, halo=2)  # 6 x 6 tiles, 16 blocks of one tile
+    assert rewritten.is_set()
+    assert str(err.value) == f"{tif}: changed while it was read; run again"
+    assert not store.exists()  # nothing half old, half new is left to be taken for the scene
+
+    # Run again: the file as it is now, read whole.
+    monkeypatch.undo()
+    tilepipe.ingest(source, store, tile_size=16, halo=2)
+    expected = np.concatenate([np.full((1, 96, 96), 3, np.uint8), new]) if stacked else new
+    np.testing.assert_array_equal(dense_scene(store), np.moveaxis(expected, 0, -1))
+
+
+def test_an_input_touched_while_ingest_reads_it_is_still_the_same_scene(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file's status moves (a copy of the same bytes over it) but its content does not: the hash decides.
+    rng = np.random.default_rng(8)
+    data = np.where(rng.random((1, 64, 64)) < 0.3, rng.integers(1, 200, (1, 64, 64)), 0).astype(np.uint8)
+    tif, same = tmp_path / "scene.tif", tmp_path / "same.tif"
+    write_geotiff(tif, data, crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0))
+    shutil.copyfile(tif, same)
+    before = tif.stat()
+    rewritten = _rewrite_after_the_first_block(monkeypatch, tif, same)
+    scene = tilepipe.ingest(tif, tmp_path / "s.zarr", tile_size=16, halo=2)
+    assert rewritten.is_set() and tif.stat().st_ctime_ns != before.st_ctime_ns
+    np.testing.assert_array_equal(dense_scene(tmp_path / "s.zarr"), np.moveaxis(data, 0, -1))
+    assert scene.attrs["complete"]
 
 
 @pytest.mark.parametrize("busy", [False, True])

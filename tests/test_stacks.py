@@ -16,31 +16,12 @@ from affine import Affine
 
 import tilepipe
 from tilepipe.errors import InputError, StoreError, WorkflowError
-from tilepipe.store import SceneStore
 from tilepipe.workflow import InputSpec, load_workflow
 
-from helpers import assert_one_clear_line, run_tilepipe, write_geotiff
+from helpers import assert_one_clear_line, dense_scene, run_tilepipe, write_geotiff
 
 #: The order the tests stack rgb1.tif's bands in: not the file's, so a reader that ignores it fails.
 ORDER = (3, 1, 2)
-
-
-def dense_scene(path: Path) -> np.ndarray:
-    """A scene store's content as a dense ``(y, x, band)`` array, from its tiles."""
-    store = SceneStore.open(path)
-    rows, cols = store.info.shape
-    dense = np.zeros((rows, cols, store.info.bands), dtype=store.info.dtype)
-    grid = store.info.grid
-    ny, nx = grid.grid_shape
-    for r in range(ny):
-        for c in range(nx):
-            tile = store.read_tile(r, c)
-            if tile is None:
-                continue
-            w = grid.tile(r, c).window
-            rr, cc, bb, vv = tile.coords()
-            dense[rr + w.row_start, cc + w.col_start, bb] = vv
-    return dense
 
 
 def rasterio_reference(paths: list[Path], nodata: list[float | None]) -> np.ndarray:
@@ -206,10 +187,55 @@ def test_cli_refuses_a_stack_on_two_grids_in_one_line(tmp_path: Path) -> None:
     assert_one_clear_line(proc, "B08.tif: not on the grid of", "B04.tif", "transform (20, 0, 500000, 0, -20,",
                           "(not (10, 0, 500000, 0, -10,")
     assert not (tmp_path / "s.zarr").exists()
-    ok = run_tilepipe("ingest", str(tmp_path / "B04.tif"), str(tmp_path / "B04.tif"), str(tmp_path / "s.zarr"),
+    write_geotiff(tmp_path / "B03.tif", np.ones((1, 20, 20), np.uint16), crs="EPSG:32618", transform=t)
+    ok = run_tilepipe("ingest", str(tmp_path / "B04.tif"), str(tmp_path / "B03.tif"), str(tmp_path / "s.zarr"),
                       "--tile-size", "16")
     assert ok.returncode == 0, ok.stderr
     assert "20 x 20 x 2 uint16" in ok.stdout
+
+
+def test_the_same_file_twice_in_a_stack_is_refused_like_a_band_twice(tmp_path: Path) -> None:
+    # As `bands: [1, 1]` and repeated STAC asset keys are: a file named twice is a slip, not a wish for copies.
+    t = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_600_000.0)
+    for name in ("B1", "B3"):
+        write_geotiff(tmp_path / f"{name}.tif", np.ones((1, 20, 20), np.uint16), crs="EPSG:32618", transform=t)
+    b1, b3, store = str(tmp_path / "B1.tif"), str(tmp_path / "B3.tif"), str(tmp_path / "s.zarr")
+    proc = run_tilepipe("ingest", b1, b1, b3, store, "--tile-size", "16")
+    assert_one_clear_line(proc, f"{b1}: expected distinct rasters in a band stack, got the same file twice",
+                          "rasters 1 and 2")
+    proc = run_tilepipe("ingest", b1, store, "--bands", "1,1")
+    assert_one_clear_line(proc, f"{b1}: expected distinct band indexes, got 1, 1")
+    # However it is spelled: relative, with "..", or through a link.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.tif").symlink_to(tmp_path / "B1.tif")
+    for other in ("B1.tif", "sub/../B1.tif", str(tmp_path / "link.tif")):
+        proc = run_tilepipe("ingest", b3, b1, other, store, "--tile-size", "16", cwd=tmp_path)
+        assert_one_clear_line(proc, f"{other}: expected distinct rasters", "rasters 2 and 3")
+    with pytest.raises(InputError, match="expected distinct band indexes, got 1, 1"):
+        tilepipe.ingest(b1, store, bands=[1, 1])
+    assert not Path(store).exists()
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(write(tmp_path, "input: {path: [B1.tif, B3.tif, ./B1.tif]}\n"))
+    assert str(err.value) == (f"{tmp_path / 'wf.yaml'}: input.path: expected distinct rasters in a band stack, "
+                              "got './B1.tif' twice")
+
+
+def test_two_asset_keys_of_one_file_are_refused(tmp_path: Path) -> None:
+    pystac = pytest.importorskip("pystac")
+    import datetime
+
+    write_geotiff(tmp_path / "B1.tif", np.ones((1, 20, 20), np.uint16), crs="EPSG:32618",
+                  transform=Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_600_000.0))
+    item = pystac.Item("scene-1", geometry=None, bbox=None, datetime=datetime.datetime(2024, 5, 1), properties={})
+    for key in ("red", "also_red"):
+        item.add_asset(key, pystac.Asset(href="./B1.tif", media_type=pystac.MediaType.GEOTIFF))
+    item_path = tmp_path / "item.json"
+    item.save_object(include_self_link=False, dest_href=str(item_path))
+    with pytest.raises(InputError, match="expected distinct asset keys, got red, red"):
+        tilepipe.ingest(str(item_path), tmp_path / "s.zarr", assets=["red", "red"])
+    with pytest.raises(InputError, match=r"B1.tif: expected distinct rasters in a band stack, .*rasters 1 and 2"):
+        tilepipe.ingest(str(item_path), tmp_path / "s.zarr", assets=["red", "also_red"])
+    assert not (tmp_path / "s.zarr").exists()
 
 
 # ------------------------------------------------------------------ the workflow's input section

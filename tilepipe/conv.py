@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,7 @@ def conv_sparse(
     except ValueError as exc:
         raise InputError(f"tile_size: {exc}") from exc
     keras_model = resolve_model(model)
-    footprint = footprint_of(keras_model)
+    footprint = footprint_of(keras_model, name=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
     need = footprint.halo
     tile = _aligned_tile(tile, footprint)
     if halo is not None and halo < need:

@@ -332,7 +332,7 @@ def verify_result(
 
     compiled = worker_model(model_path, sha)
     keras_model = compiled.model
-    footprint = footprint_of(keras_model)
+    footprint = footprint_of(keras_model, name=model_path)
     info = scene_store.info
     expected = footprint.output_shape(info.shape)
     if result.info.shape[1:] != expected:

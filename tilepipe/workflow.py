@@ -94,7 +94,9 @@ class InputSpec:
     asset keys to stack, in order). ``stack`` holds the rasters of a band
     stack (``input.path`` given as a list), on one grid, stacked in order.
     ``nodata`` ``None`` means "as each band says"; ``bands`` are 1-based band
-    indexes of a single raster, ``None`` meaning all bands.
+    indexes of a single raster, ``None`` meaning all bands. ``mask``: honour a
+    raster's mask (an internal or ``.msk`` mask, an alpha band), where it has one:
+    its masked pixels are absent, as nodata pixels are.
     """
 
     path: str | None
@@ -103,6 +105,7 @@ class InputSpec:
     synthetic: SyntheticSpec | None = None
     stack: tuple[str, ...] | None = None
     assets: tuple[str, ...] | None = None
+    mask: bool = True
 
     @property
     def raster(self) -> str | tuple[str, ...] | None:
@@ -405,10 +408,10 @@ def _require_placeholders(section: object, output: OutputSpec) -> None:
 
 
 def _parse_input(value: object, base_dir: Path) -> InputSpec:
-    sec = _Section(value, "input", ("path", "assets", "nodata", "bands", "synthetic"))
+    sec = _Section(value, "input", ("path", "assets", "nodata", "bands", "mask", "synthetic"))
     sec.exactly_one_of("path", "synthetic")
     if sec.has("synthetic"):
-        for name in ("nodata", "bands", "assets"):
+        for name in ("nodata", "bands", "assets", "mask"):
             if sec.has(name):
                 raise _Invalid(sec.key_of(name), "only valid with 'input.path', not with 'input.synthetic'")
         return InputSpec(path=None, synthetic=_parse_synthetic(sec.require("synthetic")))
@@ -418,6 +421,7 @@ def _parse_input(value: object, base_dir: Path) -> InputSpec:
         path=None,
         nodata=None if nodata is None else _nodata(nodata, sec.key_of("nodata")),
         bands=None if bands is None else _bands(bands, sec.key_of("bands")),
+        mask=_bool(sec.get("mask", True), sec.key_of("mask")),
     )
     given = sec.require("path")
     if isinstance(given, (list, tuple)):
@@ -451,6 +455,8 @@ def _stack(value: list[object] | tuple[object, ...], key: str, base_dir: Path) -
         if path.rstrip("/").endswith(".zarr") or path.lower().endswith(".json"):
             raise _Invalid(f"{key}[{i}]", f"expected a raster in a band stack (not a scene store or STAC item), "
                                           f"got {_show(item)}")
+        if path in paths:
+            raise _Invalid(key, f"expected distinct rasters in a band stack, got {_show(item)} twice")
         paths.append(path)
     return tuple(paths)
 

@@ -18,12 +18,15 @@ from tilepipe.store import SceneStore
 @click.option("--halo", type=int, default=None, help="Overlap in pixels (default: what --model needs, else 16).")
 @click.option("--model", "model", default=None, help="A .keras model whose footprint sets the halo.")
 @click.option("--nodata", type=float, default=None, help="Override every band's nodata value.")
+@click.option("--mask/--ignore-mask", default=True, show_default=True,
+              help="Honour a raster's mask (internal or .msk mask, alpha band): masked pixels are absent, "
+                   "as nodata pixels are. --ignore-mask reads them as data.")
 @click.option("--bands", default=None, help="Comma-separated 1-based bands of a single raster (default: all).")
 @click.option("--assets", default=None, help="Comma-separated asset keys to stack, for a STAC item SOURCE.")
 @options.scheduler
 @options.overwrite
 def command(sources: tuple[str, ...], store: str, tile_size: int, halo: int | None, model: str | None,
-            nodata: float | None, bands: str | None, assets: str | None, scheduler: str | None,
+            nodata: float | None, mask: bool, bands: str | None, assets: str | None, scheduler: str | None,
             overwrite: bool) -> None:
     """Ingest a raster SOURCE into a sparse, tiled scene STORE (Zarr v3).
 
@@ -42,8 +45,8 @@ def command(sources: tuple[str, ...], store: str, tile_size: int, halo: int | No
     source: str | list[str] = sources[0] if len(sources) == 1 else list(sources)
 
     def run(client: object = None) -> SceneStore:
-        return ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata, bands=band_list,
-                      assets=asset_list, overwrite=overwrite, client=client)
+        return ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata, mask=mask,
+                      bands=band_list, assets=asset_list, overwrite=overwrite, client=client)
 
     address = resolve_address(scheduler)
     if address:

@@ -17,7 +17,7 @@ from tilepipe.geometry import parse_tile_size
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.logs import NOTICE
 from tilepipe.sources import RasterStack, TileBuckets, as_coo, parse_crs, parse_transform, probe_stack
-from tilepipe.sources.identity import file_identity, quick_identity, unchanged
+from tilepipe.sources.identity import content_sha256, quick_identity, unchanged
 from tilepipe.store._zarr import remove_partial_writes, remove_store
 from tilepipe.store.lock import store_lock
 from tilepipe.store.scene import SceneInfo, SceneStore
@@ -47,6 +47,7 @@ def ingest(
     halo: int | None = None,
     model: Any = None,
     nodata: float | None = None,
+    mask: bool = True,
     bands: tuple[int, ...] | list[int] | None = None,
     assets: tuple[str, ...] | list[str] | None = None,
     crs: Any = None,
@@ -84,6 +85,10 @@ def ingest(
         For rasters: override every band's nodata (default: each band's own);
         1-based bands to read (a single raster only). A nodata value the
         raster's dtype cannot hold (-1 on uint8) is refused.
+    mask
+        For rasters with a mask (an internal or ``.msk`` mask, an alpha band; JPEG-compressed
+        scenes often have one instead of a nodata value): pixels outside it are absent, as
+        nodata pixels are, and the store records that it was honoured. False reads them as data.
     assets
         For a STAC item: the asset keys to stack, in order.
     crs, transform
@@ -110,7 +115,7 @@ def ingest(
         refuse_overlaps([str(location)], list(paths))  # before anything at the output is touched
         raster = probe_stack(paths[0] if isinstance(source, (str, os.PathLike)) else paths,
                              assets=None if assets is None else tuple(assets),
-                             bands=tuple(bands) if bands else None, nodata=nodata)
+                             bands=tuple(bands) if bands else None, nodata=nodata, mask=mask)
         refuse_overlaps([str(location)], list(raster.paths) + list(raster.files))  # a STAC item's or VRT's rasters
         if client is not None:
             check_workers(client, inputs=list(raster.paths), outputs=[str(location)])
@@ -152,6 +157,9 @@ def _raster_paths(source: Any) -> tuple[str, ...] | None:
 def _raster_info(raster: RasterStack, tile: tuple[int, int], halo: int) -> SceneInfo:
     """The scene store's description of a raster source, with the source's cheap identity (no content hash yet).
 
+    A raster whose mask was honoured says so (``mask``: true, or one flag per raster of a
+    stack); the key is absent otherwise, as in stores made before masks were honoured.
+
     One plain raster keeps the identity of a single file (path, size, times, inode; its
     content hash added when the store is created). Anything that reads more than one
     file (a list of rasters, a STAC item's assets, a VRT and the files it references,
@@ -167,6 +175,8 @@ def _raster_info(raster: RasterStack, tile: tuple[int, int], halo: int) -> Scene
         identity.update({"bands": list(first.bands), "nodata": first.nodata})
         if first.band_nodata and len(set(map(str, first.band_nodata))) > 1:
             identity["nodata"] = list(first.band_nodata)
+        if first.masked:
+            identity["mask"] = True
     else:
         urls = [p for p in raster.paths if not Location.of(p).is_local]
         identity = {
@@ -174,6 +184,8 @@ def _raster_info(raster: RasterStack, tile: tuple[int, int], halo: int) -> Scene
             "files": [quick_identity(f) for f in raster.files] + [{"path": u} for u in urls],
             "bands": [list(layer.bands) for layer in raster.layers], "nodata": list(raster.band_nodata),
         }
+        if any(layer.masked for layer in raster.layers):
+            identity["mask"] = [layer.masked for layer in raster.layers]  # per raster, in stack order
     return SceneInfo(
         shape=raster.shape, bands=raster.bands, dtype=raster.dtype, tile_size=tile, halo=halo,
         nodata=raster.nodata, crs_wkt=raster.crs_wkt, transform=raster.transform, source=identity,
@@ -183,20 +195,62 @@ def _raster_info(raster: RasterStack, tile: tuple[int, int], halo: int) -> Scene
 def _with_content(source: dict[str, Any]) -> dict[str, Any]:
     """A source identity with the content hash of every local file it names (one full read of each)."""
     if "files" in source:
-        return {**source, "files": [file_identity(f["path"]) if "size" in f else f for f in source["files"]]}
+        return {**source, "files": [_hashed(f) if "size" in f else f for f in source["files"]]}
     if "size" in source:
-        return {**source, **file_identity(source["path"])}
+        return {**source, **_hashed({k: source[k] for k in _QUICK_KEYS})}
     return source
+
+
+_QUICK_KEYS = ("path", "size", "mtime_ns", "ctime_ns", "inode")
+
+
+def _hashed(probed: dict[str, Any]) -> dict[str, Any]:
+    """``probed`` (the file's :func:`quick_identity` when it was probed) with its content hash.
+
+    The file's status is taken again after the hash: any write since the probe moves its
+    ``ctime``, and then the hash (or what the probe saw) is not of the file that will be read.
+    """
+    path = probed["path"]
+    try:
+        digest = content_sha256(path)
+        after = quick_identity(path)
+    except OSError:
+        after = None
+    if after != probed:
+        raise _changed(path)
+    return {**after, "sha256": digest}
+
+
+def _check_unchanged(source: dict[str, Any]) -> None:
+    """Refuse a source whose local files are no longer what the store records, after ingest's last read.
+
+    A file rewritten while its blocks were read (``cp`` over it) leaves a scene read
+    partly from each version: the cheap check (one ``stat``) passes where nothing was
+    written, else the content is hashed again and decides (a touched file is still fine).
+    """
+    for identity in source.get("files", [source]):
+        if "size" not in identity:
+            continue  # a URL or points in memory: nothing here to check again
+        try:
+            same = unchanged(identity, identity["path"])
+        except OSError:  # removed, or no longer readable
+            same = False
+        if not same:
+            raise _changed(identity["path"])
+
+
+def _changed(path: str) -> InputError:
+    return InputError(f"{path}: changed while it was read; run again")
 
 
 def _same_source(stored: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether a stored source identity is the source as it is now (every file's content included)."""
     if "files" in now:
-        same_reading = all(stored.get(k) == now[k] for k in ("kind", "paths", "bands", "nodata"))
+        same_reading = all(stored.get(k) == now.get(k) for k in ("kind", "paths", "bands", "nodata", "mask"))
         return same_reading and _files_unchanged(stored.get("files"), now["files"])
     if "size" not in now:  # in-memory points (a checksum) or a URL (its path): compared as they are
         return stored == now
-    same_reading = all(stored.get(k) == now[k] for k in ("bands", "nodata"))
+    same_reading = all(stored.get(k) == now.get(k) for k in ("bands", "nodata", "mask"))
     return same_reading and unchanged(stored, now["path"])
 
 
@@ -256,7 +310,8 @@ def _resolve_halo(halo: int | None, model: Any, client: Any) -> tuple[int, tuple
         from tilepipe.model.loader import resolve_model  # noqa: PLC0415 - TensorFlow only where no worker can do it
         from tilepipe.model.receptive import footprint_of  # noqa: PLC0415 - as above
 
-        footprint = footprint_of(resolve_model(model))
+        named = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+        footprint = footprint_of(resolve_model(model), name=named)
     need = footprint.halo
     if halo is not None and halo < need:
         raise InputError(f"halo {halo} is less than the {need} pixels the model needs")
@@ -289,6 +344,7 @@ def _write(
         try:
             execute(make_tasks(store, blocks), lambda _task, _done: None, client=client, name="ingest",
                     progress=progress, unit="block")
+            _check_unchanged(store.info.source)  # after the last read, before anything says "complete"
         except Exception:
             remove_store(location)  # a failed ingest leaves nothing behind (a stopped one stays, to resume)
             raise
@@ -320,6 +376,14 @@ def _existing(location: Location, info: SceneInfo) -> tuple[SceneStore | None, s
     return None, unfinished + subject + " with " + ", ".join(_differences(stored, info, same))
 
 
+def _honoured(mask: Any) -> str:
+    """A recorded ``mask`` in words: a list holds one flag per raster of a stack."""
+    flags = mask if isinstance(mask, list) else [bool(mask)]
+    if all(flags) or not any(flags):
+        return "honoured" if all(flags) else "ignored"
+    return "honoured for rasters " + ", ".join(str(i + 1) for i, flag in enumerate(flags) if flag) + " only"
+
+
 def _other_source(stored: dict[str, Any], now: dict[str, Any]) -> str:
     """How a stored source differs from the one asked for, in words (they are not the same)."""
     path = stored.get("path")
@@ -347,6 +411,7 @@ def _differences(stored: SceneInfo, asked: SceneInfo, same_source: bool) -> list
     ]
     if not same_source:
         pairs.append(("bands read", stored.source.get("bands"), asked.source.get("bands")))
+        pairs.append(("the raster's mask", _honoured(stored.source.get("mask")), _honoured(asked.source.get("mask"))))
     said = [f"{name} {a} (asked: {b})" for name, a, b in pairs if a != b]
     if stored.crs_wkt != asked.crs_wkt:
         said.append("another CRS")

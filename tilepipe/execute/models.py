@@ -20,10 +20,15 @@ __all__ = ["ModelFile", "facts_on_worker", "model_file"]
 
 @dataclass(frozen=True, slots=True)
 class ModelFile:
-    """A ``.keras`` file the workers load: its path and sha256."""
+    """A ``.keras`` file the workers load: its path and sha256.
+
+    ``name`` is the file as the user named it, for messages; None where the user gave a
+    model object (``path`` is then a temporary file, which would tell them nothing).
+    """
 
     path: str
     sha256: str
+    name: str | None = None
 
     @property
     def shown(self) -> str:
@@ -37,7 +42,7 @@ def model_file(model: Any) -> Iterator[ModelFile]:
     """The model as a file: a ``.keras`` path as it is, a ``keras.Model`` saved to a temporary folder for the block."""
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
-        yield ModelFile(path, model_sha256(path))
+        yield ModelFile(path, model_sha256(path), name=path)
         return
     # A model object: TensorFlow is in this process already, since the caller built it.
     from tilepipe.model.loader import resolve_model  # noqa: PLC0415 - a model object means TensorFlow is here
@@ -59,7 +64,8 @@ def facts_on_worker(client: Any, model: ModelFile, bands: int | None, *, gpu: bo
     facts = _FACTS.get(key)
     if facts is None:
         facts = client.submit(
-            model_facts, model.path, model.sha256, bands, pure=False, resources={"GPU": 1} if gpu else None
+            model_facts, model.path, model.sha256, bands, model.name, pure=False,
+            resources={"GPU": 1} if gpu else None,
         ).result()
         _FACTS[key] = facts
     return facts

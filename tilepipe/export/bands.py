@@ -61,7 +61,10 @@ def record_band_names(result: str | os.PathLike[str], names: Sequence[str]) -> N
         The store cannot be opened or written, or is of the older one-array format.
     """
     store = ResultStore.open(result, mode="r+")
-    chosen = parse_band_names(names, store.info.shape[0])
+    try:
+        chosen = parse_band_names(names, store.info.shape[0])
+    except InputError as exc:  # say which result the names do not fit
+        raise InputError(f"{store.path}: {exc}") from None
     assert chosen is not None
     arrays = []
     for band in range(store.info.shape[0]):

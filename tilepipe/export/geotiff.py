@@ -415,11 +415,11 @@ def export_geotiff(
         raise StoreError(f"{store.path}: the result is incomplete: its run did not finish; run it again to resume")
     store.verify()  # every chunk its record promises is there: an absent one must not read as the fill value
     count = store.info.shape[0]
-    chosen = _parse_bands(bands, count)
-    names = parse_band_names(band_names, count) or stored_band_names(store)
     try:
+        chosen = _parse_bands(bands, count)
+        names = parse_band_names(band_names, count) or stored_band_names(store)
         plan = layout(product, chosen, store.fill_values, names)
-    except InputError as exc:  # the product does not fit this result: say which result
+    except InputError as exc:  # the bands, names or product do not fit this result: say which result
         raise InputError(f"{store.path}: {exc}") from None
     out_path = Path(out)
     with publish(out_path, overwrite=overwrite) as partial:
@@ -436,6 +436,8 @@ def export_geotiff(
                 else:
                     _write_tiled(store, plan, partial, compress, blocksize, progress)
                 _check_whole(partial, len(plan.sources))
+        except InputError as exc:  # a value the product cannot hold (NaN in a scaled product without nodata)
+            raise InputError(f"{store.path}: {exc}") from None
         except TilepipeError:
             raise
         except Exception as exc:  # GDAL errors (RasterioIOError, CPLE_*), OSError (disk full), _NotWhole

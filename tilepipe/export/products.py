@@ -208,7 +208,7 @@ def _scale_layout(product: Scale, bands: tuple[int, ...], fills: Sequence[float]
         nan = np.isnan(values)
         if nodata is None and nan.any():
             raise InputError("the result holds NaN, which a scaled product without nodata cannot hold; "
-                             "give it nodata 0 or 255")
+                             "give it nodata 0 or 255 (nodata, --scale-nodata or output.scale.nodata)")
         codes = np.clip(np.rint((values - offset) / step), low, high)
         codes[nan] = 0 if nodata is None else nodata
         return codes.astype(np.uint8)

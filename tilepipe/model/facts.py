@@ -35,12 +35,13 @@ class ModelFacts:
     interior_uniform: bool = True
 
 
-def model_facts(path: str, sha256: str, bands: int | None) -> ModelFacts:
+def model_facts(path: str, sha256: str, bands: int | None, name: str | None = None) -> ModelFacts:
     """Load (or reuse) the model at ``path`` in this process and describe it.
 
     With ``bands``, also check the model takes that many input bands and work out
     its response to zeros; without, ``interior`` is empty (for ingest, which only
-    needs the footprint).
+    needs the footprint). ``name``: the model file as the user named it, said in a
+    refusal of its layers (None: a model object, saved to ``path`` for the run).
     """
     # Imported here, where the facts are worked out: ModelFacts itself is for clients without TensorFlow.
     from tilepipe.model.cache import worker_model  # noqa: PLC0415 - keeps TensorFlow out of the client
@@ -48,7 +49,7 @@ def model_facts(path: str, sha256: str, bands: int | None) -> ModelFacts:
     from tilepipe.model.responses import zero_response_interior  # noqa: PLC0415 - as above
 
     compiled = worker_model(path, sha256)
-    footprint = footprint_of(compiled.model)
+    footprint = footprint_of(compiled.model, name=name)
     interior: tuple[float, ...] = ()
     uniform = True
     if bands is not None:

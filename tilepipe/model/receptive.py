@@ -240,7 +240,7 @@ _KNOWN = {
 }
 
 
-def footprint_of(model: keras.Model) -> Footprint:
+def footprint_of(model: keras.Model, *, name: str | None = None) -> Footprint:
     """Derive the footprint of a one-image-in, one-image-out Keras model.
 
     Parameters
@@ -248,6 +248,9 @@ def footprint_of(model: keras.Model) -> Footprint:
     model
         A Keras 3 Sequential or functional model (nested sub-models allowed)
         taking and returning one ``(batch, rows, cols, bands)`` image.
+    name
+        The ``.keras`` file the model was loaded from, said first in a refusal
+        (which names the layer, but a user may have several model files).
 
     Returns
     -------
@@ -266,6 +269,15 @@ def footprint_of(model: keras.Model) -> Footprint:
     ModelError
         If ``model`` is not a Keras model, or has no defined input yet.
     """
+    try:
+        return _footprint(model)
+    except ModelError as exc:  # UntileableModelError too: the same type, its message led by the file
+        if name is None:
+            raise
+        raise type(exc)(f"{name}: {exc}") from None
+
+
+def _footprint(model: keras.Model) -> Footprint:
     if not isinstance(model, keras.Model):
         raise ModelError(f"Expected a keras.Model. Got {type(model).__name__} instead.")
     _check_visible(model)

@@ -5,16 +5,24 @@ sparse scene; so are zeros, which densify to zero anyway. The rule is per band
 value: a pixel holds no entry where every band is absent. Windows are read one
 tile at a time, so an ingest task holds one tile window in memory, whatever
 the scene.
+
+A raster may say which pixels are valid with a mask instead of a nodata value:
+an internal or ``.msk`` mask (JPEG-compressed scenes, whose lossy codec cannot
+keep a nodata value exact) or an alpha band, what GDAL calls a per-dataset or
+alpha mask. Pixels outside it hold whatever the codec left there, so they are
+absent too, as nodata pixels are, unless the caller asks to ignore the mask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
@@ -33,6 +41,7 @@ class GeoTiffSource:
     ``band_nodata`` holds each chosen band's, in the order of ``bands``
     (empty: ``nodata`` for every band). ``files`` are the local files GDAL
     reads for it: the raster itself, and a VRT's sources or sidecar files.
+    ``masked``: pixels outside the raster's mask (per-dataset or alpha) are absent.
     """
 
     path: str
@@ -44,6 +53,7 @@ class GeoTiffSource:
     transform: tuple[float, float, float, float, float, float]
     band_nodata: tuple[float | None, ...] = ()
     files: tuple[str, ...] = ()
+    masked: bool = False
 
     def nodata_of(self, index: int) -> float | None:
         """The nodata of the ``index``-th chosen band (zero-based)."""
@@ -73,8 +83,13 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: float | None = None) -> GeoTiffSource:
-    """Open ``path`` and describe it, refusing what cannot become a scene."""
+def probe_geotiff(
+    path: str, *, bands: tuple[int, ...] | None = None, nodata: float | None = None, mask: bool = True
+) -> GeoTiffSource:
+    """Open ``path`` and describe it, refusing what cannot become a scene.
+
+    ``mask``: honour the raster's mask, where it has one (see the module); False reads masked pixels as data.
+    """
     with open_raster(path) as src:
         count = src.count
         chosen = tuple(range(1, count + 1)) if bands is None else tuple(bands)
@@ -83,6 +98,8 @@ def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: fl
             raise InputError(f"{path}: band {bad[0]} does not exist (the file has {count} bands, numbered from 1)")
         if not chosen:
             raise InputError(f"{path}: expected at least one band")
+        if len(set(chosen)) != len(chosen):
+            raise InputError(f"{path}: expected distinct band indexes, got {', '.join(map(str, chosen))}")
         dtypes = {src.dtypes[b - 1] for b in chosen}
         dtype = np.result_type(*[np.dtype(d) for d in dtypes])
         if dtype.kind not in "biuf":
@@ -104,7 +121,18 @@ def probe_geotiff(path: str, *, bands: tuple[int, ...] | None = None, nodata: fl
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
             band_nodata=band_nodata,
             files=_local_files(src),
+            masked=mask and _has_mask(src, chosen),
         )
+
+
+def _has_mask(dataset, bands: tuple[int, ...]) -> bool:  # type: ignore[no-untyped-def]
+    """Whether GDAL gives ``bands`` a real mask: per-dataset (internal, ``.msk``) or an alpha band.
+
+    Not a nodata mask (the nodata value says that, and a nodata override must win) and
+    not "all valid" (no mask at all).
+    """
+    flags = [dataset.mask_flag_enums[b - 1] for b in bands]
+    return any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
 
 
 def _local_files(dataset) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
@@ -151,16 +179,18 @@ def read_window_entries(source: GeoTiffSource, window: Window, dataset=None):  #
 def read_window(source: GeoTiffSource, window: Window, dataset=None):  # type: ignore[no-untyped-def]
     """Read ``window`` as ``(data, present)``, both ``(y, x, band)``; ``data`` in ``source.dtype``.
 
-    ``present`` is False where a value is zero, NaN or its band's nodata: the sparse scene's absent entries.
+    ``present`` is False where a value is zero, NaN or its band's nodata, and outside the raster's
+    mask where ``source.masked``: the sparse scene's absent entries.
     """
     rio_window = RioWindow(window.col_start, window.row_start, window.width, window.height)  # type: ignore[call-arg]
     why = None
+    valid = None
     try:
-        if dataset is None:
-            with open_raster(source.path) as src:
-                data = src.read(list(source.bands), window=rio_window)
-        else:
-            data = dataset.read(list(source.bands), window=rio_window)
+        with contextlib.ExitStack() as opened:
+            src = dataset if dataset is not None else opened.enter_context(open_raster(source.path))
+            data = src.read(list(source.bands), window=rio_window)
+            if source.masked:
+                valid = src.dataset_mask(window=rio_window) != 0  # (y, x)
     except (RasterioError, OSError) as exc:
         why = _first_line(exc)
     if why is not None:  # raised here, unchained: see open_raster
@@ -176,4 +206,6 @@ def read_window(source: GeoTiffSource, window: Window, dataset=None):  # type: i
             present[..., i] &= data[..., i] != np.asarray(nodata).astype(data.dtype)
     if data.dtype.kind == "f":
         present &= ~np.isnan(data)
+    if valid is not None:
+        present &= valid[..., None]
     return data, present

@@ -13,6 +13,7 @@ resampling is a choice about the data that tilepipe does not make silently.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from rasterio.errors import CRSError
 
 from tilepipe.errors import InputError
 from tilepipe.geometry import Window
+from tilepipe.location import Location
 from tilepipe.sources.geotiff import GeoTiffSource, probe_geotiff, read_window
 from tilepipe.sources.stac import stac_asset_paths
 
@@ -100,6 +102,7 @@ def probe_stack(
     assets: Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
+    mask: bool = True,
 ) -> RasterStack:
     """Describe a raster, a list of rasters, or a STAC item's ``assets``, refusing what cannot be one scene.
 
@@ -115,6 +118,9 @@ def probe_stack(
         whose order already names the bands.
     nodata
         Overrides every band's nodata.
+    mask
+        Honour each raster's mask (per-dataset or alpha), where it has one: pixels
+        outside it are absent, as nodata pixels are. False reads them as data.
     """
     if isinstance(source, str):
         if is_stac_item(source) and assets is None:
@@ -135,11 +141,25 @@ def probe_stack(
         name = paths[0] if len(paths) == 1 else f"{paths[0]} + {len(paths) - 1} more"
     if bands is not None and (len(paths) > 1 or assets is not None):
         raise InputError(f"{name}: bands: not valid with a band stack (the list or the assets name the bands)")
-    layers = tuple(probe_geotiff(p, bands=None if bands is None else tuple(bands), nodata=nodata) for p in paths)
+    _check_distinct(paths)
+    layers = tuple(probe_geotiff(p, bands=None if bands is None else tuple(bands), nodata=nodata, mask=mask)
+                   for p in paths)
     for layer in layers[1:]:
         _check_same_grid(layer, layers[0])
     dtype = np.result_type(*[np.dtype(layer.dtype) for layer in layers])
     return RasterStack(layers, name, str(dtype))
+
+
+def _check_distinct(paths: Sequence[str]) -> None:
+    """Refuse a stack that names one file twice (however spelled): like ``bands: [1, 1]``, it is a slip."""
+    seen: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        location = Location.of(path)
+        key = os.path.realpath(location.path) if location.is_local else path
+        if key in seen:
+            raise InputError(f"{path}: expected distinct rasters in a band stack, got the same file twice "
+                             f"(rasters {seen[key] + 1} and {i + 1} of the stack)")
+        seen[key] = i
 
 
 def _check_same_grid(layer: GeoTiffSource, first: GeoTiffSource) -> None:
