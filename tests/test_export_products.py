@@ -204,6 +204,50 @@ def test_scale_round_trips_within_half_a_step(result: tuple[Path, np.ndarray, np
         assert codes.max() <= 254
 
 
+@pytest.mark.parametrize("band", [2, 0])
+def test_threshold_equal_to_values_the_band_holds_is_strictly_greater(
+    result: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path, band: int
+) -> None:
+    path, _, floats = result
+    # Band 2: its fill value, held by every pixel of every free tile (never read, written as a constant).
+    # Band 0: a value of a computed tile. Pixels equal to the threshold are not above it: 0.
+    value = FILLS[2] if band == 2 else float(floats[0, 0, 0])
+    at = floats[band] == np.float32(value)
+    assert at.any()
+    out = export_geotiff(path, tmp_path / "mask.tif", blocksize=64, product=Threshold(value, band=band))
+    with rasterio.open(out) as src:
+        got = src.read(1)
+    np.testing.assert_array_equal(got, (floats[band] > np.float32(value)).astype(np.uint8))
+    assert not got[at].any() and got.max() == 1
+
+
+# float = code * scale + offset by hand: nodata 0 moves [min, max] to codes 1 .. 255, so code 0 stands for
+# min - step; nodata 255 keeps it at codes 0 .. 254; without nodata [min, max] is codes 0 .. 255.
+SCALES = {
+    "nodata 0 from 0": (Scale(0.0, 1.0, nodata=0), 1 / 254, -1 / 254),
+    "nodata 0 from -1": (Scale(-1.0, 1.0, nodata=0), 2 / 254, -1 - 2 / 254),
+    "no nodata from -0.5": (Scale(-0.5, 1.5), 2 / 255, -0.5),
+    "nodata 255 from -0.25": (Scale(-0.25, 1.25, nodata=255), 1.5 / 254, -0.25),
+}
+
+
+@pytest.mark.parametrize("case", list(SCALES))
+def test_scale_with_an_offset_round_trips_within_half_a_step(result: tuple[Path, np.ndarray, np.ndarray],
+                                                            tmp_path: Path, case: str) -> None:
+    path, _, floats = result
+    product, step, offset = SCALES[case]
+    assert product.min <= floats.min() and floats.max() <= product.max  # no value clipped
+    out = export_geotiff(path, tmp_path / "u8.tif", blocksize=64, product=product)
+    with rasterio.open(out) as src:
+        codes = src.read()
+        assert src.scales == pytest.approx((step,) * 3, rel=1e-12)
+        assert src.offsets == pytest.approx((offset,) * 3, rel=1e-12)
+    back = codes * step + offset
+    assert np.max(np.abs(back - floats)) <= step / 2 * (1 + 1e-6)
+    if product.nodata is not None:
+        assert not np.any(codes == product.nodata)  # kept for NaN, which the result does not hold
+
+
 def test_scale_refuses_nan_without_nodata(tmp_path: Path) -> None:
     path = tmp_path / "nan.zarr"
     make_result(path, shape=(1, 64, 64), fills=(0.5,), nan_at=(0, 3, 3))

@@ -111,6 +111,22 @@ def test_second_writer_is_refused_naming_who_and_since(tmp_path: Path) -> None:
         _kill(holder)
 
 
+def test_second_writer_of_an_existing_store_is_refused(tmp_path: Path) -> None:
+    # The store is there before either writer starts (a resume, a rerun, an --overwrite): the lock
+    # must be taken all the same, by the holder and by the second writer.
+    store = tmp_path / "result.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    holder = _holder(store)
+    try:
+        assert json.loads(Path(lock_path(store) or "").read_text())["pid"] == holder.pid
+        with pytest.raises(StoreError, match=REFUSED) as caught, store_lock(store):
+            pass
+        assert f"locked by pid {holder.pid} " in str(caught.value)
+    finally:
+        _kill(holder)
+
+
 def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
     store = tmp_path / "result.zarr"
     holder = _holder(store)
@@ -327,6 +343,42 @@ def test_second_run_on_one_output_is_refused_even_with_overwrite(
     store = ResultStore.open(result, mode="r")
     assert store.complete
     assert_exact(store.read(), reference(model, dense), "the first of two runs on one output")
+    assert not Path(lock_path(result) or "").exists()
+
+
+@pytest.mark.cluster
+def test_writers_of_existing_stores_are_refused_while_a_live_process_holds_the_lock(
+    tmp_path: Path, dask_client: Any, assert_exact: Checker
+) -> None:
+    # Both stores exist and are complete before the holder starts: a run finding its result up to
+    # date, an ingest finding its scene, or either replacing it, must still take the lock first.
+    model = sequential(1, conv(2, 3, padding="same", activation="tanh"), seed=8)
+    model_path = tmp_path / "model.keras"
+    model.save(model_path)
+    dense = np.random.default_rng(8).normal(size=(24, 20, 1)).astype(np.float32)
+    scene = tmp_path / "scene.zarr"
+    result = tmp_path / "result.zarr"
+    tilepipe.ingest(coo(dense), scene, tile_size=8, model=model)
+    tilepipe.run(str(scene), str(model_path), str(result), client=dask_client)
+    writers = {
+        result: lambda overwrite: tilepipe.run(str(scene), str(model_path), str(result), client=dask_client,
+                                               overwrite=overwrite),
+        scene: lambda overwrite: tilepipe.ingest(coo(dense), scene, tile_size=8, model=model, overwrite=overwrite),
+    }
+    for store, write in writers.items():
+        holder = _holder(store)
+        try:
+            for overwrite in (False, True):
+                with pytest.raises(StoreError, match=rf"^{store}: locked by pid {holder.pid} on host "):
+                    write(overwrite)
+        finally:
+            _kill(holder)
+    # Nothing was replaced or rewritten under the holder: both stores are still whole and exact.
+    assert_exact(ResultStore.open(result, mode="r").read(), reference(model, dense), "a refused writer's result")
+    assert tilepipe.open_result(result).info.complete
+    assert tilepipe.info(scene)["complete"] and tilepipe.info(scene)["nonzero_entries"] == dense.size
+    # The holders are dead now: their stale locks are taken over and the complete result is found up to date.
+    assert tilepipe.run(str(scene), str(model_path), str(result), client=dask_client).up_to_date
     assert not Path(lock_path(result) or "").exists()
 
 

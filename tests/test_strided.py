@@ -102,6 +102,10 @@ def unet(spec: dict[str, Any], bands: int, seed: int) -> keras.Model:
     skips = []
     for _ in range(spec["depth"]):
         skips.append(h)
+        if spec["pre_valid"]:
+            # 2n - 1 pixels: the strided 'same' layer below pads its odd input (1, 1), not (0, 1), and
+            # still gives n, so the skips line up.
+            h = kl.Conv2D(width, 2, padding="valid", activation="relu")(h)
         down = spec["down"]
         if down == "conv":
             h = kl.Conv2D(width, spec["down_kernel"], strides=2, padding=spec["down_padding"], activation="relu")(h)
@@ -123,13 +127,16 @@ def unet(spec: dict[str, Any], bands: int, seed: int) -> keras.Model:
 @st.composite
 def unet_specs(draw: st.DrawFn) -> dict[str, Any]:
     down = draw(st.sampled_from(["conv", "max", "avg"]))
+    # 'valid' downsampling shrinks odd lengths unevenly: kept to sizes that halve even lengths exactly.
+    down_padding = draw(st.sampled_from(["same", "valid"])) if down != "conv" else "same"
     return {
         "depth": draw(st.integers(1, 4)),
         "kernel": draw(st.integers(1, 5)),
         "width": draw(st.integers(2, 4)),
         "down": down,
-        # 'valid' downsampling shrinks odd lengths unevenly: kept to sizes that halve even lengths exactly.
-        "down_padding": draw(st.sampled_from(["same", "valid"])) if down != "conv" else "same",
+        "down_padding": down_padding,
+        # A 'valid' 2x2 before each 'same' downsampling: its input's length is odd, never a multiple of 2.
+        "pre_valid": down_padding == "same" and draw(st.booleans()),
         "down_kernel": draw(st.integers(1, 4)),
         "pool": 2 if down == "conv" else draw(st.sampled_from([2, 3])),
         "up": draw(st.sampled_from(["nearest", "bilinear", "transpose"])),
@@ -164,6 +171,8 @@ def test_random_unets_tile_exactly_through_conv_sparse(spec: dict[str, Any], see
         event("skips cannot line up: refused")
         return
     assert runs and fp.step == (stride, stride)
+    if spec["pre_valid"]:
+        event("odd lengths before strided 'same' layers")
     shape = (data.draw(st.integers(1, 70)), data.draw(st.integers(1, 70)))
     if data.draw(st.booleans()):  # sides that are multiples of the stride: the reference is the plain whole scene
         shape = (max(1, shape[0] // stride) * stride, max(1, shape[1] // stride) * stride)
@@ -213,6 +222,34 @@ HAND: dict[str, tuple[Callable[[], keras.Model], Footprint]] = {
         _tiny_unet,
         _square(AxisFootprint(4, 4, 0, 0, step=2, scale=Fraction(1), min_length=2)),
     ),
+    # A 'valid' 2x2 first: the strided layer's input is L - 1 long, odd for every window L (a multiple of
+    # 2), so TF pads the 3x3 (1, 1), not (0, 1): output j reads its input 2j - 1 .. 2j + 1, i.e. input
+    # pixels 2j - 1 .. 2j + 2, and L / 2 outputs. The first output reads one padded pixel (1 output px =
+    # 2 input px before), and so does the last, at index L - 1 past the input's end (2 px after: the
+    # parity of L - 1 is what puts it there). Centred on 2j + 1/2, less a half output pixel: corner 2j - 1.
+    "valid then strided conv": (
+        lambda: keras.Sequential(
+            [keras.Input((None, None, 1)), kl.Conv2D(1, 2), kl.Conv2D(1, 3, strides=2, padding="same")]
+        ),
+        _square(AxisFootprint(2, 2, 0, -1, step=2, scale=HALF, min_length=2)),
+    ),
+    # A 2x2 stride 2 'same' on the odd L - 1 pads (0, 1): output j reads input 2j .. 2j + 2, the last one
+    # the padded pixel after the end (2 px after), none before. On an even input it would pad nothing.
+    "valid then strided 2x2 conv": (
+        lambda: keras.Sequential(
+            [keras.Input((None, None, 1)), kl.Conv2D(1, 2), kl.Conv2D(1, 2, strides=2, padding="same")]
+        ),
+        _square(AxisFootprint(0, 2, 0, 0, step=2, scale=HALF, min_length=2)),
+    ),
+    # A 'valid' 4x4 leaves L - 3 (odd): the 3x3 stride 2 pads (1, 1) and gives L / 2 - 1 outputs (shrink 1),
+    # output j reading input 2j - 1 .. 2j + 4; the last one, j = L / 2 - 2, reads the padded pixel, so
+    # the window must reach 4 px past a core (2 for the shrink, 2 for that pixel). It needs L >= 4.
+    "valid 4x4 then strided conv": (
+        lambda: keras.Sequential(
+            [keras.Input((None, None, 1)), kl.Conv2D(1, 4), kl.Conv2D(1, 3, strides=2, padding="same")]
+        ),
+        _square(AxisFootprint(2, 4, 1, 0, step=2, scale=HALF, min_length=4)),
+    ),
 }
 
 
@@ -240,6 +277,55 @@ def _tiled(model: keras.Model, fp: Footprint, dense: np.ndarray, tile: int) -> n
     return got
 
 
+def _odd_before_strides() -> keras.Model:
+    """Two halvings, each a 3x3 stride 2 'same' on an odd length: a 'valid' 2x2 (then 4x4) before it."""
+    keras.utils.set_random_seed(3)
+    return keras.Sequential(
+        [
+            keras.Input((None, None, 2)),
+            kl.Conv2D(3, 2, activation="tanh"),
+            kl.Conv2D(3, 3, strides=2, padding="same", activation="tanh"),
+            kl.Conv2D(3, 4, activation="tanh"),
+            kl.Conv2D(2, 3, strides=2, padding="same", bias_initializer="ones"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("shape", [(24, 28), (23, 30), (21, 17)])  # sides multiples of S = 4, and not
+@pytest.mark.parametrize("tile", [(1, 1), (2, 3)])  # output pixels; x 4 input pixels
+def test_strided_same_layer_on_an_odd_length_tiles_exactly(shape: tuple[int, int], tile: tuple[int, int]) -> None:
+    model = _odd_before_strides()
+    fp = footprint_of(model)
+    assert fp.step == (4, 4) and fp.scale == (Fraction(1, 4), Fraction(1, 4))
+    dense = np.random.default_rng(sum(shape)).normal(size=(*shape, 2)).astype(np.float32)
+    ref = padded_reference(model, dense, 4, Fraction(1, 4))
+    # L -> L - 1 -> L / 2 -> L / 2 - 3 -> L / 4 - 1 on the padded scene: one output pixel fewer than S-blocks.
+    assert ref.shape[:2] == (-(-shape[0] // 4) - 1, -(-shape[1] // 4) - 1)
+    tiled = _tiled(model, fp, dense, tile[0])
+    assert relative_error(tiled, ref) <= TOLERANCE
+    got = tilepipe.conv_sparse(tf.sparse.from_dense(dense), model, tile_size=(4 * tile[0], 4 * tile[1]))
+    assert relative_error(got, ref) <= TOLERANCE
+
+
+ODD_UNETS = {
+    "strided conv, transposed up": {"down": "conv", "down_kernel": 3, "pool": 2, "up": "transpose"},
+    "max pool of 3, bilinear up": {"down": "max", "down_kernel": 3, "pool": 3, "up": "bilinear"},
+}
+
+
+@pytest.mark.parametrize("shape", [(32, 36), (29, 35)])  # sides multiples of S = 4, and not
+@pytest.mark.parametrize("case", list(ODD_UNETS))
+def test_unet_with_odd_lengths_before_its_strides_tiles_exactly(case: str, shape: tuple[int, int]) -> None:
+    # What the random U-Nets draw now and then, pinned: a 'valid' 2x2 before each 'same' downsampling,
+    # on a dense scene in tiles of one stride, so that every core edge reads its neighbours' pixels.
+    spec = {"depth": 2, "kernel": 3, "width": 3, "down_padding": "same", "pre_valid": True, "up_kernel": 3,
+            "skip": "concat", "norm": False, "dilation": 1, **ODD_UNETS[case]}  # fmt: skip
+    model = unet(spec, 2, 7)
+    dense = np.random.default_rng(7).normal(size=(*shape, 2)).astype(np.float32)
+    got = tilepipe.conv_sparse(tf.sparse.from_dense(dense), model, tile_size=4)
+    assert relative_error(got, padded_reference(model, dense, 4)) <= TOLERANCE
+
+
 def test_reference_catches_a_halo_one_stride_short() -> None:
     # Guards the reference: a U-Net tiled with one stride less margin before must show.
     model = unet(
@@ -249,6 +335,7 @@ def test_reference_catches_a_halo_one_stride_short() -> None:
             "width": 3,
             "down": "max",
             "down_padding": "same",
+            "pre_valid": False,
             "down_kernel": 3,
             "pool": 2,
             "up": "bilinear",
@@ -361,8 +448,8 @@ def _workflow(tmp_path: Path, source: Path, model: Path, tile: int) -> Path:
 
 def test_cli_rounds_the_tile_size_once_and_the_export_equals_the_reference(tmp_path: Path) -> None:
     model = unet(
-        {"depth": 2, "kernel": 3, "width": 3, "down": "conv", "down_padding": "same", "down_kernel": 3,
-         "pool": 2, "up": "bilinear", "up_kernel": 2, "skip": "add", "norm": True, "dilation": 1},
+        {"depth": 2, "kernel": 3, "width": 3, "down": "conv", "down_padding": "same", "pre_valid": False,
+         "down_kernel": 3, "pool": 2, "up": "bilinear", "up_kernel": 2, "skip": "add", "norm": True, "dilation": 1},
         2, 4,
     )  # fmt: skip
     model.save(tmp_path / "unet.keras")
