@@ -142,6 +142,26 @@ def write_geotiff(path: Path, data: np.ndarray, *, crs: str | None = None, trans
         dst.write(data)
 
 
+def dense_scene(path: Path | str) -> np.ndarray:
+    """A complete scene store's content as a dense ``(y, x, band)`` array, from its tiles' cores and halos."""
+    from tilepipe.store import SceneStore
+
+    store = SceneStore.open(path)
+    rows, cols = store.info.shape
+    dense = np.zeros((rows, cols, store.info.bands), dtype=store.info.dtype)
+    grid = store.info.grid
+    ny, nx = grid.grid_shape
+    for r in range(ny):
+        for c in range(nx):
+            tile = store.read_tile(r, c)
+            if tile is None:
+                continue
+            w = grid.tile(r, c).window
+            rr, cc, bb, vv = tile.coords()
+            dense[rr + w.row_start, cc + w.col_start, bb] = vv
+    return dense
+
+
 # -- a real cluster -------------------------------------------------------------------------------
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -192,3 +212,20 @@ def dask_cli_cluster(logs: Path, workers: Sequence[tuple[str, Sequence[str]]]) -
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``"300k"``) mounted at ``folder`` (made if absent) for the test's
+    life; skips where this process may not mount one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

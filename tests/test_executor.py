@@ -92,3 +92,25 @@ def test_keys_are_new_for_every_execution(dask_client: Any) -> None:
     execute(tasks, count, client=dask_client, name="same")
     assert counter["calls"] == 6
     assert not {k for k in dask_client.who_has() if str(k).startswith("tilepipe-same")} & keys_before
+
+
+def test_tile_records_are_flushed_by_time_not_only_every_256_tiles(tmp_path: Path, monkeypatch: Any) -> None:
+    """A run killed a few seconds after its last flush loses seconds of work, not up to 256 tiles' records."""
+    import numpy as np
+
+    from tilepipe.execute import run as run_module
+    from tilepipe.execute.tasks import BatchDone
+    from tilepipe.store.result import STATUS_COMPUTED, ResultInfo, ResultStore
+
+    info = ResultInfo(shape=(1, 64, 64), transform=(10.0, 0.0, 0.0, 0.0, -10.0, 0.0), crs_wkt="",
+                      tile_size=(16, 16), provenance={"run_id": "flush"})
+    store = ResultStore.create(tmp_path / "r.zarr", info, fill_values=[0.0])
+    monkeypatch.setattr(run_module._Tally, "FLUSH_SECONDS", 0.2)
+    tally = run_module._Tally(store, None)
+    tally.add(None, BatchDone(((0, 0),), (), "w", 0.0))  # type: ignore[arg-type]
+    time.sleep(0.3)
+    tally.add(None, BatchDone(((0, 1),), (), "w", 0.0))  # type: ignore[arg-type]
+    on_disk = ResultStore.open(tmp_path / "r.zarr").status()  # what a killed run leaves: no final flush
+    expected = np.zeros((4, 4), np.uint8)
+    expected[0, :2] = STATUS_COMPUTED
+    np.testing.assert_array_equal(on_disk, expected)

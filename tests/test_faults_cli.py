@@ -7,13 +7,11 @@ completes and equals the whole-scene dense model.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,16 @@ from affine import Affine
 
 from tilepipe.store import ResultStore
 
-from helpers import Checker, assert_one_clear_line, conv, reference, run_tilepipe, sequential, write_geotiff
+from helpers import (
+    Checker,
+    assert_one_clear_line,
+    conv,
+    reference,
+    run_tilepipe,
+    sequential,
+    tmpfs,
+    write_geotiff,
+)
 
 
 def _scene(tmp_path: Path, size: int = 600) -> tuple[Path, Path, np.ndarray, object]:
@@ -47,21 +54,6 @@ def _workflow(tmp_path: Path, tif: Path, model: Path, out: Path, tile: int = 64)
                   f"output: {{zarr: {out / 'r.zarr'}, scene: {out / 's.zarr'}, geotiff: {out / 'r.tif'}}}\n"
                   "cluster: {n_workers: 2}\n")
     return wf
-
-
-@contextlib.contextmanager
-def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
-    folder.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def _not_complete(store: Path) -> bool:
@@ -97,7 +89,7 @@ def test_sigkill_mid_run_then_rerun_is_exact(tmp_path: Path, assert_exact: Check
 
 def test_disk_full_during_ingest_is_one_line_and_leaves_no_store(tmp_path: Path, assert_exact: Checker) -> None:
     tif, model_path, dense, model = _scene(tmp_path, size=1500)
-    with _tmpfs(tmp_path / "small", "300k") as small:
+    with tmpfs(tmp_path / "small", "300k") as small:
         proc = run_tilepipe("ingest", str(tif), str(small / "s.zarr"), "--tile-size", "64", "--halo", "2")
         assert_one_clear_line(proc, "s.zarr")
         assert "No space left" in proc.stderr or "space" in proc.stderr.lower()
@@ -116,7 +108,7 @@ def test_disk_full_during_ingest_is_one_line_and_leaves_no_store(tmp_path: Path,
 def test_read_only_output_folder_is_one_line(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         # root writes anywhere: a read-only mount is what stops it.
-        with _tmpfs(tmp_path / "ro", "1m") as ro:
+        with tmpfs(tmp_path / "ro", "1m") as ro:
             subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
             tif, _, _, _ = _scene(tmp_path, size=100)
             proc = run_tilepipe("ingest", str(tif), str(ro / "s.zarr"), "--tile-size", "64")

@@ -35,7 +35,7 @@ from helpers import (
 )
 
 CRS, TRANSFORM = "EPSG:32618", (10.0, 0.0, 500000.0, 0.0, -10.0, 4600000.0)
-DONE_LINE = re.compile(r"^(\S+)@([0-9a-f]{12}): done in .* \(tiles (\d+): computed (\d+), empty (\d+), "
+DONE_LINE = re.compile(r"^(.+?)@([0-9a-f]{12}): done in .* \(tiles (\d+): computed (\d+), empty (\d+), "
                        r"already done (\d+)\)$", re.MULTILINE)
 
 

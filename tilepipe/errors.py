@@ -20,6 +20,7 @@ __all__ = [
     "WorkflowError",
     "ClusterError",
     "IncompleteRunError",
+    "WatchError",
 ]
 
 
@@ -76,3 +77,7 @@ class IncompleteRunError(TilepipeError, RuntimeError):
 
     def __reduce__(self) -> Any:
         return (type(self), (str(self), self.report))
+
+
+class WatchError(StoreError):
+    """The watcher itself failed (not one scene): what happened to a scene could not be recorded."""

@@ -17,7 +17,7 @@ from tilepipe.export import export_geotiff, quicklook, record_band_names
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.model.loader import model_sha256
 from tilepipe.sources import probe_stack, synthetic_scene
-from tilepipe.store import SceneStore
+from tilepipe.store import ResultStore, SceneStore
 from tilepipe.workflow import Workflow, load_workflow
 
 __all__ = ["WorkflowOutcome", "run_workflow"]
@@ -44,12 +44,15 @@ def run_workflow(
     progress: bool = False,
     echo: Callable[[str], Any] | None = None,
     client: Any = None,
+    published: Workflow | None = None,
 ) -> WorkflowOutcome:
     """Run a workflow: ingest its input (unless already a scene store), run the model, export.
 
     ``echo`` receives progress lines for people (the CLI passes ``click.echo``). ``client``: a
     ``distributed.Client`` to run on (kept open, e.g. a watcher's warm one) instead of the
-    workflow's cluster.
+    workflow's cluster. ``published``: the same workflow with the paths its outputs will be
+    moved to (a watcher stages a scene's run, then publishes it): the result store and its
+    exports record those places, so that ``verify`` finds the scene store where it is read.
 
     Raises :class:`InputError` before anything is written or removed where an
     output is, contains or lies inside an input (``input.path``, ``model.path``)
@@ -93,11 +96,18 @@ def run_workflow(
             say(f"ingest: {shown} -> {scene_path}")
             ingest(list(src.raster) if src.stack is not None else src.raster, scene_path,
                    tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model, nodata=src.nodata,
-                   bands=src.bands, assets=src.assets, overwrite=overwrite, client=active, progress=progress)
+                   mask=src.mask, bands=src.bands, assets=src.assets, overwrite=overwrite, client=active,
+                   progress=progress)
         say(f"run: {model} over {scene_path} -> {wf.output.zarr}")
         report = run_model(scene_path, model, wf.output.zarr, client=active, gpu=wf.cluster.gpu,
                            batch_size=wf.cluster.batch_size, overwrite=overwrite, progress=progress)
     fresh = not report.up_to_date
+    if published is not None:
+        staged_scene = scene_path == wf.output.scene
+        final_scene = Location.of(published.output.scene if staged_scene else scene_path)
+        ResultStore.open(wf.output.zarr).record_places(
+            scene_store=final_scene.path if final_scene.is_local else final_scene.text,
+            result=published.output.zarr)
     names = wf.output.band_names
     if names is not None:
         record_band_names(wf.output.zarr, names)  # the store names its bands; every export reads them there

@@ -47,14 +47,16 @@ _SECONDS = click.FloatRange(min=0)
               help="File names never taken, besides dot-files, *.part, *.tmp, ... (repeatable).")
 @click.option("--status", is_flag=True, help="List every scene the ledger knows, and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --status: as JSON.")
-@click.option("--retry", "retry_scene", default=None, metavar="SCENE",
-              help="Put a failed or quarantined scene (file name, stem or identity) back in the queue, and exit.")
+@click.option("--retry", "retry_scenes", multiple=True, metavar="SCENE",
+              help="Put a failed or quarantined scene (file name, stem or identity) back in the queue, and exit "
+              "(repeatable).")
+@click.option("--all", "retry_all", is_flag=True, help="With --retry or alone: every failed or quarantined scene.")
 @click.option("--dry-run", is_flag=True, help="With --retry: say what would be retried, change nothing.")
 def command(inbox: str, workflow_path: str, once: bool, interval: float, settle: float, max_concurrent: int,
             max_attempts: int, backoff: float, lease: float, scheduler: str | None, gpu: bool | None,
             ledger_path: str | None, work_dir: str | None, claims: str, on_done: str | None,
             pattern: tuple[str, ...], ignore: tuple[str, ...], status: bool, as_json: bool,
-            retry_scene: str | None, dry_run: bool) -> None:
+            retry_scenes: tuple[str, ...], retry_all: bool, dry_run: bool) -> None:
     """Watch INBOX (a folder or s3://bucket/prefix) and run WORKFLOW on each new raster exactly once.
 
     A scene is taken once it has been left unchanged for --settle seconds; a ledger
@@ -65,7 +67,8 @@ def command(inbox: str, workflow_path: str, once: bool, interval: float, settle:
     """
     if as_json and not status:
         raise click.UsageError("--json goes with --status")
-    if dry_run and retry_scene is None:
+    retrying = bool(retry_scenes) or retry_all
+    if dry_run and not retrying:
         raise click.UsageError("--dry-run goes with --retry")
     workflow = load_scene_workflow(workflow_path)
     outputs = Outputs(workflow, ledger=ledger_path, work=work_dir)
@@ -73,8 +76,8 @@ def command(inbox: str, workflow_path: str, once: bool, interval: float, settle:
     if status:
         _show_status(ledger, as_json)
         return
-    if retry_scene is not None:
-        for record in ledger.retry(retry_scene, dry_run=dry_run):
+    if retrying:
+        for record in ledger.retry(retry_scenes, everything=retry_all, dry_run=dry_run):
             verb = "would put" if dry_run else "put"
             click.echo(f"{record.key}: {verb} back in the queue (was {record.status} after {record.attempts} "
                        f"attempts: {record.error or '-'})")
@@ -87,21 +90,30 @@ def command(inbox: str, workflow_path: str, once: bool, interval: float, settle:
     )
     outcomes = watcher.once() if once else watcher.serve()
     failed = [o for o in outcomes if o.status in ("failed", "quarantined")]
-    if once and failed:
-        raise click.ClickException(f"{len(failed)} of {len(outcomes)} scenes failed in this pass: "
-                                   f"{', '.join(o.key for o in failed)} (ledger {ledger.path})")
+    refused = [o for o in outcomes if o.status == "refused"]
+    if once and (failed or refused):
+        said = []
+        if failed:
+            said.append(f"{len(failed)} of {len(outcomes) - len(refused)} scenes failed in this pass: "
+                        f"{', '.join(o.key for o in failed)}")
+        if refused:
+            said.append(f"{len(refused)} refused: {', '.join(o.key for o in refused)}")
+        raise click.ClickException(f"{'; '.join(said)} (ledger {ledger.path})")
 
 
 def _show_status(ledger: Ledger, as_json: bool) -> None:
     records = ledger.records()
+    waiting = ledger.waiting()
     if as_json:
-        click.echo(json.dumps({"ledger": ledger.path, "scenes": [r.to_dict() for r in records]}, indent=2))
+        click.echo(json.dumps({"ledger": ledger.path, "scenes": [r.to_dict() for r in records],
+                               "waiting": waiting}, indent=2))
         return
-    if not records:
+    if not records and not waiting:
         click.echo(f"{ledger.path}: no scenes yet")
         return
     header = ("SCENE", "IDENTITY", "STATUS", "ATTEMPTS", "STARTED", "ENDED", "WALL", "RESULT / LAST ERROR")
-    rows = [header, *(_row(r) for r in records)]
+    rows = [header, *(_row(r) for r in records),
+            *((w["name"], "-", "waiting", "-", "-", "-", "-", w["why"]) for w in waiting)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])

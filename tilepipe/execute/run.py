@@ -89,17 +89,20 @@ class _Tally:
 
     Status chunks cover blocks of tiles, and a chunk must have one writer: the
     client alone writes them, as tasks finish, and only after a task's writes
-    succeeded. The grid is kept here and written whole every :attr:`FLUSH` tiles
-    and at the end (a killed run loses at most that many tiles' records, which a
-    rerun computes again).
+    succeeded. The grid is kept here and written whole every :attr:`FLUSH` tiles,
+    every :attr:`FLUSH_SECONDS` seconds where tiles were done since, and at the end:
+    a killed run loses at most that many tiles' records, or a few seconds of work,
+    which a rerun computes again.
     """
 
     FLUSH = 256
+    FLUSH_SECONDS = 5.0
 
     def __init__(self, result: ResultStore, status: np.ndarray | None) -> None:
         self.result = result
         self.status = np.zeros(result.info.grid_shape, np.uint8) if status is None else status.copy()
         self.unwritten = 0
+        self.flushed = time.monotonic()
         self.per_worker: dict[str, int] = {}
         self.computed = self.empty = 0
         self.model_seconds = 0.0
@@ -111,7 +114,7 @@ class _Tally:
         self.empty += len(done.empty)
         self.per_worker[done.worker] = self.per_worker.get(done.worker, 0) + len(done.computed) + len(done.empty)
         self.model_seconds += done.model_seconds
-        if self.unwritten >= self.FLUSH:
+        if self.unwritten >= self.FLUSH or time.monotonic() - self.flushed >= self.FLUSH_SECONDS:
             self.flush()
 
     def set(self, tiles: tuple[tuple[int, int], ...], status: int) -> None:
@@ -123,6 +126,7 @@ class _Tally:
         if self.unwritten:
             self.result.write_status(self.status)
             self.unwritten = 0
+        self.flushed = time.monotonic()
 
 
 def run_model(

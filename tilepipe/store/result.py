@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import warnings
 from collections.abc import Sequence
@@ -485,8 +486,9 @@ class ResultStore:
 
     def _status_error(self, exc: BaseException) -> StoreError:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-        return StoreError(f"{self.path}: cannot record the status of its tiles ({reason}); "
-                          "was the store removed or replaced while in use?")
+        gone = not isinstance(exc, OSError) or exc.errno in (errno.ENOENT, errno.ENOTDIR, None)
+        hint = "; was the store removed or replaced while in use?" if gone else ""
+        return StoreError(f"{self.path}: cannot record the status of its tiles ({reason}){hint}")
 
     def status(self) -> np.ndarray:
         """Status per tile, ``(tile_rows, tile_cols)`` uint8: ``STATUS_*``."""
@@ -497,6 +499,18 @@ class ResultStore:
         self.info = replace(self.info, complete=complete, report=report)
         self._group.attrs["tilepipe"] = self.info.to_attrs()
         if complete:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zarr notes that consolidated metadata is not in the v3 spec yet
+                zarr.consolidate_metadata(self._group.store)
+
+    def record_places(self, *, scene_store: str, result: str) -> None:
+        """Record where the scene store and this store will be read from (a watcher's staged run is
+        published elsewhere): the provenance's ``scene_store`` and the report's ``result``."""
+        report = None if self.info.report is None else {**self.info.report, "result": result}
+        self.info = replace(self.info, provenance={**self.info.provenance, "scene_store": scene_store},
+                            report=report)
+        self._group.attrs["tilepipe"] = self.info.to_attrs()
+        if self.info.complete:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # zarr notes that consolidated metadata is not in the v3 spec yet
                 zarr.consolidate_metadata(self._group.store)

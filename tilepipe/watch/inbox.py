@@ -13,7 +13,9 @@ Nothing tells a reader that a writer is done with a file, so a scene is taken
 only once it has been left alone for the settle time: the later of its
 modification and status-change times (a writer moves both; ``touch -d`` can set
 the first back, not the second) lies ``settle`` seconds in the past, and its size
-and times are the same after its content was hashed as before. A file copied in
+and times are the same after its content was hashed as before. A time in the
+future (another machine's clock ahead of this one's) counts from when the
+watcher first saw the file as it is: it waits ``settle`` seconds, not the skew. A file copied in
 with its old modification time kept (``cp -p``, ``rsync -t``) still waits: its
 status-change time is the copy's. In an object store an object appears whole
 when its upload ends; its last-modified time is used the same way.
@@ -164,9 +166,17 @@ class Inbox:
 
     # ------------------------------------------------------------------ settling and identity
 
-    def settled(self, entry: Entry, settle: float, now: float | None = None) -> bool:
-        """Whether ``entry`` was last changed at least ``settle`` seconds ago."""
-        return (now if now is not None else time.time()) - entry.changed >= settle
+    def settled(self, entry: Entry, settle: float, now: float | None = None, *,
+                first_seen: float | None = None) -> bool:
+        """Whether ``entry`` was last changed at least ``settle`` seconds ago.
+
+        A change time in the future (a writer whose clock is ahead) counts from
+        ``first_seen``, when the file was first seen as it is now (default: now), so
+        such a file waits ``settle`` seconds, not as long as the clocks differ.
+        """
+        now = now if now is not None else time.time()
+        changed = entry.changed if entry.changed <= now else (first_seen if first_seen is not None else now)
+        return now - changed >= settle
 
     def identity(self, entry: Entry, known: str | None = None) -> str | None:
         """The scene's identity; None where the file changed while it was read (still being written).

@@ -31,7 +31,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ __all__ = ["STATES", "Ledger", "SceneRecord"]
 #: Every state a scene can be in, in the order a scene goes through them.
 STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "quarantined")
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scenes (
     name TEXT NOT NULL,
@@ -70,6 +71,16 @@ CREATE TABLE IF NOT EXISTS scenes (
 );
 CREATE INDEX IF NOT EXISTS scenes_by_location ON scenes (location, size, mtime_ns);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sightings (
+    location TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    ctime_ns INTEGER,
+    inode INTEGER,
+    first_seen REAL NOT NULL,
+    waiting TEXT
+);
 """
 
 
@@ -147,6 +158,8 @@ class Ledger:
             if not self._ready:
                 self._create()
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            if not write:
+                conn = _readable(conn, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the watch ledger: {exc}") from None
         conn.row_factory = sqlite3.Row
@@ -167,10 +180,16 @@ class Ledger:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
+            # Only a read where the ledger is already of this schema: --status must work on a full disk.
+            with contextlib.suppress(sqlite3.Error):
+                found = _readable(conn, self.path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if found is not None and found[0] == _SCHEMA_VERSION:
+                    self._ready = True
+                    return
             # WAL: readers (--status) never wait for the writer; set once, it stays with the file.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (_SCHEMA_VERSION,))
         finally:
             conn.close()
         self._ready = True
@@ -282,27 +301,84 @@ class Ledger:
                 (result, json.dumps(report) if report else None, time.time(), name, identity),
             )
 
-    def retry(self, scene: str, *, dry_run: bool = False) -> list[SceneRecord]:
-        """Put the failed or quarantined scenes that ``scene`` names back in the queue; the rows it names.
+    def requeue(self, name: str, identity: str, why: str) -> SceneRecord | None:
+        """Put a ``done`` scene back in the queue (its outputs now hold another version of the file)."""
+        with self._connect(write=True) as conn:
+            conn.execute("UPDATE scenes SET status = 'queued', attempts = 0, next_try = 0, result = NULL, error = ? "
+                         "WHERE name = ? AND identity = ? AND status = 'done'", (why, name, identity))
+            row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
+        return None if row is None else _record(row)
 
-        ``scene`` is a file name, a stem, a key (``stem@identity``) or the start of an
-        identity. Raises :class:`StoreError` where it names no failed or quarantined scene.
+    def retry(self, scenes: Sequence[str], *, everything: bool = False, dry_run: bool = False) -> list[SceneRecord]:
+        """Put the failed or quarantined scenes that ``scenes`` name (or, with ``everything``, all of
+        them) back in the queue; the rows put back.
+
+        Each of ``scenes`` is a file name, a stem, a key (``stem@identity``) or the start of
+        an identity. Raises :class:`StoreError` where one names no scene, or no failed or
+        quarantined one (nothing is changed then).
         """
-        matches = [r for r in self.records() if _names(r, scene)]
-        if not matches:
-            raise StoreError(f"{self.path}: the ledger knows no scene {scene!r} (see --status)")
-        failed = [r for r in matches if r.status in ("failed", "quarantined")]
-        if not failed:
-            states = ", ".join(sorted({f"{r.key} is {r.status}" for r in matches}))
-            raise StoreError(f"{self.path}: scene {scene!r} has not failed ({states}); only failed or "
-                             "quarantined scenes are retried")
+        records = self.records()
+        failed: dict[tuple[str, str], SceneRecord] = {}
+        if everything:
+            failed = {(r.name, r.identity): r for r in records if r.status in ("failed", "quarantined")}
+            if not failed:
+                raise StoreError(f"{self.path}: no scene has failed (see --status)")
+        for scene in scenes:
+            matches = [r for r in records if _names(r, scene)]
+            if not matches:
+                raise StoreError(f"{self.path}: the ledger knows no scene {scene!r} (see --status)")
+            hits = [r for r in matches if r.status in ("failed", "quarantined")]
+            if not hits:
+                states = ", ".join(sorted({f"{r.key} is {r.status}" for r in matches}))
+                raise StoreError(f"{self.path}: scene {scene!r} has not failed ({states}); only failed or "
+                                 "quarantined scenes are retried")
+            failed.update({(r.name, r.identity): r for r in hits})
         if not dry_run:
             with self._connect(write=True) as conn:
-                for r in failed:
+                for r in failed.values():
                     conn.execute("UPDATE scenes SET status = 'queued', attempts = 0, next_try = 0 "
                                  "WHERE name = ? AND identity = ? AND status IN ('failed', 'quarantined')",
                                  (r.name, r.identity))
-        return failed
+        return sorted(failed.values(), key=lambda r: (r.discovered, r.name, r.identity))
+
+    # ------------------------------------------------------------------ files not taken yet
+
+    def sighted(self, files: Sequence[tuple[str, str, dict[str, Any]]]) -> dict[str, float]:
+        """Record the inbox's files as listed now (``(name, location, quick)`` each): when each was first
+        seen as it is now (seconds since the epoch), by location. A file whose ``stat`` changed counts
+        as first seen now; files no longer listed are forgotten."""
+        now = time.time()
+        seen: dict[str, float] = {}
+        with self._connect(write=True) as conn:
+            known = {row["location"]: row for row in conn.execute("SELECT * FROM sightings").fetchall()}
+            for name, location, quick in files:
+                stat = tuple(quick.get(k) for k in _STAT)
+                row = known.pop(location, None)
+                if row is not None and tuple(row[k] for k in _STAT) == stat:
+                    seen[location] = float(row["first_seen"])
+                    continue
+                conn.execute("INSERT OR REPLACE INTO sightings (location, name, size, mtime_ns, ctime_ns, inode, "
+                             "first_seen, waiting) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)", (location, name, *stat, now))
+                seen[location] = now
+            for location in known:
+                conn.execute("DELETE FROM sightings WHERE location = ?", (location,))
+        return seen
+
+    def note_waiting(self, reasons: dict[str, str | None]) -> None:
+        """Record why each listed file (by location) is not taken now; None: it is not waiting."""
+        with self._connect(write=True) as conn:
+            for location, why in reasons.items():
+                conn.execute("UPDATE sightings SET waiting = ? WHERE location = ?", (why, location))
+
+    def waiting(self) -> list[dict[str, Any]]:
+        """Files of the inbox not taken yet, with why: ``name``, ``location``, ``first_seen``, ``why``."""
+        if not os.path.exists(self.path):
+            return []
+        with self._connect(write=False) as conn:
+            rows = conn.execute("SELECT name, location, first_seen, waiting FROM sightings WHERE waiting IS NOT NULL "
+                                "ORDER BY first_seen, name").fetchall()
+        return [{"name": r["name"], "location": r["location"], "first_seen": iso(r["first_seen"]),
+                 "why": r["waiting"]} for r in rows]
 
     def _update_claimed(self, record: SceneRecord, assignments: str, values: tuple[Any, ...]) -> bool:
         with self._connect(write=True) as conn:
@@ -311,6 +387,22 @@ class Ledger:
                 (*values, record.name, record.identity, record.owner_token),
             )
             return cur.rowcount == 1
+
+
+def _readable(conn: sqlite3.Connection, path: str) -> sqlite3.Connection:
+    """``conn``, or where it cannot read (WAL's shared-memory file cannot grow on a full disk) a
+    read-only connection to the database file alone: --status works on a full disk."""
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        uri = "file:" + urllib.parse.quote(path) + "?immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None)
+
+
+#: The ``stat`` fields that say a file was not touched.
+_STAT = ("size", "mtime_ns", "ctime_ns", "inode")
 
 
 def _takeable(record: SceneRecord, now: float) -> bool:

@@ -23,6 +23,7 @@ import os
 import shlex
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,14 +31,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from tilepipe.errors import IncompleteRunError, InputError
+from tilepipe.errors import IncompleteRunError, InputError, StoreError, WatchError
 from tilepipe.execute.cluster import connect, resolve_address
+from tilepipe.model.loader import model_sha256
 from tilepipe.store.lock import LockHolder
 from tilepipe.watch.claims import SchedulerClaim
 from tilepipe.watch.inbox import Entry, Inbox, remove_tree
-from tilepipe.watch.ledger import Ledger, SceneRecord
-from tilepipe.watch.outputs import Outputs
-from tilepipe.workflow import SceneWorkflow
+from tilepipe.watch.ledger import Ledger, SceneRecord, short_identity
+from tilepipe.watch.outputs import Outputs, clashes, final_paths
+from tilepipe.workflow import SceneWorkflow, Workflow
 
 __all__ = ["Outcome", "WatchOptions", "Watcher"]
 
@@ -75,7 +77,8 @@ class WatchOptions:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What became of a scene a pass took: ``status`` is ``done``, ``failed``, ``quarantined`` or
-    ``released`` (given back unfinished on a stop); ``line`` is its one-line summary."""
+    ``released`` (given back unfinished on a stop) or ``refused`` (not taken: its outputs clash
+    with another scene's or something else is in their way); ``line`` is its one-line summary."""
 
     key: str
     status: str
@@ -96,10 +99,10 @@ class Watcher:
                  options: WatchOptions, say: Callable[[str], Any]) -> None:
         if options.claims not in CLAIMS:
             raise InputError(f"claims: expected one of {', '.join(CLAIMS)}, got {options.claims!r}")
-        if inbox.is_local and outputs.root.is_local and outputs.root.overlaps(inbox.location) and (
-                outputs.root.relation(inbox.location) in ("is", "is inside")):
-            raise InputError(f"{outputs.root}: the outputs would be inside the inbox {inbox}, whose files are "
-                             "all taken as scenes; choose another output folder")
+        for folder in outputs.folders():  # every output, not only the result: products would come back as scenes
+            if folder.relation(inbox.location) in ("is", "is inside"):
+                raise InputError(f"{folder}: the outputs would be inside the inbox {inbox}, whose files are "
+                                 "all taken as scenes; choose another output folder")
         self.inbox, self.workflow, self.outputs, self.ledger, self.options = inbox, workflow, outputs, ledger, options
         self.address = resolve_address(options.scheduler or workflow.cluster.address)
         self.scheduler_claims = options.claims == "scheduler" or (options.claims == "auto" and bool(self.address))
@@ -111,6 +114,8 @@ class Watcher:
         self._running: dict[Future[Outcome], SceneRecord] = {}
         self._running_lock = threading.Lock()
         self._outcomes: list[Outcome] = []
+        self._refused: dict[str, str] = {}
+        self._fatal: BaseException | None = None
         self._stack = contextlib.ExitStack()
         self._client: Any = None
         self._heartbeat: threading.Thread | None = None
@@ -118,13 +123,18 @@ class Watcher:
     # ------------------------------------------------------------------ public
 
     def once(self) -> list[Outcome]:
-        """One pass; waits for the scenes it took. Their outcomes."""
+        """One pass; waits for the scenes it took. Their outcomes.
+
+        Raises the watcher's own failure (the workflow cannot run at all, or a scene's
+        outcome could not be recorded) after the running scenes ended.
+        """
         with self._signals(), self._stack:
             try:
                 self.run_pass()
                 self._wait_all()
             except _StopNow:
                 self._abandon()
+        self._raise_fatal()
         return list(self._outcomes)
 
     def serve(self) -> list[Outcome]:
@@ -137,30 +147,91 @@ class Watcher:
                 self._wait_all()
             except _StopNow:
                 self._abandon()
+        self._raise_fatal()
         return list(self._outcomes)
+
+    def check_workflow(self) -> None:
+        """What every scene needs, checked once before any is taken: the model file and the output folders.
+
+        Raises :class:`~tilepipe.errors.TilepipeError` (one line, naming the file) where
+        the workflow cannot run on any scene; no scene is consumed then.
+        """
+        if self.workflow.model.path is not None:
+            model_sha256(self.workflow.model.path)
+        for folder in self.outputs.folders():
+            if not folder.is_local:
+                continue
+            try:
+                os.makedirs(folder.path, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=folder.path, prefix=".tilepipe-watch-probe-"):
+                    pass
+            except OSError as exc:
+                raise StoreError(f"{folder}: cannot write the outputs there: {exc.strerror or exc}") from None
 
     def run_pass(self) -> None:
         """List the inbox; claim and start every scene that is to be run now, as slots free up."""
+        self._raise_fatal()
+        self.check_workflow()
+        entries = self.inbox.entries()
         now = time.time()
-        for entry in self.inbox.entries():
-            if self.stopping.is_set():
-                return
-            if not self.inbox.settled(entry, self.options.settle, now):
-                self._note(f"{entry.name}: waiting: changed {max(now - entry.changed, 0):.1f} s ago "
-                           f"(settle time {self.options.settle:g} s)")
-                continue
-            known = self.ledger.known_identity(entry.location, entry.quick) if self.inbox.is_local else None
-            identity = self.inbox.identity(entry, known)
-            if identity is None:
-                self._note(f"{entry.name}: waiting: it changed while it was read")
-                continue
-            record = self.ledger.see(entry.name, identity, entry.location, entry.quick)
-            if not _worth_claiming(record):
-                continue
-            self._wait_for_slot()
-            if self.stopping.is_set():
-                return
-            self._take(entry, identity)
+        first_seen = self.ledger.sighted([(e.name, e.location, e.quick) for e in entries])
+        finals = {e.name: self.workflow.bind(e.location, name=e.stem) for e in entries}
+        clash = clashes({name: final_paths(final) for name, final in finals.items()})
+        waiting: dict[str, str | None] = {}
+        try:
+            for entry in entries:
+                if self.stopping.is_set() or self._fatal is not None:
+                    return
+                why = self._consider(entry, finals[entry.name], clash.get(entry.name),
+                                     first_seen.get(entry.location, now), now)
+                waiting[entry.location] = why
+        finally:
+            self.ledger.note_waiting(waiting)
+
+    def _consider(self, entry: Entry, final: Workflow, clash: str | None, first_seen: float,
+                  now: float) -> str | None:
+        """Take ``entry`` where it is to be run now; why it waits, or None."""
+        if not self.inbox.settled(entry, self.options.settle, now, first_seen=first_seen):
+            if entry.changed > now:
+                why = (f"modified {entry.changed - now:.0f} s in the future (clock skew?); settles "
+                       f"{self.options.settle:g} s after it was first seen")
+            else:
+                why = f"settling: changed {now - entry.changed:.1f} s ago (settle time {self.options.settle:g} s)"
+            self._note(f"{entry.name}: waiting: {why}")
+            return why
+        known = self.ledger.known_identity(entry.location, entry.quick) if self.inbox.is_local else None
+        identity = self.inbox.identity(entry, known)
+        if identity is None:
+            self._note(f"{entry.name}: waiting: it changed while it was read")
+            return "settling: it changed while it was read"
+        record = self.ledger.see(entry.name, identity, entry.location, entry.quick)
+        if record.status == "done":
+            published = self.outputs.published_identity(entry.name)
+            if published is None or published == identity:
+                return None
+            # v1 -> v2 -> v1: the outputs hold another version of this file; they must follow the inbox.
+            record = self.ledger.requeue(entry.name, identity, "the outputs held another version of the file") \
+                or record
+        if not _worth_claiming(record):
+            return None
+        blocked = clash if clash is not None else self.outputs.in_the_way(entry.name, final)
+        if blocked is not None:
+            self._refuse(entry, identity, blocked)
+            return f"refused: {blocked}"
+        self._wait_for_slot()
+        if self.stopping.is_set():
+            return None
+        self._take(entry, identity)
+        return None
+
+    def _refuse(self, entry: Entry, identity: str, why: str) -> None:
+        """A scene that cannot run as the outputs stand: one line (once per reason), not consumed."""
+        key = f"{entry.stem}@{short_identity(identity)}"
+        line = f"{key}: refused, not taken: {why}"
+        self._outcomes.append(Outcome(key, "refused", line))
+        if self._refused.get(entry.location) != why:
+            self._refused[entry.location] = why
+            self._say_line(line)
 
     # ------------------------------------------------------------------ claiming
 
@@ -198,8 +269,19 @@ class Watcher:
     def _finished(self, future: Future[Outcome]) -> None:
         with self._running_lock:
             self._running.pop(future, None)
-        if not future.cancelled() and future.exception() is None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
             self._outcomes.append(future.result())
+        elif self._fatal is None:
+            # A scene whose outcome could not be recorded: the watcher itself has failed.
+            self._fatal = exc
+            self.stopping.set()
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
 
     def _wait_for_slot(self) -> None:
         while not self.stopping.is_set():
@@ -229,11 +311,11 @@ class Watcher:
             local = self.inbox.stage(entry, os.path.join(stage, "input"))
             final = self.workflow.bind(local, name=entry.stem)
             staged = self.outputs.staged(final, stage)
-            outcome = run_workflow(staged, client=client, echo=lambda line: log.info("%s: %s", record.key, line))
-            self.outputs.publish(staged, final)
+            outcome = run_workflow(staged, client=client, echo=lambda line: log.info("%s: %s", record.key, line),
+                                   published=final)
             report = {**outcome.report.to_dict(), "result": final.output.zarr, "geotiff": final.output.geotiff,
                       "quicklook": final.output.quicklook, "workflow_seconds": outcome.wall_seconds}
-            self.outputs.mark_done(entry.name, record.identity, final.output.zarr, report)
+            self.outputs.publish(entry.name, record.identity, staged, final, report)
             if not self.ledger.finish(record, result=final.output.zarr, report=report):
                 log.warning("%s: its claim was taken over while it ran (lease %s s too short?)",
                             record.key, self.options.lease)
@@ -251,8 +333,12 @@ class Watcher:
                 return Outcome(record.key, "released", f"{record.key}: stopped; resumes on the next pass")
             message = _one_line(exc)
             log.error("%s: %s failed: %s", record.key, attempt, message, exc_info=not _expected(exc))
-            after = self.ledger.fail(record, message, max_attempts=self.options.max_attempts,
-                                     backoff=self.options.backoff)
+            try:
+                after = self.ledger.fail(record, message, max_attempts=self.options.max_attempts,
+                                         backoff=self.options.backoff)
+            except Exception as lost:  # noqa: BLE001 - whatever it is, the failure went unrecorded
+                raise WatchError(f"{record.key}: failed ({message}), and recording the failure failed too: "
+                                 f"{_one_line(lost)}") from None
             if after.status == "quarantined":
                 line = f"{record.key}: quarantined after {after.attempts} attempts: {message}"
             else:
