@@ -116,7 +116,8 @@ def _run_scene(
         else:
             busy_jobs.append(job)
             busy_data.append(TileData(shape, vals, flat))
-    cores = compute_tiles(model, busy_jobs, busy_data, bands, batch_size=batch_size)
+    cores = compute_tiles(model, busy_jobs, busy_data, bands, footprint=footprint, scene_shape=(rows, cols),
+                          batch_size=batch_size).cores
     empty_cores = [(j, empty_core(model, j, bands, footprint)) for j in empties]
     for job, core in [*zip(busy_jobs, cores, strict=True), *empty_cores]:
         if out is None:

@@ -4,45 +4,128 @@ Used by the Dask tasks (reading tiles from a scene store) and in-process by
 :func:`tilepipe.conv_sparse`. Knows tiles as :class:`~tilepipe.plan.TileJob`
 values and their data as :class:`~tilepipe.store.codec.TileData`; knows nothing
 of Zarr or Dask.
+
+Block-sparse inside a tile, and why it is exact
+-----------------------------------------------
+An output pixel whose footprint holds no value equals the model's response to zeros
+of the tile's window class, which :func:`~tilepipe.model.responses.empty_response`
+already gives for empty tiles. So a busy tile's core starts as that response; the
+pixels its data can reach (:func:`tilepipe.geometry.support.affected`) are covered
+with a few rectangles (:func:`~tilepipe.geometry.support.cover`), and each rectangle
+is computed from its own window, made by :meth:`Footprint.input_window` exactly as a
+tile's window is (grown by the footprint, aligned to the stride, clipped to the
+padded scene), and pasted over. Rectangles of one window shape, from every tile of a
+task, go through the model together. Where the rectangles' windows, each counted with
+a fixed overhead (:data:`PIECE_OVERHEAD`), add up to more than the tile's window, the
+whole window is cheaper and is computed as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from math import ceil
 from typing import Any
 
 import numpy as np
 
-from tilepipe.geometry import Footprint
+from tilepipe.geometry import Footprint, Window
+from tilepipe.geometry.support import affected, cover
 from tilepipe.model.responses import empty_response
 from tilepipe.model.runner import CompiledModel, densify
 from tilepipe.plan import TileJob
 from tilepipe.store.codec import TileData
 
-__all__ = ["compute_tiles", "empty_core"]
+__all__ = ["DENSE_FRACTION", "PIECE_OVERHEAD", "Computed", "compute_tiles", "empty_core"]
+
+#: What one more model input costs beyond its pixels, in pixels (a call's and a small window's
+#: overhead): about 1,500 for both the demo model and the U-Net on this kind of machine
+#: (``benchmarks/crossover.py``: rectangles of one 32-px block match the whole window's cost at
+#: 0.45 and 0.93 of its pixels).
+PIECE_OVERHEAD = 1500
+#: A busy tile is computed whole where its rectangles cost more than this fraction of its window.
+DENSE_FRACTION = 1.0
+#: Side of the squares the affected pixels are gathered into, in output pixels (rounded up
+#: to a multiple of the model's output stride). Rectangles are then merged where that costs
+#: fewer pixels, so small blocks cost little: 16 gave 2.0x the affected pixels on the demo
+#: scene, 32 gave 2.35x, 8 gave 1.83x but twice the distinct window shapes.
+BLOCK = 16
 
 
-def _crop_coo(data: TileData, job: TileJob) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Entries of ``data`` (a stored window) that fall in ``job.need``, need-local.
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """The cores of a batch of busy tiles, with what it cost.
 
-    ``need`` may reach past the stored window into a strided model's zero
-    padding beyond the scene: there are no entries there.
+    ``model_pixels``: input pixels the model ran on (windows of rectangles or tiles);
+    ``affected_pixels``: core pixels whose footprint holds a value (all that had to be
+    computed); ``sparse_tiles``: tiles computed by rectangles, the rest whole.
+    """
+
+    cores: list[np.ndarray]
+    model_pixels: int
+    affected_pixels: int
+    sparse_tiles: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """One model input: a window of tile ``tile``, and where its output goes in that tile's core."""
+
+    tile: int
+    window: Window  # scene input pixels
+    take: Window  # output pixels to keep, relative to the model's output on ``window``
+    put: Window  # where they go, relative to the tile's core
+
+
+def _entries(data: TileData, stored: Window, window: Window) -> tuple[np.ndarray, ...]:
+    """Entries of ``data`` (a stored window) that fall in ``window``, ``window``-local.
+
+    ``window`` may reach past the stored window into a strided model's zero padding
+    beyond the scene: there are no entries there.
     """
     r, c, b, v = data.coords()
-    stored, need = job.stored, job.need
-    r0, c0 = need.row_start - stored.row_start, need.col_start - stored.col_start
-    if need.shape != stored.shape or (r0, c0) != (0, 0):
-        keep = (r >= r0) & (r < r0 + need.height) & (c >= c0) & (c < c0 + need.width)
+    r0, c0 = window.row_start - stored.row_start, window.col_start - stored.col_start
+    if window.shape != stored.shape or (r0, c0) != (0, 0):
+        keep = (r >= r0) & (r < r0 + window.height) & (c >= c0) & (c < c0 + window.width)
         r, c, b, v = r[keep], c[keep], b[keep], v[keep]
     return r - r0, c - c0, b, v
 
 
-def _dense_window(data: TileData, job: TileJob) -> np.ndarray:
-    """A tile stored dense, cut (or zero-padded past the scene) to ``job.need``: ``(rows, cols, bands)``."""
-    overlap = job.need.clip(job.stored.row_stop, job.stored.col_stop)
-    out = np.zeros((*job.need.shape, data.values.shape[-1]), dtype=np.float32)
-    out[overlap.relative_to(job.need).slices] = data.values[overlap.relative_to(job.stored).slices]
-    return out
+def _block(footprint: Footprint) -> int:
+    """:data:`BLOCK` rounded up to a multiple of the output stride along both axes."""
+    out_step = 1
+    for axis in (footprint.rows, footprint.cols):
+        out_step = max(out_step, ceil(axis.step * axis.scale))
+    return ceil(BLOCK / out_step) * out_step
+
+
+def _plan_tile(
+    i: int, job: TileJob, data: TileData, footprint: Footprint, scene_shape: tuple[int, int], block: int,
+    dense_fraction: float,
+) -> tuple[list[_Piece], int, bool]:
+    """The pieces that compute tile ``i`` (rectangles, or its whole window), its affected pixel count, and
+    whether they are rectangles (pasted over the zero response; none where no entry reaches the core)."""
+    whole = [_Piece(i, job.need, job.core_in_output, Window(0, job.out_core.height, 0, job.out_core.width))]
+    if data.is_dense:  # stored dense because it is nearly full: whole, without looking for its support
+        return whole, job.out_core.size, False
+    r, c, _, _ = _entries(data, job.stored, job.need)
+    hit = affected(r, c, job.need, job.out_core, footprint)
+    count = int(np.count_nonzero(hit))
+    if dense_fraction <= 0:
+        return whole, count, False
+    pieces, cost = [], 0
+    margin = (footprint.rows.before + footprint.rows.after, footprint.cols.before + footprint.cols.after)
+    for rect in cover(hit, block, margin):
+        out = Window(rect.row_start + job.out_core.row_start, rect.row_stop + job.out_core.row_start,
+                     rect.col_start + job.out_core.col_start, rect.col_stop + job.out_core.col_start)
+        window = footprint.input_window(out, scene_shape)
+        if not job.need.contains(window):
+            return whole, count, False  # a rectangle lengthened past the tile's window: compute it whole
+        cost += window.size + PIECE_OVERHEAD
+        pieces.append(_Piece(i, window, out.relative_to(footprint.output_window(window)), rect))
+    if cost > dense_fraction * job.need.size:
+        return whole, count, False
+    return pieces, count, True
 
 
 def compute_tiles(
@@ -51,45 +134,86 @@ def compute_tiles(
     data: Sequence[TileData],
     bands: int,
     *,
+    footprint: Footprint,
+    scene_shape: tuple[int, int],
     batch_size: int = 8,
-) -> list[np.ndarray]:
-    """Run the model over non-empty tiles; returns each core as ``(rows, cols, out_bands)``.
+    dense_fraction: float = DENSE_FRACTION,
+) -> Computed:
+    """Run the model over non-empty tiles; each core as ``(rows, cols, out_bands)``, exact.
 
-    Tiles whose windows have the same shape go through the model together, in
-    batches of up to ``batch_size``; each batch is densified from COO through
-    one ``tf.SparseTensor``.
+    Each tile is computed from rectangles that cover its affected pixels, pasted over
+    its class's zero response, or whole where that is cheaper (``dense_fraction``; 0:
+    always whole). Model inputs of the same shape go through the model together, in
+    batches of up to ``batch_size``, each densified from COO through one
+    ``tf.SparseTensor``.
     """
-    results: list[np.ndarray | None] = [None] * len(jobs)
-    groups: dict[tuple[int, int], list[int]] = {}
+    block = _block(footprint)
+    pieces: list[_Piece] = []
+    counted = 0
+    sparse = set()
     for i, job in enumerate(jobs):
-        groups.setdefault(job.need.shape, []).append(i)
+        planned, count, by_parts = _plan_tile(i, job, data[i], footprint, scene_shape, block, dense_fraction)
+        counted += count
+        if by_parts:
+            sparse.add(i)
+        pieces.extend(planned)
+    cores: list[np.ndarray | None] = [None] * len(jobs)
+    for i in sparse:
+        job = jobs[i]
+        # The tile's class response: exact wherever no rectangle is pasted.
+        cores[i] = np.array(empty_response(model, job.need.shape, job.core_in_output, bands, footprint))
+    groups: dict[tuple[int, int], list[_Piece]] = {}
+    for piece in pieces:
+        groups.setdefault(piece.window.shape, []).append(piece)
     for shape, members in groups.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            idx_parts, val_parts = [], []
-            dense_members = []
-            for k, i in enumerate(chunk):
-                if data[i].is_dense:
-                    dense_members.append((k, i))
-                    continue
-                r, c, b, v = _crop_coo(data[i], jobs[i])
-                idx_parts.append(np.stack([np.full(r.size, k), r, c, b], axis=1))
-                val_parts.append(v)
-            full_shape = (len(chunk), shape[0], shape[1], bands)
-            batch: Any
-            if idx_parts:
-                indices = np.concatenate(idx_parts).astype(np.int64, copy=False)
-                batch = densify(full_shape, indices, np.concatenate(val_parts))
-            else:
-                batch = np.zeros(full_shape, dtype=np.float32)
-            if dense_members:  # tiles stored dense go in as they are, beside the densified ones
-                batch = np.array(batch)
-                for k, i in dense_members:
-                    batch[k] = _dense_window(data[i], jobs[i])
-            out = model(batch)
-            for k, i in enumerate(chunk):
-                results[i] = out[k][jobs[i].core_in_output.slices]
-    return [r for r in results if r is not None]
+            out = model(_batch(chunk, jobs, data, shape, bands))
+            for k, piece in enumerate(chunk):
+                got = out[k][piece.take.slices]
+                core = cores[piece.tile]
+                if core is None:  # a tile computed whole: its window's output is the core
+                    cores[piece.tile] = got
+                else:
+                    core[piece.put.slices] = got
+    done = [c for c in cores if c is not None]
+    assert len(done) == len(jobs)
+    return Computed(done, sum(p.window.size for p in pieces), counted, len(sparse))
+
+
+def _batch(chunk: Sequence[_Piece], jobs: Sequence[TileJob], data: Sequence[TileData], shape: tuple[int, int],
+           bands: int) -> Any:
+    """The dense model input of ``chunk``: ``(n, rows, cols, bands)``, from COO through one SparseTensor
+    (tiles stored dense go in as they are, beside the densified ones)."""
+    idx_parts, val_parts, dense = [], [], []
+    for k, piece in enumerate(chunk):
+        tile = data[piece.tile]
+        if tile.is_dense:
+            dense.append((k, piece))
+            continue
+        r, c, b, v = _entries(tile, jobs[piece.tile].stored, piece.window)
+        idx_parts.append(np.stack([np.full(r.size, k), r, c, b], axis=1))
+        val_parts.append(v)
+    full_shape = (len(chunk), shape[0], shape[1], bands)
+    batch: Any
+    if idx_parts and sum(p.size for p in val_parts):
+        indices = np.concatenate(idx_parts).astype(np.int64, copy=False)
+        batch = densify(full_shape, indices, np.concatenate(val_parts))
+    else:
+        batch = np.zeros(full_shape, dtype=np.float32)
+    if dense:
+        batch = np.array(batch)
+        for k, piece in dense:
+            batch[k] = _dense_window(data[piece.tile], jobs[piece.tile].stored, piece.window)
+    return batch
+
+
+def _dense_window(data: TileData, stored: Window, window: Window) -> np.ndarray:
+    """A tile stored dense, cut (or zero-padded past the scene) to ``window``: ``(rows, cols, bands)``."""
+    overlap = window.clip(stored.row_stop, stored.col_stop)
+    out = np.zeros((*window.shape, data.values.shape[-1]), dtype=np.float32)
+    out[overlap.relative_to(window).slices] = data.values[overlap.relative_to(stored).slices]
+    return out
 
 
 def empty_core(model: CompiledModel, job: TileJob, bands: int, footprint: Footprint) -> np.ndarray:

@@ -47,6 +47,9 @@ class RunReport:
 
     ``repaired``: tiles of a damaged store (a chunk missing, or not done in a store
     marked complete) that this run recorded as not done and computed again.
+    ``model_pixels``: input pixels the model ran on; ``affected_pixels``: output pixels
+    of busy tiles whose footprint holds a value (the data dilated by the footprint),
+    the least any exact run must compute. Their ratio is the block-sparse overhead.
     """
 
     result: str
@@ -62,6 +65,8 @@ class RunReport:
     up_to_date: bool = False
     run_id: str = ""
     repaired: int = 0
+    model_pixels: int = 0
+    affected_pixels: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -77,10 +82,14 @@ class RunReport:
         if self.up_to_date:
             return f"{self.result}: up to date ({self.tiles_total} tiles), nothing to do"
         repaired = f" ({self.repaired} damaged tiles found and recomputed)" if self.repaired else ""
+        pixels = ""
+        if self.computed:
+            pixels = (f"; model on {self.model_pixels / 1e6:.3g} Mpx for "
+                      f"{self.affected_pixels / 1e6:.3g} Mpx affected by data")
         return (
             f"tiles total {self.tiles_total} / computed {self.computed} / empty {self.empty} / "
             f"failed {self.failed}; wall {self.wall_seconds:.2f} s; "
-            f"{self.megapixels_per_second:.3g} Mpx/s{repaired}"
+            f"{self.megapixels_per_second:.3g} Mpx/s{pixels}{repaired}"
         )
 
 
@@ -106,6 +115,7 @@ class _Tally:
         self.per_worker: dict[str, int] = {}
         self.computed = self.empty = 0
         self.model_seconds = 0.0
+        self.model_pixels = self.affected_pixels = 0
 
     def add(self, _task: Task[BatchDone], done: BatchDone) -> None:
         self.set(done.computed, STATUS_COMPUTED)
@@ -114,6 +124,8 @@ class _Tally:
         self.empty += len(done.empty)
         self.per_worker[done.worker] = self.per_worker.get(done.worker, 0) + len(done.computed) + len(done.empty)
         self.model_seconds += done.model_seconds
+        self.model_pixels += done.model_pixels
+        self.affected_pixels += done.affected_pixels
         if self.unwritten >= self.FLUSH or time.monotonic() - self.flushed >= self.FLUSH_SECONDS:
             self.flush()
 
@@ -286,6 +298,8 @@ def _execute(
         model_seconds=tally.model_seconds,
         run_id=spec.run_id,
         repaired=repaired,
+        model_pixels=tally.model_pixels,
+        affected_pixels=tally.affected_pixels,
     )
     if execution.failed:
         result.finish(complete=False, report=report.to_dict())

@@ -48,6 +48,8 @@ class BatchDone:
     empty: tuple[tuple[int, int], ...]
     worker: str
     model_seconds: float
+    model_pixels: int = 0  # input pixels the model ran on
+    affected_pixels: int = 0  # core pixels whose footprint holds a value
 
 
 class TileFailed(RuntimeError):
@@ -112,9 +114,10 @@ def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
     batch_size = spec.batch_size
     if not batch_size and busy:
         batch_size = auto_batch_size(busy[0].need.shape, model.max_channels, gpu_free_bytes())
-    cores = compute_tiles(model, busy, data, spec.bands, batch_size=batch_size or 1)
+    computed = compute_tiles(model, busy, data, spec.bands, footprint=spec.footprint, scene_shape=scene.info.shape,
+                             batch_size=batch_size or 1)
     model_seconds = time.perf_counter() - started
-    for job, core in zip(busy, cores, strict=True):
+    for job, core in zip(busy, computed.cores, strict=True):
         result.write_core(job.out_core, core)
     for job in empties:
         result.write_core(job.out_core, empty_core(model, job, spec.bands, spec.footprint))
@@ -123,6 +126,8 @@ def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
         empty=tuple((j.row, j.col) for j in empties),
         worker=worker_name(),
         model_seconds=model_seconds,
+        model_pixels=computed.model_pixels,
+        affected_pixels=computed.affected_pixels,
     )
 
 

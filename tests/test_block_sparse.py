@@ -1,0 +1,237 @@
+"""Block-sparse compute inside tiles: rectangles over the affected pixels, pasted on the zero response.
+
+Every check compares with the whole-scene model (on the scene zero-padded to the total stride),
+never with tilepipe; and each checks that the rectangles were really used (``sparse_tiles``), so a
+test cannot pass by falling back to whole windows.
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
+from keras import layers as kl
+from test_strided import padded_reference, relative_error, unet, unet_specs
+
+from tilepipe.errors import UntileableModelError
+from tilepipe.execute.compute import BLOCK, compute_tiles, empty_core
+from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window
+from tilepipe.geometry.support import affected, cover
+from tilepipe.model.receptive import footprint_of
+from tilepipe.model.runner import CompiledModel
+from tilepipe.plan import plan_jobs
+from tilepipe.sources.coo import TileBuckets, coo_from_arrays
+from tilepipe.store.codec import TileData
+
+TOLERANCE = 1e-5
+
+
+def tiled(model: keras.Model, dense: np.ndarray, tile: int, *, dense_fraction: float = 0.5) -> tuple[np.ndarray, Any]:
+    """The scene through the planner and ``compute_tiles`` as a run does it: ``(output, stats of the busy tiles)``."""
+    fp = footprint_of(model)
+    fn = CompiledModel(model)
+    rows, cols, bands = dense.shape
+    r, c, b = np.nonzero(dense)
+    scene = coo_from_arrays(np.stack([r, c, b], axis=1), dense[r, c, b], dense.shape, name="test")
+    tile = -(-tile // fp.rows.step) * fp.rows.step
+    grid = TileGrid((rows, cols), (min(tile, rows), min(tile, cols)), fp.halo)
+    buckets = TileBuckets(scene, grid, name="test")
+    busy, data, empty = [], [], []
+    for job in plan_jobs(grid, fp):
+        shape, flat, vals = buckets.window_entries(grid.tile(*job.tile))
+        if flat.size:
+            busy.append(job)
+            data.append(TileData(shape, vals, flat))
+        else:
+            empty.append(job)
+    done = compute_tiles(fn, busy, data, bands, footprint=fp, scene_shape=(rows, cols), batch_size=4,
+                         dense_fraction=dense_fraction)
+    out_rows, out_cols = fp.output_shape((rows, cols))
+    out = np.full((out_rows, out_cols, done.cores[0].shape[2] if done.cores else 1), np.nan, np.float32)
+    for job, core in zip(busy, done.cores, strict=True):
+        out[job.out_core.slices] = core
+    for job in empty:
+        out[job.out_core.slices] = empty_core(fn, job, bands, fp)
+    return out, done
+
+
+# --------------------------------------------------------------------------- the geometry alone
+
+
+def test_affected_is_the_data_dilated_by_the_footprint() -> None:
+    rng = np.random.default_rng(0)
+    need = Window(10, 90, 20, 100)
+    mask = rng.random(need.shape) < 0.004
+    r, c = np.nonzero(mask)
+    fp = Footprint(AxisFootprint(before=3, after=2), AxisFootprint(before=1, after=4))
+    core = Window(15, 85, 25, 95)
+    got = affected(r, c, need, core, fp)
+    # Output (y, x) depends on inputs y - 3 .. y + 2 and x - 1 .. x + 4: by hand, pixel by pixel.
+    padded = np.zeros((need.height + 12, need.width + 12), bool)
+    padded[6:-6, 6:-6] = mask
+    want = np.zeros(need.shape, bool)
+    for y in range(need.height):
+        for x in range(need.width):
+            want[y, x] = padded[6 + y - 3 : 6 + y + 3, 6 + x - 1 : 6 + x + 5].any()
+    np.testing.assert_array_equal(got, want[5:75, 5:75])
+
+
+def test_cover_covers_every_affected_pixel_with_few_disjoint_rectangles() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = np.zeros((130, 97), bool)
+        for _ in range(rng.integers(1, 6)):
+            y, x = rng.integers(0, 130), rng.integers(0, 97)
+            mask[y : y + rng.integers(1, 40), x : x + rng.integers(1, 3)] = True
+        rects = cover(mask, 32)
+        painted = np.zeros(mask.shape, np.int32)
+        for w in rects:
+            assert 0 <= w.row_start < w.row_stop <= 130 and 0 <= w.col_start < w.col_stop <= 97
+            assert w.row_start % 32 == 0 and w.col_start % 32 == 0
+            painted[w.slices] += 1
+            assert mask[w.slices].any() or w.size > 32 * 32  # no rectangle of a single empty block
+        assert painted.max() == 1  # disjoint
+        assert np.all(painted[mask] == 1)  # every affected pixel covered
+    assert cover(np.zeros((64, 64), bool), 32) == []
+
+
+# --------------------------------------------------------------------------- exact against the whole scene
+
+
+@functools.lru_cache(maxsize=16)
+def stride_one(bands: int, kind: str, seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((None, None, bands))
+    if kind == "same":
+        h = kl.Conv2D(4, 3, padding="same", activation="relu", bias_initializer="ones")(x)
+        h = kl.Conv2D(3, 3, padding="same", dilation_rate=2, activation="tanh", bias_initializer="ones")(h)
+        y = kl.Conv2D(3, 1, bias_initializer=keras.initializers.Constant([0.1, -0.5, 0.9]))(h)
+    elif kind == "valid":
+        h = kl.Conv2D(4, 3, padding="valid", activation="relu")(x)
+        h = kl.Conv2D(4, 5, padding="same", activation="sigmoid")(h)
+        y = kl.Conv2D(2, 3, padding="valid", dilation_rate=2)(h)
+    else:  # a transposed-conv decoder: its zero response repeats with the stride
+        h = kl.Conv2D(3, 3, strides=2, padding="same", bias_initializer="ones", activation="relu")(x)
+        h = kl.Conv2D(3, 3, padding="same", activation="tanh")(h)
+        y = kl.Conv2DTranspose(2, 3, strides=2, padding="same", bias_initializer="ones")(h)
+    return keras.Model(x, y)
+
+
+def _reference(model: keras.Model, dense: np.ndarray) -> np.ndarray:
+    fp = footprint_of(model)
+    return padded_reference(model, dense, fp.rows.step, Fraction(fp.rows.scale))
+
+
+@st.composite
+def supports(draw: st.DrawFn, shape: tuple[int, int], tile: int, bands: int) -> np.ndarray:
+    """A few single pixels, lines and blobs, placed near block edges, tile core edges, halo zones and
+    scene borders (where an off-by-one in a rectangle or a class would show)."""
+    rows, cols = shape
+    near = sorted({v for t in range(0, max(rows, cols) + tile, tile) for v in (t - 33, t - 32, t - 31, t - 3, t - 1,
+                                                                                t, t + 1, t + 3, t + 31, t + 32)})
+    dense = np.zeros((rows, cols, bands), np.float32)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["pixel", "row", "col", "blob"]))
+        y = min(max(draw(st.sampled_from(near)), 0), rows - 1)
+        x = min(max(draw(st.sampled_from(near)), 0), cols - 1)
+        length = draw(st.integers(2, 70))
+        value = draw(st.floats(0.5, 3.0))
+        band = draw(st.integers(0, bands - 1))
+        if kind == "pixel":
+            dense[y, x, band] = value
+        elif kind == "row":
+            dense[y, x : x + length, band] = value
+        elif kind == "col":
+            dense[y : y + length, x, band] = value
+        else:
+            dense[y : y + 5, x : x + 4, :] = value
+    return dense
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["same", "valid", "transpose"]), data=st.data())
+def test_supports_at_block_tile_and_scene_edges_are_exact(kind: str, data: st.DataObject) -> None:
+    bands = 2
+    model = stride_one(bands, kind)
+    shape = data.draw(st.sampled_from([(200, 170), (256, 256), (131, 262)]))
+    tile = 128
+    dense = data.draw(supports(shape, tile, bands))
+    got, done = tiled(model, dense, tile)
+    ref = _reference(model, dense)
+    assert relative_error(got, ref) <= TOLERANCE
+    assert done.sparse_tiles >= 1  # computed by rectangles, not whole windows
+
+
+def test_one_detection_costs_a_small_window_not_a_tile_and_its_neighbours() -> None:
+    model = stride_one(2, "same")
+    dense = np.zeros((512, 512, 2), np.float32)
+    dense[255, 256, 1] = 2.0  # on the corner of four tiles: all four busy
+    got, done = tiled(model, dense, 256)
+    assert relative_error(got, _reference(model, dense)) <= TOLERANCE
+    assert done.sparse_tiles == 4
+    assert done.affected_pixels == 7 * 7  # a 3x3 (radius 1), a 3x3 dilated by 2 (radius 2), a 1x1: radius 3
+    # One block per tile, grown by the footprint's 3 px each side: four small windows, not four 262 x 262 ones.
+    assert done.model_pixels == 4 * (BLOCK + 6) ** 2
+
+
+def test_whole_windows_where_rectangles_would_cost_more() -> None:
+    model = stride_one(1, "same")
+    rng = np.random.default_rng(3)
+    dense = (rng.random((256, 256, 1)) < 0.3).astype(np.float32)
+    got, done = tiled(model, dense, 128)
+    assert relative_error(got, _reference(model, dense)) <= TOLERANCE
+    assert done.sparse_tiles == 0
+    sparse_only, forced = tiled(model, dense, 128, dense_fraction=1e9)  # rectangles even where dear
+    assert relative_error(sparse_only, _reference(model, dense)) <= TOLERANCE
+    assert forced.sparse_tiles == 4
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=unet_specs(), seed=st.integers(0, 2**16), data=st.data())
+def test_random_unets_are_exact_by_rectangles(spec: dict[str, Any], seed: int, data: st.DataObject) -> None:
+    model = unet(spec, 1, seed)
+    try:
+        fp = footprint_of(model)
+    except UntileableModelError:
+        reject()  # skips that cannot line up: test_strided checks the refusal
+    step = fp.rows.step
+    shape = data.draw(st.sampled_from([(8 * step + 5, 10 * step), (12 * step, 9 * step + 3)]))
+    tile = data.draw(st.sampled_from([4 * step, 6 * step]))
+    dense = np.zeros((*shape, 1), np.float32)
+    y = data.draw(st.integers(0, shape[0] - 1))
+    x = data.draw(st.integers(0, shape[1] - 1))
+    dense[y, x, 0] = 1.5
+    dense[max(y - 7, 0) : y + 1, x, 0] = -0.75
+    got, done = tiled(model, dense, tile, dense_fraction=1e9)
+    assert relative_error(got, _reference(model, dense)) <= TOLERANCE, (spec, shape, tile, y, x)
+    assert done.sparse_tiles >= 1
+
+
+def test_the_unet_bench_footprint_is_exact_by_rectangles() -> None:
+    from tilepipe.demo import build_unet_model
+
+    model = build_unet_model(bands=2)
+    dense = np.zeros((600, 520, 2), np.float32)
+    dense[300:303, 100:400, 0] = 1.0  # a road across tiles
+    dense[40, 500, 1] = 2.0
+    got, done = tiled(model, dense, 256, dense_fraction=1e9)  # rectangles in every busy tile
+    assert relative_error(got, _reference(model, dense)) <= TOLERANCE
+    assert done.sparse_tiles >= 3
+
+
+@pytest.mark.parametrize("kind", ["same", "transpose"])
+def test_multiband_zero_responses_differ_and_stay_exact(kind: str) -> None:
+    model = stride_one(3, kind)
+    dense = np.zeros((160, 160, 3), np.float32)
+    dense[64, 64, 2] = 1.0
+    got, done = tiled(model, dense, 64)
+    ref = _reference(model, dense)
+    assert relative_error(got, ref) <= TOLERANCE
+    assert len({float(v) for v in ref[150, 20]}) == ref.shape[2]  # the bands' zero responses differ
+    assert done.sparse_tiles >= 1
