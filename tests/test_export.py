@@ -418,3 +418,62 @@ def test_colour_limits() -> None:
     assert lo < hi
     lo, hi = limits(sample, 200.0, None)  # the given limit stays
     assert lo == 200.0 and hi > 200.0
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def test_a_window_exports_the_same_pixels_georeferenced_for_the_region(tmp_path: Path,
+                                                                        store: tuple[Path, np.ndarray]) -> None:
+    path, expected = store
+    whole = export_geotiff(path, tmp_path / "whole.tif")
+    proc = run_tilepipe("export", str(path), str(tmp_path / "w.tif"), "--window", "100", "250", "150", "200")
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(whole) as a, rasterio.open(tmp_path / "w.tif") as b:
+        assert (b.height, b.width, b.count) == (150, 200, 3)
+        np.testing.assert_array_equal(b.read(), a.read()[:, 100:250, 250:450])
+        np.testing.assert_array_equal(b.read(), expected[:, 100:250, 250:450])
+        assert b.transform.almost_equals(TRANSFORM @ Affine.translation(250, 100))
+        assert b.crs == a.crs
+    # Through the API, a product of the region equals the product of the whole, cut.
+    from tilepipe.export import Threshold
+
+    export_geotiff(path, tmp_path / "t.tif", product=Threshold(10.0, 2), window=(0, 0, 128, 517))
+    with rasterio.open(tmp_path / "t.tif") as t:
+        np.testing.assert_array_equal(t.read(1), (expected[2, :128] > 10.0).astype(np.uint8))
+
+
+def test_bounds_export_the_smallest_window_holding_every_pixel_they_touch(tmp_path: Path,
+                                                                          store: tuple[Path, np.ndarray]) -> None:
+    from rasterio.transform import rowcol
+
+    path, expected = store
+    bounds = (502_000.0, 3_998_500.0, 503_500.0, 3_999_400.0)
+    proc = run_tilepipe("export", str(path), str(tmp_path / "b.tif"), "--bounds", *map(str, bounds))
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(tmp_path / "b.tif") as b:
+        got, region = b.read(), b.transform
+    col, row = ~TRANSFORM @ (region.c, region.f)
+    r0, c0 = round(row), round(col)
+    assert abs(row - r0) < 1e-6 and abs(col - c0) < 1e-6  # the region starts on a pixel of the result
+    h, w = got.shape[1:]
+    np.testing.assert_array_equal(got, expected[:, r0 : r0 + h, c0 : c0 + w])
+    # The pixels the box touches, found by rasterio from points all over it (its edges included).
+    eps = 1e-6
+    xs, ys = np.meshgrid(np.linspace(bounds[0] + eps, bounds[2] - eps, 400),
+                         np.linspace(bounds[1] + eps, bounds[3] - eps, 400))
+    rows, cols = rowcol(TRANSFORM, xs.ravel(), ys.ravel())
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    assert (r0, c0, r0 + h, c0 + w) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+
+
+def test_a_region_outside_the_result_is_one_line(tmp_path: Path, store: tuple[Path, np.ndarray]) -> None:
+    path, _ = store
+    assert_one_clear_line(run_tilepipe("export", str(path), str(tmp_path / "x.tif"), "--window", "250", "0", "100",
+                                       "10"), "window 250 0 100 10", "inside the result's 300 x 517 pixels")
+    assert_one_clear_line(run_tilepipe("export", str(path), str(tmp_path / "x.tif"), "--bounds", "0", "0", "10",
+                                       "10"), "do not overlap the result")
+    both = run_tilepipe("export", str(path), str(tmp_path / "x.tif"), "--bounds", "0", "0", "10", "10",
+                        "--window", "0", "0", "1", "1")
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert not (tmp_path / "x.tif").exists()

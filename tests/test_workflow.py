@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -601,3 +602,24 @@ def test_ordinary_workflows_still_need_input(tmp_path: Path) -> None:
     path = write(tmp_path, "model: {path: m.keras}\noutput: {zarr: 'o/{scene}.zarr'}\n")
     with pytest.raises(WorkflowError, match=r"x\.yaml: input: missing required key 'input'"):
         load_workflow(path)
+
+
+def test_output_region_is_parsed_and_checked(tmp_path: Path) -> None:
+    from tilepipe.workflow import parse_workflow
+
+    base = {"input": {"path": "in.tif"}, "model": {"path": "m.keras"}}
+    wf = parse_workflow({**base, "output": {"zarr": "r.zarr", "geotiff": "r.tif", "window": [1, 2, 3, 4]}},
+                        source=tmp_path / "w.yaml", base_dir=tmp_path)
+    assert wf.output.window == (1, 2, 3, 4) and wf.output.bounds is None
+    wf = parse_workflow({**base, "output": {"zarr": "r.zarr", "geotiff": "r.tif", "bounds": [0, 1.5, 2, 3]}},
+                        source=tmp_path / "w.yaml", base_dir=tmp_path)
+    assert wf.output.bounds == (0.0, 1.5, 2.0, 3.0)
+    for output, needle in (({"window": [1, 2, 3]}, "output.window"), ({"window": [1, 2, 3, -4]}, "output.window[3]"),
+                           ({"bounds": [0, 0, 1, "x"]}, "output.bounds[3]"),
+                           ({"bounds": [0, 0, 1, 1], "window": [0, 0, 1, 1]}, "not both")):
+        with pytest.raises(WorkflowError, match=re.escape(needle)):
+            parse_workflow({**base, "output": {"zarr": "r.zarr", "geotiff": "r.tif", **output}},
+                           source=tmp_path / "w.yaml", base_dir=tmp_path)
+    with pytest.raises(WorkflowError, match=re.escape("only valid with 'output.geotiff'")):
+        parse_workflow({**base, "output": {"zarr": "r.zarr", "window": [0, 0, 1, 1]}},
+                       source=tmp_path / "w.yaml", base_dir=tmp_path)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -168,6 +168,8 @@ class OutputSpec:
     classes: ProductSpec | None = None
     threshold: ProductSpec | None = None
     scale: ProductSpec | None = None
+    bounds: tuple[float, float, float, float] | None = None  # the GeoTIFFs' region, in the result's CRS
+    window: tuple[int, int, int, int] | None = None  # the GeoTIFFs' region: row, col, height, width
 
     @property
     def products(self) -> tuple[tuple[str, ProductSpec], ...]:
@@ -523,7 +525,8 @@ def _parse_tiling(value: object) -> TilingSpec:
 
 
 def _parse_output(value: object, base_dir: Path) -> OutputSpec:
-    sec = _Section(value, "output", ("zarr", "scene", "geotiff", "cog", "quicklook", "band_names", *PRODUCT_KEYS))
+    sec = _Section(value, "output", ("zarr", "scene", "geotiff", "cog", "quicklook", "band_names", "bounds", "window",
+                                     *PRODUCT_KEYS))
     zarr = _location(sec.require("zarr"), sec.key_of("zarr"), base_dir)
     locations = {"zarr": zarr, "scene": _default_scene(zarr)}
     for name in ("scene", "geotiff", "quicklook"):
@@ -544,6 +547,18 @@ def _parse_output(value: object, base_dir: Path) -> OutputSpec:
         raise _Invalid(sec.key_of("cog"), f"only valid with 'output.geotiff' or a product ({', '.join(PRODUCT_KEYS)})")
     names = sec.get("band_names")
     band_names = None if names is None else _band_names(names, sec.key_of("band_names"))
+    bounds = window = None
+    if sec.has("bounds") and sec.has("window"):
+        raise _Invalid(sec.key_of("window"), "expected output.bounds or output.window, not both")
+    if sec.has("bounds"):
+        bounds = _four(sec.get("bounds"), sec.key_of("bounds"), "[minx, miny, maxx, maxy] in the result's CRS",
+                       _number)
+    if sec.has("window"):
+        window = _four(sec.get("window"), sec.key_of("window"), "[row, col, height, width] in result pixels",
+                       lambda v, k: _int(v, k, minimum=0))
+    if (bounds or window) and "geotiff" not in locations and not products:
+        raise _Invalid(sec.key_of("bounds" if bounds else "window"),
+                       f"only valid with 'output.geotiff' or a product ({', '.join(PRODUCT_KEYS)})")
     classes = products.get("classes")
     if classes is not None and band_names is not None:
         given = classes[0].product
@@ -562,7 +577,16 @@ def _parse_output(value: object, base_dir: Path) -> OutputSpec:
         classes=classes[0] if classes is not None else None,
         threshold=products["threshold"][0] if "threshold" in products else None,
         scale=products["scale"][0] if "scale" in products else None,
+        bounds=bounds,  # type: ignore[arg-type]
+        window=window,  # type: ignore[arg-type]
     )
+
+
+def _four(value: object, key: str, what: str, parse: Callable[[object, str], Any]) -> tuple[Any, ...]:
+    """Four values (a region's bounds or window), each parsed by ``parse``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise _Invalid(key, f"expected {what}, got {_show(value)}")
+    return tuple(parse(v, f"{key}[{n}]") for n, v in enumerate(value))
 
 
 def _parse_product(name: str, value: object, key: str, base_dir: Path) -> tuple[ProductSpec, str]:

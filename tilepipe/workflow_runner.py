@@ -111,14 +111,16 @@ def run_workflow(
     names = wf.output.band_names
     if names is not None:
         record_band_names(wf.output.zarr, names)  # the store names its bands; every export reads them there
+    region: dict[str, Any] = {"bounds": wf.output.bounds, "window": wf.output.window}
     geotiff = _export(wf.output.geotiff, fresh, overwrite, say,
                       lambda out, ow: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow,
-                                                     progress=progress))
+                                                     progress=progress, **region))
     products = tuple(derived.path for _, derived in wf.output.products)
     for _, derived in wf.output.products:
         _export(derived.path, fresh, overwrite, say,
                 lambda out, ow, derived=derived: export_geotiff(wf.output.zarr, out, cog=wf.output.cog, overwrite=ow,
-                                                                progress=progress, product=derived.product))
+                                                                progress=progress, product=derived.product,
+                                                                **region))
     look = _export(wf.output.quicklook, fresh, overwrite, say,
                    lambda out, ow: quicklook(wf.output.zarr, out, overwrite=ow))
     return WorkflowOutcome(report, scene_path, wf.output.zarr, geotiff, look, time.perf_counter() - t0, dashboard,

@@ -171,8 +171,8 @@ def _read_window(store: ResultStore, band: int, window: tuple[int, int, int, int
     return np.asarray(block, dtype=np.float32)
 
 
-def _free_blocks(store: ResultStore, rows: int, cols: int, side: int) -> np.ndarray:
-    """Which ``side``-pixel blocks, ``(block_row, block_col)``, lie wholly in free tiles.
+def _free_blocks(store: ResultStore, region: CoreWindow, side: int) -> np.ndarray:
+    """Which ``side``-pixel blocks of ``region``, ``(block_row, block_col)``, lie wholly in free tiles.
 
     A free tile (:data:`STATUS_FREE`) is never written and reads as each band's fill
     value; :meth:`ResultStore.verify`, run before every export, proved none of them holds
@@ -183,12 +183,50 @@ def _free_blocks(store: ResultStore, rows: int, cols: int, side: int) -> np.ndar
     # Prefix sums of the tiles that are not free: one subtraction per block answers "none of them".
     busy = np.zeros((status.shape[0] + 1, status.shape[1] + 1), np.int64)
     busy[1:, 1:] = (status != STATUS_FREE).cumsum(0).cumsum(1)
-    r = np.arange(0, rows, side)
-    c = np.arange(0, cols, side)
-    r0, r1 = r // th, -(-np.minimum(r + side, rows) // th)
-    c0, c1 = c // tw, -(-np.minimum(c + side, cols) // tw)
+    r = np.arange(region.row_start, region.row_stop, side)
+    c = np.arange(region.col_start, region.col_stop, side)
+    r0, r1 = r // th, -(-np.minimum(r + side, region.row_stop) // th)
+    c0, c1 = c // tw, -(-np.minimum(c + side, region.col_stop) // tw)
     count = busy[np.ix_(r1, c1)] - busy[np.ix_(r0, c1)] - busy[np.ix_(r1, c0)] + busy[np.ix_(r0, c0)]
     return np.asarray(count == 0)
+
+
+def region_of(store: ResultStore, *, window: Sequence[int] | None = None,
+              bounds: Sequence[float] | None = None) -> CoreWindow:
+    """The result pixels to export: the whole result, ``window = (row, col, height, width)`` (result
+    pixels), or ``bounds = (minx, miny, maxx, maxy)`` in the result's CRS (every pixel the box
+    touches). Raises :class:`InputError` for both, a malformed one, or one outside the result."""
+    _, rows, cols = store.info.shape
+    whole = CoreWindow(0, rows, 0, cols)
+    if window is not None and bounds is not None:
+        raise InputError("give a window or bounds, not both")
+    if window is not None:
+        try:
+            row, col, height, width = (int(v) for v in window)
+        except (TypeError, ValueError):
+            raise InputError(f"window: expected ROW COL HEIGHT WIDTH (four integers), got {window!r}") from None
+        if height <= 0 or width <= 0 or row < 0 or col < 0 or row + height > rows or col + width > cols:
+            raise InputError(f"window {row} {col} {height} {width}: expected a window inside the result's "
+                             f"{rows} x {cols} pixels (row, col, height, width)")
+        return CoreWindow(row, row + height, col, col + width)
+    if bounds is not None:
+        try:
+            minx, miny, maxx, maxy = (float(v) for v in bounds)
+        except (TypeError, ValueError):
+            raise InputError(f"bounds: expected MINX MINY MAXX MAXY (four numbers), got {bounds!r}") from None
+        if not (minx < maxx and miny < maxy):
+            raise InputError(f"bounds {minx:g} {miny:g} {maxx:g} {maxy:g}: expected MINX < MAXX and MINY < MAXY")
+        inverse = ~Affine(*store.info.transform)
+        corners = [inverse @ (x, y) for x in (minx, maxx) for y in (miny, maxy)]
+        cs, rs = [p[0] for p in corners], [p[1] for p in corners]
+        # Every pixel the box touches; a box edge on a pixel edge takes no pixel beyond it.
+        r0, r1 = max(math.floor(min(rs) + 1e-9), 0), min(math.ceil(max(rs) - 1e-9), rows)
+        c0, c1 = max(math.floor(min(cs) + 1e-9), 0), min(math.ceil(max(cs) - 1e-9), cols)
+        if r0 >= r1 or c0 >= c1:
+            raise InputError(f"bounds {minx:g} {miny:g} {maxx:g} {maxy:g}: they do not overlap the result "
+                             "(give them in the result's CRS)")
+        return CoreWindow(r0, r1, c0, c1)
+    return whole
 
 
 def _same_bits(pixels: np.ndarray, value: np.ndarray) -> bool:
@@ -222,7 +260,8 @@ def _write_blocks(dst: Any, index: int, pixels: np.ndarray, window: tuple[int, i
 
 
 def _write_tiled(
-    store: ResultStore, plan: Layout, path: Path, compress: str, blocksize: int, progress: bool = False
+    store: ResultStore, plan: Layout, path: Path, compress: str, blocksize: int, progress: bool = False,
+    region: CoreWindow | None = None,
 ) -> None:
     """Write ``plan``'s bands to a tiled, compressed, band-interleaved GeoTIFF at ``path``.
 
@@ -235,7 +274,9 @@ def _write_tiled(
     value is a real value). Blocks of free tiles are not even read (:func:`_free_blocks`).
     """
     info = store.info
-    _, rows, cols = info.shape
+    _, all_rows, all_cols = info.shape
+    region = region or CoreWindow(0, all_rows, 0, all_cols)
+    rows, cols = region.shape
     try:
         crs = CRS.from_wkt(info.crs_wkt) if info.crs_wkt else None
     except Exception as exc:  # rasterio raises CRSError, GDAL may raise others
@@ -248,7 +289,7 @@ def _write_tiled(
         "count": len(plan.sources),
         "dtype": plan.dtype,
         "crs": crs,
-        "transform": Affine(*info.transform),
+        "transform": Affine(*info.transform) @ Affine.translation(region.col_start, region.row_start),
         "tiled": True,
         "blockxsize": blocksize,
         "blockysize": blocksize,
@@ -267,7 +308,7 @@ def _write_tiled(
     # Whole blocks per window; see the module docstring for why.
     side = blocksize * max(1, _WINDOW_SIDE // blocksize)
     windows = list(_windows(rows, cols, side))
-    free = _free_blocks(store, rows, cols, blocksize)
+    free = _free_blocks(store, region, blocksize)
     per_window = side // blocksize
     bar = progress_bar(len(windows) * len(plan.sources), "export", "window", enabled=progress)
     try:
@@ -292,7 +333,8 @@ def _write_tiled(
                     if all_free:
                         pixels = np.full((height, width), value, plan.dtype)
                     else:
-                        pixels = transform(np.stack([_read_window(store, b, window) for b in sources]))
+                        there = (r0 + region.row_start, c0 + region.col_start, height, width)
+                        pixels = transform(np.stack([_read_window(store, b, there) for b in sources]))
                     _write_blocks(dst, index, pixels, window, blocksize, skip)
                     bar.update(1)
         with rasterio.open(path, "r+") as dst:
@@ -339,6 +381,8 @@ def export_geotiff(
     progress: bool = False,
     product: Product | None = None,
     band_names: Sequence[str] | None = None,
+    window: Sequence[int] | None = None,
+    bounds: Sequence[float] | None = None,
 ) -> Path:
     """Write a finished result store, or a product of it, to a GeoTIFF, block by block.
 
@@ -390,6 +434,12 @@ def export_geotiff(
         What to write instead of the float result.
     band_names : sequence of str, optional
         One name per band of the store, for band descriptions and class names.
+    window : (row, col, height, width), optional
+        Export only these result pixels (a continental result is used region by region).
+    bounds : (minx, miny, maxx, maxy), optional
+        Export only the pixels this box touches, in the result's CRS. The GeoTIFF of a
+        ``window`` or ``bounds`` is georeferenced for the region and holds exactly the same
+        values as those pixels of the whole export.
 
     Returns
     -------
@@ -419,6 +469,7 @@ def export_geotiff(
         chosen = _parse_bands(bands, count)
         names = parse_band_names(band_names, count) or stored_band_names(store)
         plan = layout(product, chosen, store.fill_values, names)
+        region = region_of(store, window=window, bounds=bounds)
     except InputError as exc:  # the bands, names or product do not fit this result: say which result
         raise InputError(f"{store.path}: {exc}") from None
     out_path = Path(out)
@@ -428,13 +479,13 @@ def export_geotiff(
             with native_stderr() as native:
                 if cog:
                     tiled = partial.with_name(f"{partial.stem}.tiled.tif")
-                    _write_tiled(store, plan, tiled, compress, blocksize, progress)
+                    _write_tiled(store, plan, tiled, compress, blocksize, progress, region)
                     # Checked before copying: a tile missing here would be copied as zeros.
                     _check_whole(tiled, len(plan.sources))
                     _to_cog(tiled, partial, compress, blocksize, chosen_resampling or plan.resampling,
                             plan.dtype == "float32")
                 else:
-                    _write_tiled(store, plan, partial, compress, blocksize, progress)
+                    _write_tiled(store, plan, partial, compress, blocksize, progress, region)
                 _check_whole(partial, len(plan.sources))
         except InputError as exc:  # a value the product cannot hold (NaN in a scaled product without nodata)
             raise InputError(f"{store.path}: {exc}") from None
