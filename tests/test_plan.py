@@ -91,14 +91,15 @@ def test_plan_run_partitions_the_tiles(
         status[r, c] = data.draw(st.sampled_from([STATUS_COMPUTED, STATUS_EMPTY]))
     plan = plan_run(scene, facts, nnz, status=status, fill_values=fills, batch_size=size, workers=workers)
     tasked = [(j.row, j.col) for batch in plan.tasks for j in batch]
-    free = [(j.row, j.col) for j in plan.free]
+    free = [(int(r), int(c)) for r, c in np.argwhere(plan.free)]
     # Every tile not done is either free or in exactly one task; done tiles are in neither.
     assert sorted(tasked + free) == sorted((j.row, j.col) for j in jobs if (j.row, j.col) not in done)
     assert len(set(tasked)) == len(tasked)
     assert plan.total == len(jobs) and plan.already_done == len(done) and plan.todo == len(tasked)
     # Free tiles are empty and away from every scene border (the interior response is the fill value).
-    for job in plan.free:
-        assert job.empty and not touches_border(job, scene.shape)
+    by_tile = {(j.row, j.col): j for j in jobs}
+    for tile in free:
+        assert by_tile[tile].empty and not touches_border(by_tile[tile], scene.shape)
     # A task holds tiles of one kind and one window shape, busy ones at most `size` (fewer to spread them).
     for batch in plan.tasks:
         assert len({(j.empty, j.need.shape) for j in batch}) == 1
@@ -125,7 +126,7 @@ def test_empty_interior_tiles_are_free_in_every_band_each_with_its_own_fill_valu
     _, fills = plan_result(scene, three)
     assert fills == (0.5, np.float32(0.7), -1.25)  # each band's own response, as float32
     plan = plan_run(scene, three, nnz, fill_values=fills, batch_size=8, workers=2)
-    assert {(j.row, j.col) for j in plan.free} == interior
+    assert {(int(r), int(c)) for r, c in np.argwhere(plan.free)} == interior
     assert plan.todo == 20 - len(interior)
 
 
@@ -135,12 +136,13 @@ def test_no_free_tiles_where_a_band_does_not_respond_with_its_own_fill_value() -
     facts = _facts(1, 1, interior=(0.5, 0.7))
     # A format 2 store being resumed holds band 0's fill value for every band.
     legacy = plan_run(scene, facts, nnz, fill_values=(0.5, 0.5), batch_size=8, workers=2)
-    assert legacy.free == () and legacy.todo == 16
+    assert legacy.free_count == 0 and legacy.todo == 16
     # A response that repeats with a stride (transposed convolutions) is no single fill value.
     periodic = ModelFacts("0" * 64, facts.footprint, 1, 4, (0.5, 0.7), interior_uniform=False)
-    assert plan_run(scene, periodic, nnz, fill_values=(0.5, 0.7), batch_size=8, workers=2).free == ()
+    assert plan_run(scene, periodic, nnz, fill_values=(0.5, 0.7), batch_size=8, workers=2).free_count == 0
     same = plan_run(scene, facts, nnz, fill_values=(0.5, 0.7), batch_size=8, workers=2)
-    assert {(j.row, j.col) for j in same.free} == _interior_tiles((40, 40), 10, 1) == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    assert {(int(r), int(c)) for r, c in np.argwhere(same.free)} == _interior_tiles((40, 40), 10, 1) \
+        == {(1, 1), (1, 2), (2, 1), (2, 2)}
 
 
 def test_busy_tiles_spread_over_workers() -> None:
@@ -189,3 +191,21 @@ def test_plan_imports_no_tensorflow_dask_or_zarr_io() -> None:
     code = "import sys, tilepipe.plan; print('tensorflow' in sys.modules, 'distributed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_a_million_tile_grid_lists_only_the_tiles_that_become_tasks() -> None:
+    """Free tiles are a mask, never Python objects: a 1024 x 1024-tile grid with three busy tiles plans
+    those, their neighbours whose windows reach the data, and the border tiles (their zero response
+    differs from the interior's), nothing else."""
+    tiles, tile = 1024, 1024
+    scene = _scene((tiles * tile, tiles * tile), tile, 3)
+    nnz = np.zeros((tiles, tiles), np.int32)
+    for r, c in ((500, 500), (10, 900), (700, 3)):
+        nnz[r, c] = 50
+    plan = plan_run(scene, _facts(3, 3), nnz, fill_values=(0.5,), batch_size=8, workers=2)
+    listed = {(j.row, j.col) for b in plan.tasks for j in b}
+    border = {(r, c) for r in range(tiles) for c in (0, tiles - 1)} | {(r, c) for c in range(tiles)
+                                                                      for r in (0, tiles - 1)}
+    assert listed == border | {(500, 500), (10, 900), (700, 3)}
+    assert plan.total == tiles * tiles and plan.free_count == tiles * tiles - len(listed)
+    assert plan.free.dtype == bool and not plan.free[500, 500] and plan.free[501, 501]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tilepipe.errors import InputError, StoreError
-from tilepipe.geometry import Footprint, TileGrid, Window
+from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window
 from tilepipe.model.facts import ModelFacts
 from tilepipe.store.result import STATUS_NOT_DONE, ResultInfo
 from tilepipe.store.scene import SceneInfo
@@ -110,37 +110,83 @@ def output_grid(scene_shape: tuple[int, int], tile_size: tuple[int, int], footpr
     return (out[0], out[1])
 
 
-def plan_jobs(grid: TileGrid, footprint: Footprint, nnz: np.ndarray | None = None) -> list[TileJob]:
-    """Plan every output tile of a scene tiled by ``grid`` (whose halo must cover the footprint).
+@dataclass(frozen=True, slots=True)
+class _Axis:
+    """One axis of the output tile grid, each entry per output tile along it: its core
+    ``[out_start, out_stop)``, the scene tile holding its input, the input window ``need``, the
+    stored window of that scene tile, and the output a model run on ``need`` produces."""
+
+    out: list[tuple[int, int]]
+    source: list[int]
+    need: list[tuple[int, int]]
+    stored: list[tuple[int, int]]
+    produced: list[tuple[int, int]]
+    touches: np.ndarray  # bool: ``need`` reaches an end of the (padded) scene
+
+    def __len__(self) -> int:
+        return len(self.out)
+
+
+def _plan_axis(axis: AxisFootprint, length: int, out_len: int, out_size: int, tile: int, halo: int,
+               scene_tiles: int) -> _Axis:
+    out, source, need, stored, produced = [], [], [], [], []
+    padded = axis.padded(length)
+    for start, stop, src in _axis_spans(out_len, out_size, scene_tiles):
+        a, b = axis.span(start, stop, length)
+        s0 = src * tile
+        window = (max(s0 - halo, 0), min(s0 + tile + halo, length))
+        inside = (max(a, 0), min(b, length))
+        if not (window[0] <= inside[0] and inside[1] <= window[1]):
+            raise ValueError(f"Expected the stored window {window} to contain {inside}.")
+        made = axis.output_span(a, b)
+        if not (made[0] <= start and stop <= made[1]):
+            raise ValueError(f"Expected the output {made} of {(a, b)} to contain {(start, stop)}.")
+        out.append((start, stop))
+        source.append(src)
+        need.append((a, b))
+        stored.append(window)
+        produced.append(made)
+    touches = np.array([a == 0 or b == padded for a, b in need], dtype=bool)
+    return _Axis(out, source, need, stored, produced, touches)
+
+
+def _axes(grid: TileGrid, footprint: Footprint) -> tuple[_Axis, _Axis]:
+    out_shape = footprint.output_shape(grid.shape)
+    out_tile = output_grid(grid.shape, grid.tile_size, footprint)
+    fps = (footprint.rows, footprint.cols)
+    made = [_plan_axis(fps[k], grid.shape[k], out_shape[k], out_tile[k], grid.tile_size[k], grid.halo,
+                       grid.grid_shape[k]) for k in range(2)]
+    return made[0], made[1]
+
+
+def _job(rows: _Axis, cols: _Axis, i: int, j: int, empty: bool) -> TileJob:
+    (r0, r1), (c0, c1) = rows.out[i], cols.out[j]
+    src = (rows.source[i], cols.source[j])
+    (na, nb), (ma, mb) = rows.need[i], cols.need[j]
+    (sa, sb), (ta, tb) = rows.stored[i], cols.stored[j]
+    (pa, pb), (qa, qb) = rows.produced[i], cols.produced[j]
+    return TileJob(i, j, Window(r0, r1, c0, c1), Window(na, nb, ma, mb), Window(sa, sb, ta, tb), empty,
+                   None if src == (i, j) else src, Window(pa, pb, qa, qb))
+
+
+def plan_jobs(grid: TileGrid, footprint: Footprint, nnz: np.ndarray | None = None,
+              only: np.ndarray | None = None) -> list[TileJob]:
+    """Plan the output tiles of a scene tiled by ``grid`` (whose halo must cover the footprint).
 
     Output tiles are the scene's tiles scaled by the model's output scale; the
     last along each axis also takes any output past the scene's last tile.
     ``nnz`` is the per-tile count of values in the stored windows (None: all non-empty).
+    ``only``: a boolean mask over the output tile grid; only those tiles are planned
+    (the others never become Python objects). Costs O(tile rows + tile cols) plus
+    O(tiles planned).
     """
-    out_shape = footprint.output_shape(grid.shape)
-    out_tile = output_grid(grid.shape, grid.tile_size, footprint)
-    scene_tiles = grid.grid_shape
-    spans = [
-        _axis_spans(out_len, size, n_scene)
-        for out_len, size, n_scene in zip(out_shape, out_tile, scene_tiles, strict=True)
-    ]
-    scene = Window(0, grid.shape[0], 0, grid.shape[1])
-    jobs = []
-    for row, (r0, r1, src_row) in enumerate(spans[0]):
-        for col, (c0, c1, src_col) in enumerate(spans[1]):
-            out_core = Window(r0, r1, c0, c1)
-            need = footprint.input_window(out_core, grid.shape)
-            stored = grid.tile(src_row, src_col).window
-            inside = need.clip(*grid.shape)
-            if not stored.contains(inside) or not scene.contains(stored):
-                raise ValueError(f"Expected the stored window {stored} to contain {inside}.")
-            produced = footprint.output_window(need)
-            if not produced.contains(out_core):
-                raise ValueError(f"Expected the output {produced} of {need} to contain {out_core}.")
-            empty = nnz is not None and int(nnz[src_row, src_col]) == 0
-            source = None if (src_row, src_col) == (row, col) else (src_row, src_col)
-            jobs.append(TileJob(row, col, out_core, need, stored, empty, source, produced))
-    return jobs
+    rows, cols = _axes(grid, footprint)
+    if only is None:
+        picked: Iterable[tuple[int, int]] = ((i, j) for i in range(len(rows)) for j in range(len(cols)))
+    else:
+        picked = zip(*(idx.tolist() for idx in np.nonzero(only)), strict=True)
+    return [_job(rows, cols, i, j, nnz is not None and int(nnz[rows.source[i], cols.source[j]]) == 0)
+            for i, j in picked]
 
 
 def _axis_spans(out_len: int, size: int, scene_tiles: int) -> list[tuple[int, int, int]]:
@@ -265,22 +311,28 @@ def plan_result(
 class RunPlan:
     """What one run does. Tiles are :class:`TileJob` values; counts are tiles.
 
-    ``free`` are empty tiles away from every scene border whose response is, in
-    every band, that band's fill value in the store: recorded :data:`~tilepipe.store.result.STATUS_FREE`,
-    never computed or written (the one case where an absent chunk is a value).
-    ``tasks`` hold every other tile still to do, batched; each of them writes
-    every band's chunk.
+    ``free`` is a boolean mask over the output tile grid: empty tiles away from every
+    scene border whose response is, in every band, that band's fill value in the store,
+    recorded :data:`~tilepipe.store.result.STATUS_FREE`, never computed or written (the
+    one case where an absent chunk is a value). They are never Python objects: a grid of
+    millions of tiles costs a byte per tile here. ``tasks`` hold every other tile still
+    to do, batched; each of them writes every band's chunk.
     """
 
     total: int
     already_done: int
-    free: tuple[TileJob, ...]
+    free: np.ndarray
     tasks: tuple[tuple[TileJob, ...], ...]
 
     @property
     def todo(self) -> int:
         """Tiles that go to the workers."""
         return sum(len(batch) for batch in self.tasks)
+
+    @property
+    def free_count(self) -> int:
+        """Tiles recorded free."""
+        return int(np.count_nonzero(self.free))
 
     @property
     def empty_classes(self) -> frozenset[tuple[tuple[int, int], Window]]:
@@ -298,7 +350,10 @@ def plan_run(
     batch_size: int,
     workers: int,
 ) -> RunPlan:
-    """Plan the tiles of a run of ``facts``' model over ``scene``.
+    """Plan the tiles of a run of ``facts``' model over ``scene``, in O(tiles that become tasks).
+
+    Which tiles are done, empty, free or on a border is decided with numpy over the
+    grids (a byte or two per tile); only the tiles that go to the workers are listed.
 
     Parameters
     ----------
@@ -315,21 +370,25 @@ def plan_run(
     batch_size, workers
         Busy tiles per task at most, and how many workers share the tasks.
     """
-    jobs = plan_jobs(scene.grid, facts.footprint, nnz)
-    todo = [j for j in jobs if status is None or status[j.row, j.col] == STATUS_NOT_DONE]
+    rows, cols = _axes(scene.grid, facts.footprint)
+    shape = (len(rows), len(cols))
+    empty = np.asarray(nnz)[np.ix_(rows.source, cols.source)] == 0
+    todo = np.ones(shape, bool) if status is None else np.asarray(status) == STATUS_NOT_DONE
     # An empty interior tile is free only where every band's response is that band's fill value:
     # true by construction of a new store (its fill values are the interior responses), not
     # necessarily of a format 2 store being resumed (band 0's response for every band).
     interior = np.asarray(facts.interior, dtype=np.float32)
     fills = np.asarray(fill_values, dtype=np.float32)
     free_interior = facts.interior_uniform and interior.shape == fills.shape and bool(np.all(interior == fills))
-    padded = facts.footprint.padded_shape(scene.shape)
-    free = tuple(j for j in todo if j.empty and free_interior and not touches_border(j, padded))
-    free_ids = {(j.row, j.col) for j in free}
-    work = [j for j in todo if (j.row, j.col) not in free_ids]
+    border = rows.touches[:, None] | cols.touches[None, :]
+    free = todo & empty & ~border if free_interior else np.zeros(shape, bool)
+    work = todo & ~free
+    jobs = [_job(rows, cols, i, j, bool(empty[i, j])) for i, j in zip(*(x.tolist() for x in np.nonzero(work)),
+                                                                           strict=True)]
+    total = shape[0] * shape[1]
     return RunPlan(
-        total=len(jobs),
-        already_done=len(jobs) - len(todo),
+        total=total,
+        already_done=total - int(np.count_nonzero(todo)),
         free=free,
-        tasks=tuple(batches(work, batch_size, workers)),
+        tasks=tuple(batches(jobs, batch_size, workers)),
     )

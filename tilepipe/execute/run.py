@@ -134,6 +134,10 @@ class _Tally:
             self.status[row, col] = status
         self.unwritten += len(tiles)
 
+    def set_mask(self, mask: np.ndarray, status: int) -> None:
+        self.status[mask] = status
+        self.unwritten += int(np.count_nonzero(mask))
+
     def flush(self) -> None:
         if self.unwritten:
             self.result.write_status(self.status)
@@ -266,7 +270,7 @@ def _execute(
 ) -> RunReport:
     """Run the plan's tasks, record every tile as it is done, check the store, and write the report."""
     tally = _Tally(result, status)
-    tally.set(tuple((j.row, j.col) for j in plan.free), STATUS_FREE)  # nothing to compute or write
+    tally.set_mask(plan.free, STATUS_FREE)  # nothing to compute or write
     tasks = [
         # Busy tiles first: they are the long tasks, empty ones fill the gaps.
         Task(run_tiles, (spec, batch), weight=len(batch), priority=0 if batch[0].empty else 1, gpu=gpu)
@@ -289,7 +293,7 @@ def _execute(
         result=result.path,
         tiles_total=plan.total,
         computed=tally.computed,
-        empty=tally.empty + len(plan.free),
+        empty=tally.empty + plan.free_count,
         failed=execution.failed_weight,
         already_done=plan.already_done,
         wall_seconds=wall,
