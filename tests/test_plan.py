@@ -185,27 +185,10 @@ def test_resume_skips_done_tiles_only() -> None:
 
 
 def test_plan_imports_no_tensorflow_dask_or_zarr_io() -> None:
-    # The plan module is pure: importing it starts neither TensorFlow nor a Dask client.
+    # The plan module is pure: importing it loads no store I/O (zarr), no raster I/O, no TensorFlow, no Dask.
     import subprocess
 
-    code = "import sys, tilepipe.plan; print('tensorflow' in sys.modules, 'distributed' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "False"]
-
-
-def test_a_million_tile_grid_lists_only_the_tiles_that_become_tasks() -> None:
-    """Free tiles are a mask, never Python objects: a 1024 x 1024-tile grid with three busy tiles plans
-    those, their neighbours whose windows reach the data, and the border tiles (their zero response
-    differs from the interior's), nothing else."""
-    tiles, tile = 1024, 1024
-    scene = _scene((tiles * tile, tiles * tile), tile, 3)
-    nnz = np.zeros((tiles, tiles), np.int32)
-    for r, c in ((500, 500), (10, 900), (700, 3)):
-        nnz[r, c] = 50
-    plan = plan_run(scene, _facts(3, 3), nnz, fill_values=(0.5,), batch_size=8, workers=2)
-    listed = {(j.row, j.col) for b in plan.tasks for j in b}
-    border = {(r, c) for r in range(tiles) for c in (0, tiles - 1)} | {(r, c) for c in range(tiles)
-                                                                      for r in (0, tiles - 1)}
-    assert listed == border | {(500, 500), (10, 900), (700, 3)}
-    assert plan.total == tiles * tiles and plan.free_count == tiles * tiles - len(listed)
-    assert plan.free.dtype == bool and not plan.free[500, 500] and plan.free[501, 501]
+    heavy = ("zarr", "rasterio", "tensorflow", "keras", "distributed", "dask")
+    code = f"import sys, tilepipe.plan; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -24,8 +24,7 @@ import numpy as np
 from tilepipe.errors import InputError, StoreError
 from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window
 from tilepipe.model.facts import ModelFacts
-from tilepipe.store.result import STATUS_NOT_DONE, ResultInfo
-from tilepipe.store.scene import SceneInfo
+from tilepipe.store.info import STATUS_NOT_DONE, ResultInfo, SceneInfo
 
 __all__ = [
     "EMPTY_BATCH",

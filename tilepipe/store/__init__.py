@@ -1,8 +1,13 @@
-"""Zarr v3 stores: the sparse, tiled scene and the dense result."""
+"""Zarr v3 stores: the sparse, tiled scene and the dense result.
 
-from tilepipe.store.codec import TileData, decode_tile, encode_tile
-from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, STATUS_NOT_DONE, ResultInfo, ResultStore
-from tilepipe.store.scene import SceneInfo, SceneStore, block_size_for
+Loaded lazily: ``tilepipe.store.info`` (what stores say about themselves, no zarr) can be
+imported without zarr; the stores themselves load it on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "STATUS_COMPUTED",
@@ -18,3 +23,17 @@ __all__ = [
     "decode_tile",
     "encode_tile",
 ]
+
+_HOMES = {
+    "STATUS_COMPUTED": "info", "STATUS_EMPTY": "info", "STATUS_FREE": "info", "STATUS_NOT_DONE": "info",
+    "ResultInfo": "info", "SceneInfo": "info", "block_size_for": "info",
+    "ResultStore": "result", "SceneStore": "scene",
+    "TileData": "codec", "decode_tile": "codec", "encode_tile": "codec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'tilepipe.store' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tilepipe.store.{home}"), name)

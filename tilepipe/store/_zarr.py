@@ -18,6 +18,7 @@ from zarr.core.dtype import VariableLengthBytes
 
 from tilepipe.errors import StoreError, WrongStoreKindError
 from tilepipe.location import Location
+from tilepipe.store.info import FORMAT_VERSION
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,11 +35,9 @@ __all__ = [
     "vlen_bytes_dtype",
 ]
 
-#: Format of result stores written now. 2: every chunk carries a crc32c checksum, and every tile
-#: not recorded FREE has all its chunks written. 3: one array per output band, each with its own
-#: fill value, and CF georeferencing (see :mod:`tilepipe.store.result`).
-FORMAT_VERSION = 3
-
+#: Format of result stores written now (:data:`tilepipe.store.info.FORMAT_VERSION`). 2: every chunk
+#: carries a crc32c checksum, and every tile not recorded FREE has all its chunks written. 3: one array
+#: per output band, each with its own fill value, and CF georeferencing (see :mod:`tilepipe.store.result`).
 #: Format of scene stores. 2: every chunk carries a crc32c checksum, the index's fill value -1
 #: means "not written", and each block records its entry count (see :mod:`tilepipe.store.scene`).
 SCENE_FORMAT_VERSION = 2

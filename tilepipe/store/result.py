@@ -51,7 +51,7 @@ import errno
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,18 @@ from tilepipe.geometry import Window
 from tilepipe.location import Location
 from tilepipe.store import _cf
 from tilepipe.store._zarr import FORMAT_VERSION, chunk_problem, compressors, create_group, open_group
-from tilepipe.store.scene import block_size_for
+from tilepipe.store.info import (
+    LEGACY_FORMAT_VERSION,
+    STATUS_COMPUTED,
+    STATUS_EMPTY,
+    STATUS_FREE,
+    STATUS_NOT_DONE,
+    ResultInfo,
+    TileDamage,
+    block_size_for,
+)
+
+_DONE_WRITTEN = (STATUS_COMPUTED, STATUS_EMPTY)
 
 __all__ = [
     "LEGACY_FORMAT_VERSION",
@@ -79,154 +90,9 @@ __all__ = [
     "band_array_name",
 ]
 
-#: The result store format with one ``(band, y, x)`` array ``data`` and one fill value (still read).
-LEGACY_FORMAT_VERSION = 2
-
-#: Not done yet: nothing of the tile may be read.
-STATUS_NOT_DONE = 0
-#: Computed by the model; every band's chunk written.
-STATUS_COMPUTED = 1
-#: Empty (no input in its window), its response to zeros written to every band's chunk.
-STATUS_EMPTY = 2
-#: Empty, away from every border, its response each band's fill value: recorded, never written.
-STATUS_FREE = 3
-
-_DONE_WRITTEN = (STATUS_COMPUTED, STATUS_EMPTY)
-_STATUS_WORDS = {STATUS_COMPUTED: "computed", STATUS_EMPTY: "empty"}
-
 # zarr skips writing a chunk equal to the fill value (and deletes one already there) unless
 # told otherwise: then an absent chunk would be ambiguous again. See the module docstring.
 _WRITE_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
-
-
-@dataclass(frozen=True, slots=True)
-class TileDamage:
-    """A tile whose stored chunks disagree with its recorded status.
-
-    ``problem`` is ``"missing"`` (done and written, but band ``band``'s chunk is
-    absent), ``"not done"`` (in a store marked complete), ``"unfinished"`` (not done
-    at the end of a run that handed out every tile), ``"stray"`` (recorded free, yet
-    band ``band`` has a chunk) or ``"unknown status"``; ``band`` is None where no
-    band is concerned.
-    """
-
-    row: int
-    col: int
-    band: int | None
-    problem: str
-    status: int
-
-    def describe(self) -> str:
-        """The problem in words, naming the tile (row, col) and band."""
-        tile = f"tile (row {self.row}, col {self.col})"
-        if self.problem == "missing":
-            return (f"{tile} band {self.band}: its data chunk is missing, though the store records the tile "
-                    f"{_STATUS_WORDS.get(self.status, 'done')}")
-        if self.problem == "stray":
-            return (f"{tile} band {self.band}: holds a data chunk, though the store records the tile free "
-                    "(it must read as the band's fill value)")
-        if self.problem == "not done":
-            return f"{tile}: not done, though the store is marked complete"
-        if self.problem == "unfinished":
-            return f"{tile}: not done, though the run handed out every tile"
-        return f"{tile}: unknown status {self.status}"
-
-
-@dataclass(frozen=True, slots=True)
-class ResultInfo:
-    """What a result store says about itself: the one way its attributes are read.
-
-    Attributes
-    ----------
-    shape : tuple of int
-        ``(bands, rows, cols)`` of the output raster, pixels.
-    transform : tuple of float
-        The six affine coefficients (rasterio order) of the output grid.
-    crs_wkt : str or None
-        The scene's CRS as WKT.
-    tile_size : tuple of int
-        ``(rows, cols)`` of a tile core, pixels: the data array's chunk.
-    identity : dict
-        What makes two runs the same run (scene source and tiling, model sha256).
-    provenance : dict
-        The record of the run that made the store (model, footprint, version, run id, ...).
-    complete : bool
-        Whether every tile was written and checked.
-    report : dict or None
-        The last run's report (:meth:`tilepipe.execute.run.RunReport.to_dict`).
-    format_version : int
-        The store's layout: :data:`FORMAT_VERSION` (one array per band) for a new
-        store, :data:`LEGACY_FORMAT_VERSION` for an older one.
-    """
-
-    shape: tuple[int, int, int]
-    transform: tuple[float, float, float, float, float, float]
-    crs_wkt: str | None
-    tile_size: tuple[int, int]
-    identity: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    complete: bool = False
-    report: dict[str, Any] | None = None
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        """Tiles ``(rows, cols)`` over the output raster."""
-        return (-(-self.shape[1] // self.tile_size[0]), -(-self.shape[2] // self.tile_size[1]))
-
-    def to_attrs(self) -> dict[str, Any]:
-        """JSON-ready ``tilepipe`` attributes."""
-        return {
-            "format_version": self.format_version,
-            "kind": "result",
-            "shape": list(self.shape),
-            "tile_size": list(self.tile_size),
-            "crs_wkt": self.crs_wkt,
-            "transform": list(self.transform),
-            "complete": self.complete,
-            "provenance": {**self.provenance, "identity": self.identity},
-            "report": self.report,
-        }
-
-    @classmethod
-    def from_attrs(cls, d: dict[str, Any], *, path: str = "", chunks: tuple[int, ...] | None = None) -> ResultInfo:
-        """Inverse of :meth:`to_attrs`; ``chunks`` of the data array stand in for a missing tile size.
-
-        Raises :class:`StoreError` naming ``path`` where a value is missing or malformed.
-        """
-        try:
-            shape = tuple(int(v) for v in d["shape"])
-            transform = tuple(float(v) for v in d["transform"])[:6]
-            tile = d.get("tile_size") or (list(chunks[1:]) if chunks else None)
-            tile_size = (int(tile[0]), int(tile[1])) if tile else (shape[1], shape[2])
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise StoreError(
-                f"{path}: the result store's attributes are malformed ({type(exc).__name__}: {exc})"
-            ) from None
-        if len(shape) != 3 or len(transform) != 6:
-            raise StoreError(
-                f"{path}: expected a (bands, rows, cols) shape and six transform coefficients, "
-                f"got {d.get('shape')!r} and {d.get('transform')!r}"
-            )
-        crs_wkt = d.get("crs_wkt")
-        if crs_wkt is not None and not isinstance(crs_wkt, str):
-            raise StoreError(f"{path}: expected the CRS as a WKT string or null, got {crs_wkt!r}")
-        provenance = d.get("provenance")
-        provenance = dict(provenance) if isinstance(provenance, dict) else {}
-        identity = provenance.pop("identity", None)
-        report = d.get("report")
-        version = d.get("format_version", FORMAT_VERSION)
-        return cls(
-            shape=(shape[0], shape[1], shape[2]),
-            transform=(transform[0], transform[1], transform[2], transform[3], transform[4], transform[5]),
-            crs_wkt=crs_wkt,
-            tile_size=tile_size,
-            identity=dict(identity) if isinstance(identity, dict) else {},
-            provenance=provenance,
-            complete=d.get("complete") is True,
-            report=report if isinstance(report, dict) else None,
-            format_version=version if isinstance(version, int) else FORMAT_VERSION,
-        )
 
 
 def band_array_name(band: int) -> str:

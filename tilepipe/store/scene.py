@@ -43,14 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import zarr
 
 from tilepipe.errors import StoreError
-from tilepipe.geometry import TileGrid
 from tilepipe.location import Location
 from tilepipe.store._zarr import (
     SCENE_FORMAT_VERSION,
@@ -62,73 +60,9 @@ from tilepipe.store._zarr import (
     vlen_bytes_dtype,
 )
 from tilepipe.store.codec import TileData, decode_tile, encode_tile
+from tilepipe.store.info import NOT_WRITTEN, SceneInfo, block_size_for
 
 __all__ = ["NOT_WRITTEN", "SceneInfo", "SceneStore", "block_size_for"]
-
-#: Index entry of a tile whose block was never written (the ``nnz`` fill value).
-NOT_WRITTEN = -1
-
-# Pixels per side that one ingest task (one index chunk) covers: big enough
-# that tasks are few, small enough that a task's working set (one tile at a
-# time) stays bounded and tasks spread over workers.
-_BLOCK_PIXELS = 4096
-
-
-def block_size_for(tile_size: tuple[int, int], grid_shape: tuple[int, int]) -> tuple[int, int]:
-    """Tiles per index chunk ``(rows, cols)``: at most 4096 px a side, and at
-    least four blocks a side where the grid allows, so ingest spreads over workers."""
-    return tuple(  # type: ignore[return-value]
-        max(1, min(_BLOCK_PIXELS // t, -(-n // 4))) for t, n in zip(tile_size, grid_shape, strict=True)
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class SceneInfo:
-    """What a scene store says about itself. Shapes are ``(rows, cols)``."""
-
-    shape: tuple[int, int]
-    bands: int
-    dtype: str
-    tile_size: tuple[int, int]
-    halo: int
-    nodata: float | None = None
-    crs_wkt: str | None = None
-    transform: tuple[float, float, float, float, float, float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    source: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def grid(self) -> TileGrid:
-        """The tile grid of the store (windows grown by the stored halo)."""
-        return TileGrid(self.shape, self.tile_size, self.halo)
-
-    @property
-    def block(self) -> tuple[int, int]:
-        """Tiles per index chunk ``(rows, cols)``."""
-        return block_size_for(self.tile_size, self.grid.grid_shape)
-
-    def to_attrs(self) -> dict[str, Any]:
-        """JSON-ready attributes."""
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        d["tile_size"] = list(self.tile_size)
-        d["transform"] = list(self.transform)
-        return d
-
-    @classmethod
-    def from_attrs(cls, d: dict[str, Any]) -> SceneInfo:
-        """Inverse of :meth:`to_attrs`."""
-        return cls(
-            shape=(int(d["shape"][0]), int(d["shape"][1])),
-            bands=int(d["bands"]),
-            dtype=str(d["dtype"]),
-            tile_size=(int(d["tile_size"][0]), int(d["tile_size"][1])),
-            halo=int(d["halo"]),
-            nodata=None if d.get("nodata") is None else float(d["nodata"]),
-            crs_wkt=d.get("crs_wkt"),
-            transform=tuple(float(v) for v in d["transform"]),  # type: ignore[arg-type]
-            source=dict(d.get("source") or {}),
-        )
-
 
 class SceneStore:
     """A scene store on disk (or at a URL). Cheap to open; nothing is read eagerly."""
