@@ -69,8 +69,10 @@ def test_affected_is_the_data_dilated_by_the_footprint() -> None:
     need = Window(10, 90, 20, 100)
     mask = rng.random(need.shape) < 0.004
     r, c = np.nonzero(mask)
+    mask[0, 7] = mask[40, 0] = mask[-1, 30] = mask[50, -1] = True  # at every edge of the window
+    r, c = np.nonzero(mask)
     fp = Footprint(AxisFootprint(before=3, after=2), AxisFootprint(before=1, after=4))
-    core = Window(15, 85, 25, 95)
+    core = Window(10, 90, 20, 100)  # the whole window, as at a scene's borders
     got = affected(r, c, need, core, fp)
     # Output (y, x) depends on inputs y - 3 .. y + 2 and x - 1 .. x + 4: by hand, pixel by pixel.
     padded = np.zeros((need.height + 12, need.width + 12), bool)
@@ -79,7 +81,9 @@ def test_affected_is_the_data_dilated_by_the_footprint() -> None:
     for y in range(need.height):
         for x in range(need.width):
             want[y, x] = padded[6 + y - 3 : 6 + y + 3, 6 + x - 1 : 6 + x + 5].any()
-    np.testing.assert_array_equal(got, want[5:75, 5:75])
+    np.testing.assert_array_equal(got, want)
+    inner = affected(r, c, need, Window(15, 85, 25, 95), fp)  # a core inside its window
+    np.testing.assert_array_equal(inner, want[5:75, 5:75])
 
 
 def test_cover_covers_every_affected_pixel_with_few_disjoint_rectangles() -> None:
@@ -99,6 +103,32 @@ def test_cover_covers_every_affected_pixel_with_few_disjoint_rectangles() -> Non
         assert painted.max() == 1  # disjoint
         assert np.all(painted[mask] == 1)  # every affected pixel covered
     assert cover(np.zeros((64, 64), bool), 32) == []
+
+
+def _cost(rects: list[Window], margin: int) -> int:
+    return sum((w.height + margin) * (w.width + margin) for w in rects)
+
+
+def test_merged_rectangles_still_cover_everything_and_cost_less() -> None:
+    """With the window's margins counted, nearby rectangles become one box: every affected pixel stays
+    covered, and the windows (rectangles grown by the margins) cost no more than unmerged ones."""
+    rng = np.random.default_rng(2)
+    merged_any = False
+    for _ in range(60):
+        mask = np.zeros((256, 200), bool)
+        for _ in range(rng.integers(2, 9)):
+            y, x = rng.integers(0, 256), rng.integers(0, 200)
+            mask[y : y + rng.integers(1, 30), x : x + rng.integers(1, 30)] = True
+        margin = int(rng.choice([6, 20, 96]))
+        plain, merged = cover(mask, 16), cover(mask, 16, (margin, margin))
+        covered = np.zeros(mask.shape, bool)
+        for w in merged:
+            covered[w.slices] = True
+        assert np.all(covered[mask]), "an affected pixel left out by a merge"
+
+        assert _cost(merged, margin) <= _cost(plain, margin)
+        merged_any |= len(merged) < len(plain)
+    assert merged_any
 
 
 # --------------------------------------------------------------------------- exact against the whole scene
@@ -162,9 +192,11 @@ def test_supports_at_block_tile_and_scene_edges_are_exact(kind: str, data: st.Da
     shape = data.draw(st.sampled_from([(200, 170), (256, 256), (131, 262)]))
     tile = 128
     dense = data.draw(supports(shape, tile, bands))
-    got, done = tiled(model, dense, tile)
     ref = _reference(model, dense)
+    got, _ = tiled(model, dense, tile)  # rectangles where they are cheaper, whole windows elsewhere
     assert relative_error(got, ref) <= TOLERANCE
+    forced, done = tiled(model, dense, tile, dense_fraction=1e9)  # rectangles in every busy tile
+    assert relative_error(forced, ref) <= TOLERANCE
     assert done.sparse_tiles >= 1  # computed by rectangles, not whole windows
 
 

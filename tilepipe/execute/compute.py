@@ -77,13 +77,14 @@ class _Piece:
     put: Window  # where they go, relative to the tile's core
 
 
-def _entries(data: TileData, stored: Window, window: Window) -> tuple[np.ndarray, ...]:
-    """Entries of ``data`` (a stored window) that fall in ``window``, ``window``-local.
+def _entries(coords: tuple[np.ndarray, ...], stored: Window, window: Window) -> tuple[np.ndarray, ...]:
+    """Entries ``coords = (rows, cols, bands, values)`` of a stored window that fall in ``window``,
+    ``window``-local.
 
     ``window`` may reach past the stored window into a strided model's zero padding
     beyond the scene: there are no entries there.
     """
-    r, c, b, v = data.coords()
+    r, c, b, v = coords
     r0, c0 = window.row_start - stored.row_start, window.col_start - stored.col_start
     if window.shape != stored.shape or (r0, c0) != (0, 0):
         keep = (r >= r0) & (r < r0 + window.height) & (c >= c0) & (c < c0 + window.width)
@@ -101,14 +102,14 @@ def _block(footprint: Footprint) -> int:
 
 def _plan_tile(
     i: int, job: TileJob, data: TileData, footprint: Footprint, scene_shape: tuple[int, int], block: int,
-    dense_fraction: float,
+    dense_fraction: float, coords: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[list[_Piece], int, bool]:
     """The pieces that compute tile ``i`` (rectangles, or its whole window), its affected pixel count, and
     whether they are rectangles (pasted over the zero response; none where no entry reaches the core)."""
     whole = [_Piece(i, job.need, job.core_in_output, Window(0, job.out_core.height, 0, job.out_core.width))]
     if data.is_dense:  # stored dense because it is nearly full: whole, without looking for its support
         return whole, job.out_core.size, False
-    r, c, _, _ = _entries(data, job.stored, job.need)
+    r, c, _, _ = _entries(coords or data.coords(), job.stored, job.need)
     hit = affected(r, c, job.need, job.out_core, footprint)
     count = int(np.count_nonzero(hit))
     if dense_fraction <= 0:
@@ -148,11 +149,13 @@ def compute_tiles(
     ``tf.SparseTensor``.
     """
     block = _block(footprint)
+    coords = [None if d.is_dense else d.coords() for d in data]  # unpacked once per tile
     pieces: list[_Piece] = []
     counted = 0
     sparse = set()
     for i, job in enumerate(jobs):
-        planned, count, by_parts = _plan_tile(i, job, data[i], footprint, scene_shape, block, dense_fraction)
+        planned, count, by_parts = _plan_tile(i, job, data[i], footprint, scene_shape, block, dense_fraction,
+                                              coords[i])
         counted += count
         if by_parts:
             sparse.add(i)
@@ -168,7 +171,7 @@ def compute_tiles(
     for shape, members in groups.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            out = model(_batch(chunk, jobs, data, shape, bands))
+            out = model(_batch(chunk, jobs, data, coords, shape, bands))
             for k, piece in enumerate(chunk):
                 got = out[k][piece.take.slices]
                 core = cores[piece.tile]
@@ -181,17 +184,17 @@ def compute_tiles(
     return Computed(done, sum(p.window.size for p in pieces), counted, len(sparse))
 
 
-def _batch(chunk: Sequence[_Piece], jobs: Sequence[TileJob], data: Sequence[TileData], shape: tuple[int, int],
-           bands: int) -> Any:
+def _batch(chunk: Sequence[_Piece], jobs: Sequence[TileJob], data: Sequence[TileData],
+           coords: Sequence[tuple[np.ndarray, ...] | None], shape: tuple[int, int], bands: int) -> Any:
     """The dense model input of ``chunk``: ``(n, rows, cols, bands)``, from COO through one SparseTensor
     (tiles stored dense go in as they are, beside the densified ones)."""
     idx_parts, val_parts, dense = [], [], []
     for k, piece in enumerate(chunk):
-        tile = data[piece.tile]
-        if tile.is_dense:
+        unpacked = coords[piece.tile]
+        if unpacked is None:
             dense.append((k, piece))
             continue
-        r, c, b, v = _entries(tile, jobs[piece.tile].stored, piece.window)
+        r, c, b, v = _entries(unpacked, jobs[piece.tile].stored, piece.window)
         idx_parts.append(np.stack([np.full(r.size, k), r, c, b], axis=1))
         val_parts.append(v)
     full_shape = (len(chunk), shape[0], shape[1], bands)

@@ -119,8 +119,15 @@ def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
     model_seconds = time.perf_counter() - started
     for job, core in zip(busy, computed.cores, strict=True):
         result.write_core(job.out_core, core)
+    # Empty tiles of one class and core shape have the same chunks: compressed once, then copied.
+    classes: dict[object, list[TileJob]] = {}
     for job in empties:
-        result.write_core(job.out_core, empty_core(model, job, spec.bands, spec.footprint))
+        classes.setdefault((job.empty_class, job.out_core.shape), []).append(job)
+    for members in classes.values():
+        first = members[0]
+        result.write_core(first.out_core, empty_core(model, first, spec.bands, spec.footprint))
+        if len(members) > 1:
+            result.copy_tile((first.row, first.col), [(j.row, j.col) for j in members[1:]])
     return BatchDone(
         computed=tuple((j.row, j.col) for j in busy),
         empty=tuple((j.row, j.col) for j in empties),

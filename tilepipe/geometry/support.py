@@ -25,13 +25,25 @@ __all__ = ["affected", "cover"]
 
 
 def _dilate(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
-    """``out[q] = any(mask[q - before : q + after + 1])`` along ``axis`` (clipped at the ends)."""
+    """``out[q] = any(mask[q - before : q + after + 1])`` along ``axis`` (clipped at the ends).
+
+    Boolean ORs of shifted copies, the shift doubling each time: ``log2(before + after + 1)``
+    passes over the mask, not one per pixel of the footprint.
+    """
+    length = before + after + 1
     n = mask.shape[axis]
-    counts = np.cumsum(mask, axis=axis, dtype=np.int64)
-    counts = np.concatenate([np.zeros_like(np.take(counts, [0], axis=axis)), counts], axis=axis)
-    q = np.arange(n)
-    lo, hi = np.clip(q - before, 0, n), np.clip(q + after + 1, 0, n)
-    return _grows(counts, axis, lo, hi)
+    moved = np.moveaxis(mask, axis, 0)
+    # Padded with ``before`` empty rows in front: then out[q] = any(padded[q .. q + length - 1])
+    # = any(mask[q - before .. q + after]), windows cut short at either end included.
+    out = np.zeros((n + before, *moved.shape[1:]), dtype=bool)
+    out[before:] = moved
+    total = n + before
+    span = 1  # out[q] = any(padded[q .. q + span - 1]) so far
+    while span < length:
+        step = min(span, length - span)
+        out[: total - step] |= out[step:]
+        span += step
+    return np.moveaxis(out[:n], 0, axis)
 
 
 def _grows(counts: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -63,12 +75,15 @@ def affected(rows: np.ndarray, cols: np.ndarray, need: Window, out_core: Window,
     mask[rows, cols] = True
     fr, fc = footprint.rows, footprint.cols
     mask = _dilate(_dilate(mask, 0, fr.before, fr.after), 1, fc.before, fc.after)
-    counts = np.cumsum(mask, axis=0, dtype=np.int64)
-    counts = np.concatenate([np.zeros((1, mask.shape[1]), np.int64), counts], axis=0)
+    if Fraction(fr.scale) == 1 and Fraction(fc.scale) == 1:  # output pixel j sits at input pixel j
+        return mask[out_core.row_start - need.row_start : out_core.row_stop - need.row_start,
+                    out_core.col_start - need.col_start : out_core.col_stop - need.col_start]
+    counts = np.cumsum(mask, axis=0, dtype=np.int32)
+    counts = np.concatenate([np.zeros((1, mask.shape[1]), np.int32), counts], axis=0)
     lo, hi = _input_ranges(fr, out_core.row_start, out_core.row_stop, need.row_start)
     by_rows = _grows(counts, 0, np.clip(lo, 0, need.height), np.clip(hi, 0, need.height))
-    counts = np.cumsum(by_rows, axis=1, dtype=np.int64)
-    counts = np.concatenate([np.zeros((by_rows.shape[0], 1), np.int64), counts], axis=1)
+    counts = np.cumsum(by_rows, axis=1, dtype=np.int32)
+    counts = np.concatenate([np.zeros((by_rows.shape[0], 1), np.int32), counts], axis=1)
     lo, hi = _input_ranges(fc, out_core.col_start, out_core.col_stop, need.col_start)
     return _grows(counts, 1, np.clip(lo, 0, need.width), np.clip(hi, 0, need.width))
 
@@ -114,30 +129,23 @@ _MERGE_LIMIT = 256
 
 
 def _merge(rects: list[tuple[int, int, int, int]], mr: float, mc: float) -> list[tuple[int, int, int, int]]:
-    """Join rectangles (block units) whose grown bounding box costs no more than they do grown apart."""
-    def cost(r: tuple[int, int, int, int]) -> float:
-        return (r[1] - r[0] + mr) * (r[3] - r[2] + mc)
-
-    rects = list(rects)
-    merged = True
-    while merged and len(rects) > 1:
-        merged = False
-        best: tuple[float, int, int] | None = None
-        for i in range(len(rects)):
-            a = rects[i]
-            for j in range(i + 1, len(rects)):
-                b = rects[j]
-                box = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-                gain = cost(a) + cost(b) - cost(box)
-                if gain >= 0 and (best is None or gain > best[0]):
-                    best = (gain, i, j)
-        if best is not None:
-            _, i, j = best
-            a, b = rects[i], rects[j]
-            rects[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-            del rects[j]
-            merged = True
-    return _drop_covered(rects)
+    """Join rectangles (block units) whose grown bounding box costs no more than they do grown apart;
+    the pair that saves most first, until no pair saves anything."""
+    boxes = np.array(rects, dtype=np.int64).reshape(-1, 4)
+    while len(boxes) > 1:
+        cost = (boxes[:, 1] - boxes[:, 0] + mr) * (boxes[:, 3] - boxes[:, 2] + mc)
+        lo_r = np.minimum.outer(boxes[:, 0], boxes[:, 0])
+        hi_r = np.maximum.outer(boxes[:, 1], boxes[:, 1])
+        lo_c = np.minimum.outer(boxes[:, 2], boxes[:, 2])
+        hi_c = np.maximum.outer(boxes[:, 3], boxes[:, 3])
+        gain = cost[:, None] + cost[None, :] - (hi_r - lo_r + mr) * (hi_c - lo_c + mc)
+        np.fill_diagonal(gain, -np.inf)
+        i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if gain[i, j] < 0:
+            break
+        boxes[i] = (lo_r[i, j], hi_r[i, j], lo_c[i, j], hi_c[i, j])
+        boxes = np.delete(boxes, j, axis=0)
+    return _drop_covered([(int(a), int(b), int(c), int(d)) for a, b, c, d in boxes])
 
 
 def _drop_covered(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:

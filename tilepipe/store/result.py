@@ -335,6 +335,28 @@ class ResultStore:
         self._bands.write(slice(core.row_start, core.row_stop), slice(core.col_start, core.col_stop), planes)
         return int(planes.shape[0])
 
+    def copy_tile(self, source: tuple[int, int], targets: Sequence[tuple[int, int]]) -> None:
+        """Give the tiles ``targets`` the chunks of tile ``source`` (written already), byte for byte.
+
+        For tiles whose cores hold the same values in chunks of the same shape (empty tiles
+        of one border class): their bytes are compressed and checksummed once, then copied,
+        so a grid's perimeter costs writes, not compression.
+        """
+        from zarr.core.buffer import default_buffer_prototype  # noqa: PLC0415 - only runs that copy need it
+
+        store = self._group.store_path.store
+
+        async def copy_all() -> None:
+            for band in range(len(self._bands)):
+                key = self._chunk_key(band, *source)
+                data = await store.get(key, prototype=default_buffer_prototype())
+                if data is None:
+                    raise StoreError(f"{self.path}: tile (row {source[0]}, col {source[1]}) band {band}: its chunk "
+                                     "is missing right after it was written; was the store removed while in use?")
+                await asyncio.gather(*(store.set(self._chunk_key(band, r, c), data) for r, c in targets))
+
+        sync(copy_all())
+
     def write_status(self, status: np.ndarray) -> None:
         """Record the status of every tile at once, ``(tile_rows, tile_cols)`` uint8 (one write per chunk)."""
         try:
