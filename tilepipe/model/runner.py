@@ -95,8 +95,9 @@ class CompiledModel:
         return out
 
 
-#: Traced shapes kept per model (interior, edges and corners, times the batch sizes in use).
-MAX_TRACES = 64
+#: Traced shapes kept per model (tile windows, block-sparse rectangles of a few dozen sides, times the
+#: batch sizes in use).
+MAX_TRACES = 256
 
 
 def _widest(model: Any, default: int) -> int:
