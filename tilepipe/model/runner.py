@@ -34,12 +34,14 @@ def densify(shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> 
 
 
 class CompiledModel:
-    """A Keras model wrapped in ``tf.function``, one concrete function per input shape.
+    """A Keras model wrapped in ``tf.function``, one concrete function per window shape.
 
-    A shape seen for the first time runs eagerly: most edge and corner windows
-    occur once, and tracing them would cost more than it saves. A shape seen again
-    is traced once and kept (up to :data:`MAX_TRACES` shapes, least recently used
-    dropped first). Thread-safe: a worker with several threads shares one instance.
+    A window shape ``(rows, cols, bands)`` seen for the first time runs eagerly: most
+    edge and corner windows occur once, and tracing them would cost more than it saves.
+    A shape seen again is traced once, for any batch size (the batch axis is left
+    unknown: only the spatial sizes must be concrete, see the module docstring), and
+    kept (up to :data:`MAX_TRACES` shapes, least recently used dropped first).
+    Thread-safe: a worker with several threads shares one instance.
 
     ``empty_cache`` holds the model's responses to all-zero windows, keyed by the
     caller; it shares the model's lock (:attr:`lock`) and lifetime.
@@ -61,7 +63,8 @@ class CompiledModel:
         self.max_channels = _widest(model, self.in_channels or 1)
 
     def _fn(self, shape: tuple[int, ...]) -> Any:
-        """The traced function for ``shape``, or None the first time a shape is seen (run it eagerly)."""
+        """The traced function for windows of ``shape = (rows, cols, bands)``, or None the first time a
+        shape is seen (run it eagerly)."""
         with self.lock:
             fn = self._fns.get(shape)
             if fn is not None:
@@ -75,7 +78,8 @@ class CompiledModel:
             def call(x: Any) -> Any:
                 return model(x, training=False)
 
-            fn = tf.function(call, jit_compile=False).get_concrete_function(tf.TensorSpec(shape, tf.float32))
+            spec = tf.TensorSpec((None, *shape), tf.float32)
+            fn = tf.function(call, jit_compile=False).get_concrete_function(spec)
             self._fns[shape] = fn
             if len(self._fns) > MAX_TRACES:
                 self._fns.popitem(last=False)
@@ -85,7 +89,7 @@ class CompiledModel:
         """Run the model on ``batch`` of shape ``(N, rows, cols, bands)``: float32 numpy or a tf.Tensor."""
         if not isinstance(batch, tf.Tensor):
             batch = tf.constant(np.ascontiguousarray(batch, dtype=np.float32))
-        fn = self._fn(tuple(batch.shape))
+        fn = self._fn(tuple(batch.shape[1:]))
         out = self.model(batch, training=False) if fn is None else fn(batch)
         if isinstance(out, (list, tuple)):
             out = out[0]
