@@ -79,7 +79,8 @@ class _Piece:
 
 def _entries(coords: tuple[np.ndarray, ...], stored: Window, window: Window) -> tuple[np.ndarray, ...]:
     """Entries ``coords = (rows, cols, bands, values)`` of a stored window that fall in ``window``,
-    ``window``-local.
+    ``window``-local. ``rows`` ascend (entries are stored in C order), so the rows of ``window``
+    are one slice, found by bisection: a tile cut into many rectangles is not scanned whole for each.
 
     ``window`` may reach past the stored window into a strided model's zero padding
     beyond the scene: there are no entries there.
@@ -87,7 +88,9 @@ def _entries(coords: tuple[np.ndarray, ...], stored: Window, window: Window) -> 
     r, c, b, v = coords
     r0, c0 = window.row_start - stored.row_start, window.col_start - stored.col_start
     if window.shape != stored.shape or (r0, c0) != (0, 0):
-        keep = (r >= r0) & (r < r0 + window.height) & (c >= c0) & (c < c0 + window.width)
+        lo, hi = np.searchsorted(r, (r0, r0 + window.height))
+        r, c, b, v = r[lo:hi], c[lo:hi], b[lo:hi], v[lo:hi]
+        keep = (c >= c0) & (c < c0 + window.width)
         r, c, b, v = r[keep], c[keep], b[keep], v[keep]
     return r - r0, c - c0, b, v
 
