@@ -214,6 +214,75 @@ def predict_block(block: np.ndarray, model_path: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- scenes
 
+#: The scenes ``bench.py --scene`` knows.
+SCENES = ("clusters", "lines")
+
+
+def make_scene(scene: str, size: int, bands: int, occupancy: float | None, tile: int, seed: int) -> Any:
+    """The benchmark's scene as a :class:`tilepipe.sources.coo.CooScene` (rows, cols, bands), row-major.
+
+    ``clusters``: :func:`tilepipe.sources.synthetic_scene` (``occupancy`` of the tiles hold
+    clustered points); ``lines``: :func:`lines_scene` (``occupancy`` unused).
+    """
+    if scene == "lines":
+        return lines_scene(size, bands, seed)
+    from tilepipe.sources import synthetic_scene
+
+    assert occupancy is not None
+    return synthetic_scene((size, size), bands=bands, occupancy=occupancy, tile_size=(tile, tile), seed=seed)
+
+
+def _segment(r0: float, c0: float, r1: float, c1: float, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of a ``width``-px segment: one pixel per step along its major axis, ``width`` across."""
+    n = int(max(abs(r1 - r0), abs(c1 - c0))) + 1
+    t = np.linspace(0.0, 1.0, n)
+    rr = np.round(r0 + t * (r1 - r0)).astype(np.int64)
+    cc = np.round(c0 + t * (c1 - c0)).astype(np.int64)
+    offsets = np.arange(width) - width // 2
+    if abs(c1 - c0) >= abs(r1 - r0):  # mostly along the columns: thick across the rows
+        return (rr[:, None] + offsets).ravel(), np.repeat(cc, width)
+    return np.repeat(rr, width), (cc[:, None] + offsets).ravel()
+
+
+def lines_scene(size: int, bands: int, seed: int, *, lines: tuple[int, int] = (6, 10),
+                points: tuple[int, int] = (200, 500)) -> Any:
+    """Linear features: polylines crossing the whole ``size x size`` scene, plus scattered points.
+
+    From ``seed`` alone: ``lines`` (inclusive range) polylines, each from one edge to the
+    opposite one through 2 - 4 segments (its ends anywhere on those edges, the vertices
+    between evenly spaced and up to 1/16 of the scene off the straight line), 1 - 3 px wide; then ``points`` (inclusive
+    range) single pixels anywhere. Every pixel holds a value in each band, uniform in (0, 1].
+    Roads or rivers on an otherwise empty raster: almost every tile is busy, few pixels are.
+    """
+    from tilepipe.sources.coo import CooScene
+
+    rng = np.random.default_rng(seed)
+    rr_all, cc_all = [], []
+    for _ in range(int(rng.integers(lines[0], lines[1] + 1))):
+        segments, width = int(rng.integers(2, 5)), int(rng.integers(1, 4))
+        along = np.linspace(0, size - 1, segments + 1)
+        ends = rng.uniform(0, size - 1, 2)
+        jitter = rng.uniform(-size / 16, size / 16, segments + 1) * (np.arange(segments + 1) % segments > 0)
+        across = np.clip(np.linspace(ends[0], ends[1], segments + 1) + jitter, 0, size - 1)
+        if rng.random() < 0.5:  # left to right
+            vr, vc = across, along
+        else:  # top to bottom
+            vr, vc = along, across
+        for k in range(segments):
+            rr, cc = _segment(vr[k], vc[k], vr[k + 1], vc[k + 1], width)
+            rr_all.append(rr)
+            cc_all.append(cc)
+    n_points = int(rng.integers(points[0], points[1] + 1))
+    rr_all.append(rng.integers(0, size, n_points))
+    cc_all.append(rng.integers(0, size, n_points))
+    rr, cc = np.concatenate(rr_all), np.concatenate(cc_all)
+    ok = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
+    pix = np.unique(rr[ok] * size + cc[ok])  # row-major, each pixel once
+    values = (1.0 - rng.random((pix.size, bands))).astype(np.float32)
+    return CooScene((size, size, bands), np.repeat(pix // size, bands), np.repeat(pix % size, bands),
+                    np.tile(np.arange(bands, dtype=np.int64), pix.size), values.reshape(-1))
+
+
 
 def write_dense_zarr(coo: Any, path: str, tile: int, shape: tuple[int, int, int] | None = None) -> int:
     """Write the COO scene as a dense Zarr v3 array ``(rows, cols, bands)`` chunked ``(tile, tile, bands)``.
