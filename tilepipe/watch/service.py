@@ -37,7 +37,7 @@ from tilepipe.model.loader import model_sha256
 from tilepipe.store.lock import LockHolder
 from tilepipe.watch.claims import SchedulerClaim
 from tilepipe.watch.inbox import Entry, Inbox, remove_tree
-from tilepipe.watch.ledger import Ledger, SceneRecord, short_identity
+from tilepipe.watch.ledger import Ledger, SceneRecord
 from tilepipe.watch.outputs import Outputs, clashes, final_paths
 from tilepipe.workflow import SceneWorkflow, Workflow
 
@@ -216,7 +216,7 @@ class Watcher:
             return None
         blocked = clash if clash is not None else self.outputs.in_the_way(entry.name, final)
         if blocked is not None:
-            self._refuse(entry, identity, blocked)
+            self._refuse(entry, blocked)
             return f"refused: {blocked}"
         self._wait_for_slot()
         if self.stopping.is_set():
@@ -224,11 +224,11 @@ class Watcher:
         self._take(entry, identity)
         return None
 
-    def _refuse(self, entry: Entry, identity: str, why: str) -> None:
+    def _refuse(self, entry: Entry, why: str) -> None:
         """A scene that cannot run as the outputs stand: one line (once per reason), not consumed."""
-        key = f"{entry.stem}@{short_identity(identity)}"
-        line = f"{key}: refused, not taken: {why}"
-        self._outcomes.append(Outcome(key, "refused", line))
+        # Named by the file: two files that clash may share a stem and their bytes (so a key).
+        line = f"{entry.name}: refused, not taken: {why}"
+        self._outcomes.append(Outcome(entry.name, "refused", line))
         if self._refused.get(entry.location) != why:
             self._refused[entry.location] = why
             self._say_line(line)
