@@ -163,8 +163,8 @@ class Watcher:
                 continue
             try:
                 os.makedirs(folder.path, exist_ok=True)
-                with tempfile.NamedTemporaryFile(dir=folder.path, prefix=".tilepipe-watch-probe-"):
-                    pass
+                # Created and removed at once: proof that the outputs can be written there.
+                tempfile.NamedTemporaryFile(dir=folder.path, prefix=".tilepipe-watch-probe-").close()
             except OSError as exc:
                 raise StoreError(f"{folder}: cannot write the outputs there: {exc.strerror or exc}") from None
 
