@@ -18,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import rasterio
@@ -60,19 +63,50 @@ class GeoTiffSource:
         return self.band_nodata[index] if self.band_nodata else self.nodata
 
 
-def open_raster(path: str):  # type: ignore[no-untyped-def]
-    """Open a raster with rasterio; errors name the file. ``file://`` URLs are local paths."""
+@contextlib.contextmanager
+def open_raster(path: str) -> Iterator[Any]:
+    """Open a raster with rasterio, closed when the ``with`` block ends; errors name the file.
+
+    ``file://`` URLs are local paths. An ``s3://`` raster is opened, read and closed under
+    the GDAL settings of :func:`_s3_endpoint`: GDAL looks for its masks and sidecar files
+    after the open, and each such look is a request to the endpoint.
+    """
     location = Location.of(path)
     if location.is_local and not os.path.exists(location.path):
         raise InputError(f"{path}: no such file")
-    # The InputError is raised outside the except block, with no chained context: GDAL's
-    # exception types do not survive pickling back from a Dask worker, and would turn it
-    # into a plain Exception there.
-    try:
-        return rasterio.open(location.target)
-    except (RasterioError, OSError) as exc:
-        why = _first_line(exc)
-    raise InputError(f"{path}: cannot open as a raster: {why}")
+    options = _s3_endpoint(location)
+    with rasterio.Env(**options) if options else contextlib.nullcontext():
+        # The InputError is raised outside the except block, with no chained context: GDAL's
+        # exception types do not survive pickling back from a Dask worker, and would turn it
+        # into a plain Exception there.
+        why = None
+        try:
+            dataset = rasterio.open(location.target)
+        except (RasterioError, OSError) as exc:
+            why = _first_line(exc)
+        if why is not None:
+            raise InputError(f"{path}: cannot open as a raster: {why}")
+        with dataset:
+            yield dataset
+
+
+def _s3_endpoint(location: Location) -> dict[str, str]:
+    """GDAL's settings for an ``s3://`` raster at the endpoint the AWS SDKs are pointed at, if any.
+
+    botocore and s3fs (which read and write tilepipe's stores at ``s3://``) honour
+    ``AWS_ENDPOINT_URL_S3`` and ``AWS_ENDPOINT_URL`` (MinIO, moto, another cloud's S3);
+    GDAL's ``/vsis3/`` does not, and would look for the same bucket on AWS itself. GDAL's
+    own ``AWS_S3_ENDPOINT``, where set, wins.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if location.scheme != "s3" or not endpoint or "AWS_S3_ENDPOINT" in os.environ:
+        return {}
+    if rasterio.env.hasenv() and any(k.upper() == "AWS_S3_ENDPOINT" for k in rasterio.env.getenv()):
+        return {}  # set by the caller's rasterio.Env
+    parsed = urlparse(endpoint)
+    return {"AWS_S3_ENDPOINT": parsed.netloc + parsed.path.rstrip("/"),
+            "AWS_HTTPS": "NO" if parsed.scheme == "http" else "YES",
+            "AWS_VIRTUAL_HOSTING": "FALSE"}  # path-style addressing, which S3-compatible servers take
 
 
 def _first_line(exc: BaseException) -> str:
