@@ -126,7 +126,7 @@ def test_every_array_of_the_store_carries_a_crc32c_and_the_store_reads_back_exac
         codecs = [c["name"] for c in json.loads((path / array / "zarr.json").read_text())["codecs"]]
         assert codecs[-1] == "crc32c", (array, codecs)
         assert "zstd" in codecs, (array, codecs)
-    assert json.loads((path / "zarr.json").read_text())["attributes"]["tilepipe"]["format_version"] == 2
+    assert json.loads((path / "zarr.json").read_text())["attributes"]["tilepipe"]["format_version"] == 3
     assert store.info.block == (2, 2)  # the index blocks the tests below name
     _assert_store_equals(store, ref)
 
@@ -164,7 +164,8 @@ def test_a_store_of_format_1_is_refused_with_what_to_do(scene: tuple[SceneStore,
     group = zarr.open_group(str(path), mode="r+")
     attrs = dict(group.attrs["tilepipe"])  # type: ignore[arg-type]
     group.attrs["tilepipe"] = {**attrs, "format_version": 1}
-    with pytest.raises(StoreError, match=r"store format 1 is not the supported 2; ingest again with --overwrite"):
+    with pytest.raises(StoreError,
+                       match=r"store format 1 is not one of the supported 2, 3; ingest again with --overwrite"):
         tilepipe.open_scene(path)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from tilepipe.errors import InputError, StoreError
 from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window
 from tilepipe.model.facts import ModelFacts
-from tilepipe.store.info import STATUS_NOT_DONE, ResultInfo, SceneInfo
+from tilepipe.store.info import STATUS_FREE, STATUS_NOT_DONE, ResultInfo, SceneInfo
 
 __all__ = [
     "EMPTY_BATCH",
@@ -40,8 +40,13 @@ __all__ = [
     "touches_border",
 ]
 
-#: Empty tiles per task: each costs a write, not a model call.
-EMPTY_BATCH = 16
+#: Empty tiles per task at most: each costs a copied chunk (its class's bytes, compressed once per
+#: worker), a millisecond or so, so a task needs hundreds to be worth its ~1 ms of scheduling; a
+#: grid's perimeter (16,000 tiles on a 2^22 px grid) then makes tens of tasks, not thousands.
+EMPTY_BATCH = 512
+
+#: Empty tiles per task at least, where there are few: spread over the workers like busy ones.
+_EMPTY_MIN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,17 +235,19 @@ def batches(jobs: Iterable[TileJob], size: int, workers: int) -> list[tuple[Tile
 
     Non-empty tiles go in tasks of up to ``size``, but small enough that every
     worker gets about two tasks (a few busy tiles must not all land on one
-    worker); empty tiles, which cost a write each, go :data:`EMPTY_BATCH` to a task.
+    worker); empty tiles, which cost a write each, likewise, in tasks of 16 to
+    :data:`EMPTY_BATCH`.
     """
     ordered = sorted(jobs, key=lambda j: (j.empty, j.need.shape, j.row, j.col))
     busy = sum(1 for j in ordered if not j.empty)
     busy_size = max(1, min(size, -(-busy // (2 * max(workers, 1)))))
+    empty_size = max(_EMPTY_MIN, min(EMPTY_BATCH, -(-(len(ordered) - busy) // (2 * max(workers, 1)))))
     out: list[tuple[TileJob, ...]] = []
     current: list[TileJob] = []
     for job in ordered:
         if current:
             same_group = (current[0].empty, current[0].need.shape) == (job.empty, job.need.shape)
-            limit = EMPTY_BATCH if current[0].empty else busy_size
+            limit = empty_size if current[0].empty else busy_size
             if len(current) >= limit or not same_group:
                 out.append(tuple(current))
                 current = []
@@ -322,6 +329,8 @@ class RunPlan:
     already_done: int
     free: np.ndarray
     tasks: tuple[tuple[TileJob, ...], ...]
+    #: The tiles of ``tasks``, a boolean mask over the output tile grid.
+    work: np.ndarray | None = None
 
     @property
     def todo(self) -> int:
@@ -380,6 +389,11 @@ def plan_run(
     fills = np.asarray(fill_values, dtype=np.float32)
     free_interior = facts.interior_uniform and interior.shape == fills.shape and bool(np.all(interior == fills))
     border = rows.touches[:, None] | cols.touches[None, :]
+    if status is not None:
+        # A tile recorded free that cannot be free (it holds data, lies on a border, or the store's
+        # fill values are not the interior response) was never done: its status was lost before it
+        # was first written (a run killed at its start), and free is what an absent chunk reads as.
+        todo |= (np.asarray(status) == STATUS_FREE) & ~(empty & ~border & free_interior)
     free = todo & empty & ~border if free_interior else np.zeros(shape, bool)
     work = todo & ~free
     jobs = [_job(rows, cols, i, j, bool(empty[i, j])) for i, j in zip(*(x.tolist() for x in np.nonzero(work)),
@@ -390,4 +404,5 @@ def plan_run(
         already_done=total - int(np.count_nonzero(todo)),
         free=free,
         tasks=tuple(batches(jobs, batch_size, workers)),
+        work=work,
     )

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from tilepipe.errors import InputError, StoreError, WrongStoreKindError
 from tilepipe.execute.executor import Task, execute
 from tilepipe.execute.models import facts_on_worker, model_file
@@ -17,8 +19,10 @@ from tilepipe.geometry import parse_tile_size
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.logs import NOTICE
 from tilepipe.sources import RasterStack, TileBuckets, as_coo, parse_crs, parse_transform, probe_stack
+from tilepipe.sources.coo import coo_block_occupancy
 from tilepipe.sources.identity import content_sha256, quick_identity, unchanged
-from tilepipe.store._zarr import remove_partial_writes, remove_store
+from tilepipe.sources.occupancy import occupied_blocks, raster_tile_occupancy
+from tilepipe.store import remove_partial_writes, remove_store
 from tilepipe.store.lock import store_lock
 from tilepipe.store.scene import SceneInfo, SceneStore
 
@@ -120,8 +124,17 @@ def ingest(
         if client is not None:
             check_workers(client, inputs=list(raster.paths), outputs=[str(location)])
         info = _raster_info(raster, _fit_tile(tile, raster.shape, tile_size), halo)
-        return _write(location, info, overwrite, client, progress,
-                      lambda _store, blocks: [Task(ingest_raster_block, (raster, str(location), b)) for b in blocks])
+        tiles = raster_tile_occupancy(raster, info)  # None: every tile must be read
+        by, bx = info.block
+
+        def raster_tasks(_store: SceneStore, blocks: Blocks) -> list[Task[BlockDone]]:
+            return [Task(ingest_raster_block, (raster, str(location), (r, c),
+                                               None if tiles is None else tiles[r * by : (r + 1) * by,
+                                                                                c * bx : (c + 1) * bx]))
+                    for r, c in blocks]
+
+        return _write(location, info, overwrite, client, progress, raster_tasks,
+                      occupied=None if tiles is None else occupied_blocks(tiles, info.block))
     if assets is not None:
         raise InputError("assets: only for a STAC item given by its path")
     scene = as_coo(source)
@@ -137,7 +150,8 @@ def ingest(
         return [Task(ingest_coo_block, (buckets, store, b)) for b in blocks]
 
     # Points in memory are written from here, on local threads: shipping them to workers would copy the scene.
-    return _write(location, info, overwrite, None, progress, coo_tasks)
+    return _write(location, info, overwrite, None, progress, coo_tasks,
+                  occupied=coo_block_occupancy(scene, info.grid, info.block))
 
 
 def _raster_paths(source: Any) -> tuple[str, ...] | None:
@@ -320,10 +334,15 @@ def _resolve_halo(halo: int | None, model: Any, client: Any) -> tuple[int, tuple
 
 def _write(
     location: Location, info: SceneInfo, overwrite: bool, client: Any, progress: bool,
-    make_tasks: Callable[[SceneStore, Blocks], list[Task[BlockDone]]],
+    make_tasks: Callable[[SceneStore, Blocks], list[Task[BlockDone]]], *, occupied: np.ndarray | None,
 ) -> SceneStore:
     """Reuse a complete store of the same scene, resume an unfinished one, or create one; write
-    the blocks it lacks and mark it complete."""
+    the blocks it lacks and mark it complete.
+
+    ``occupied``: the blocks whose tiles' windows may hold a value, a bool mask over the
+    block grid, or None where the source cannot tell (then every block is read). Only
+    they become tasks and are written: the cost follows the data, not the grid.
+    """
     with store_lock(location, by="ingest"):  # another writer of this store is refused, not raced
         existing, holds = _existing(location, info) if location.exists() else (None, "nothing")
         decision = existing_output(location, overwrite=overwrite, reusable=lambda: existing is not None, holds=holds)
@@ -333,14 +352,14 @@ def _write(
             # An ingest of this very scene that was stopped: its finished blocks stay.
             remove_partial_writes(location)
             store = SceneStore.open(location, require_complete=False, mode="r+")
-            blocks = store.unfinished_blocks()
+            blocks = store.unfinished_blocks(occupied if store.sparse_index else None)
         else:
             if decision == "replace":
                 remove_store(location)
             # Local files: their content hashes are part of what the store records.
             info = replace(info, source=_with_content(info.source))
             store = SceneStore.create(location, info)
-            blocks = store.blocks()
+            blocks = store.blocks() if occupied is None else [(int(r), int(c)) for r, c in np.argwhere(occupied)]
         try:
             execute(make_tasks(store, blocks), lambda _task, _done: None, client=client, name="ingest",
                     progress=progress, unit="block")
@@ -348,10 +367,11 @@ def _write(
         except Exception:
             remove_store(location)  # a failed ingest leaves nothing behind (a stopped one stays, to resume)
             raise
-        left = store.unfinished_blocks()
+        written = occupied if store.sparse_index else None
+        left = store.unfinished_blocks(written)
         if left:  # every task reported success: a block missing now was lost after its write
             raise StoreError(f"{location}: index block {left[0]} is missing after ingest; ingest again")
-        store.mark_complete(nnz_total=store.entries_total())
+        store.mark_complete(written, nnz_total=store.entries_total(written))
         return SceneStore.open(location)
 
 

@@ -30,9 +30,17 @@ from tilepipe.execute.tasks import BatchDone, RunSpec, run_tiles
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.model.facts import ModelFacts
 from tilepipe.plan import RunPlan, plan_result, plan_run
-from tilepipe.store._zarr import remove_store
+from tilepipe.store import remove_store
 from tilepipe.store.lock import store_lock
-from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, ResultInfo, ResultStore
+from tilepipe.store.result import (
+    STATUS_COMPUTED,
+    STATUS_EMPTY,
+    STATUS_FREE,
+    STATUS_NOT_DONE,
+    ResultInfo,
+    ResultStore,
+    chunks_touched,
+)
 from tilepipe.store.scene import SceneStore
 
 __all__ = ["RunReport", "run_model"]
@@ -96,12 +104,12 @@ class RunReport:
 class _Tally:
     """The client's record of finished tasks: the status grid, counts per worker.
 
-    Status chunks cover blocks of tiles, and a chunk must have one writer: the
-    client alone writes them, as tasks finish, and only after a task's writes
-    succeeded. The grid is kept here and written whole every :attr:`FLUSH` tiles,
-    every :attr:`FLUSH_SECONDS` seconds where tiles were done since, and at the end:
-    a killed run loses at most that many tiles' records, or a few seconds of work,
-    which a rerun computes again.
+    The client alone writes the status chunks, as tasks finish, and only after a
+    task's writes succeeded. The grid is kept here; the chunks whose tiles changed
+    are written every :attr:`FLUSH` tiles, every :attr:`FLUSH_SECONDS` seconds where
+    tiles were done since, and at the end: a killed run loses at most that many
+    tiles' records, or a few seconds of work, which a rerun computes again. Writes
+    follow the tiles done, never the grid: a flush rewrites only the chunks it must.
     """
 
     FLUSH = 256
@@ -109,7 +117,10 @@ class _Tally:
 
     def __init__(self, result: ResultStore, status: np.ndarray | None) -> None:
         self.result = result
-        self.status = np.zeros(result.info.grid_shape, np.uint8) if status is None else status.copy()
+        self.status = (np.full(result.info.grid_shape, result.status_fill, np.uint8) if status is None
+                       else status.copy())
+        self.chunks = result.status_chunks
+        self.dirty = np.zeros(tuple(-(-n // c) for n, c in zip(self.status.shape, self.chunks, strict=True)), bool)
         self.unwritten = 0
         self.flushed = time.monotonic()
         self.per_worker: dict[str, int] = {}
@@ -130,17 +141,23 @@ class _Tally:
             self.flush()
 
     def set(self, tiles: tuple[tuple[int, int], ...], status: int) -> None:
+        cy, cx = self.chunks
         for row, col in tiles:
             self.status[row, col] = status
+            self.dirty[row // cy, col // cx] = True
         self.unwritten += len(tiles)
 
     def set_mask(self, mask: np.ndarray, status: int) -> None:
-        self.status[mask] = status
-        self.unwritten += int(np.count_nonzero(mask))
+        """Record ``status`` for the tiles of ``mask`` (only those whose status changes are written)."""
+        changed = mask & (self.status != status)
+        self.status[changed] = status
+        self.dirty |= chunks_touched(changed, self.chunks)
+        self.unwritten += int(np.count_nonzero(changed))
 
     def flush(self) -> None:
         if self.unwritten:
-            self.result.write_status(self.status)
+            self.result.write_status(self.status, self.dirty)
+            self.dirty[...] = False
             self.unwritten = 0
         self.flushed = time.monotonic()
 
@@ -214,10 +231,18 @@ def _repair(result: ResultStore) -> int:
     Returns how many tiles the run must compute again. A complete store whose
     record is exact is left untouched.
     """
-    tiles = sorted({(d.row, d.col) for d in result.damage()})
+    tiles: set[tuple[int, int]] = set()
+    ny, nx = result.info.grid_shape
+    for d in result.damage():
+        if d.problem == "status missing":  # every tile its chunk recorded is unknown now
+            rows, cols = result.status_chunk_tiles(d.row, d.col)
+            tiles.update((r, c) for r in range(rows.start, min(rows.stop, ny))
+                         for c in range(cols.start, min(cols.stop, nx)))
+        else:
+            tiles.add((d.row, d.col))
     if tiles:
         result.mark_incomplete()  # first: a run killed while resetting leaves a store that says so
-        result.reset(tiles)
+        result.reset(sorted(tiles))
     return len(tiles)
 
 
@@ -271,6 +296,11 @@ def _execute(
     """Run the plan's tasks, record every tile as it is done, check the store, and write the report."""
     tally = _Tally(result, status)
     tally.set_mask(plan.free, STATUS_FREE)  # nothing to compute or write
+    # Every tile the run must do is recorded "not done" before any task starts: where free is
+    # what an absent status chunk reads as, a run killed now must not leave them looking free.
+    if plan.work is not None:
+        tally.set_mask(plan.work & (tally.status == STATUS_FREE), STATUS_NOT_DONE)
+    tally.flush()
     tasks = [
         # Busy tiles first: they are the long tasks, empty ones fill the gaps.
         Task(run_tiles, (spec, batch), weight=len(batch), priority=0 if batch[0].empty else 1, gpu=gpu)
@@ -306,6 +336,8 @@ def _execute(
         affected_pixels=tally.affected_pixels,
     )
     if execution.failed:
+        # Tiles fail when the store was removed or replaced under the run: that is the error to report.
+        result.still_here()
         result.finish(complete=False, report=report.to_dict())
         raise IncompleteRunError(
             f"{result.path}: {execution.failed_weight} of {plan.total} tiles failed ({execution.first_error}); "

@@ -153,11 +153,15 @@ def _core_count(tile: Tile, shape: tuple[int, int, int], flat: np.ndarray) -> in
     return int(np.count_nonzero(inside))
 
 
-def ingest_raster_block(source: RasterStack, store_path: str, block: tuple[int, int]) -> BlockDone:
+def ingest_raster_block(
+    source: RasterStack, store_path: str, block: tuple[int, int], occupied: np.ndarray | None = None
+) -> BlockDone:
     """Read, pack and write the tiles of one block and its index chunk (nothing else).
 
     Every raster of the stack is opened once per block and read one tile window at a
-    time. Memory: one tile window of the stacked bands.
+    time. Memory: one tile window of the stacked bands. ``occupied``: the block's tiles
+    whose windows may hold data (``(rows, cols)`` booleans, from the file's block table);
+    the others are empty without a read.
     """
     store = SceneStore.open(store_path, require_complete=False, mode="r+")
     rows, cols = _block_tiles(store, block)
@@ -168,6 +172,8 @@ def ingest_raster_block(source: RasterStack, store_path: str, block: tuple[int, 
         datasets = [opened.enter_context(open_raster(path)) for path in source.paths]
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
+                if occupied is not None and not occupied[i, j]:
+                    continue  # its window meets only blocks the file leaves out: no entries
                 tile = grid.tile(r, c)
                 shape, flat, values = read_stack_entries(source, tile.window, datasets)
                 store.write_tile(r, c, shape, flat, values)

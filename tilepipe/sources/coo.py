@@ -17,7 +17,7 @@ import numpy as np
 from tilepipe.errors import InputError
 from tilepipe.geometry import Tile, TileGrid
 
-__all__ = ["CooScene", "TileBuckets", "as_coo", "coo_from_arrays", "coo_from_sparse_tensor"]
+__all__ = ["CooScene", "TileBuckets", "as_coo", "coo_block_occupancy", "coo_from_arrays", "coo_from_sparse_tensor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +99,26 @@ class TileBuckets:
         self.grid = grid
         self.name = name
         ty, tx = grid.tile_size
-        ny, nx = grid.grid_shape
+        nx = grid.grid_shape[1]
         tile_id = (scene.rows // ty) * nx + (scene.cols // tx)
         self._order = np.argsort(tile_id, kind="stable")
-        counts = np.bincount(tile_id, minlength=ny * nx)
-        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        # Only the tiles that hold points are listed (sorted ids and where each one's points
+        # start): the cost follows the points, never the grid (16 million tiles are nothing here).
+        self._ids, self._starts = np.unique(tile_id[self._order], return_index=True)
+        self._starts = np.append(self._starts, tile_id.size)
         self._nx = nx
+
+    def _span(self, row: int, col: int) -> tuple[int, int]:
+        """Where tile ``(row, col)``'s points lie in the sorted order: ``(start, stop)``."""
+        i = int(np.searchsorted(self._ids, row * self._nx + col))
+        if i == self._ids.size or self._ids[i] != row * self._nx + col:
+            return 0, 0
+        return int(self._starts[i]), int(self._starts[i + 1])
 
     def core_count(self, row: int, col: int) -> int:
         """Points whose position lies in the core of tile ``(row, col)``."""
-        i = row * self._nx + col
-        return int(self._starts[i + 1] - self._starts[i])
+        start, stop = self._span(row, col)
+        return stop - start
 
     def window_entries(self, tile: Tile) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
         """``(shape, flat, values)`` of a tile's window: sorted flat indices, window-local."""
@@ -117,11 +126,7 @@ class TileBuckets:
         bands = self.scene.shape[2]
         shape = (w.height, w.width, bands)
         rows_r, cols_r = self.grid.tiles_touching(w)
-        picks = [
-            self._order[self._starts[r * self._nx + c] : self._starts[r * self._nx + c + 1]]
-            for r in rows_r
-            for c in cols_r
-        ]
+        picks = [self._order[slice(*self._span(r, c))] for r in rows_r for c in cols_r]
         sel = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
         s = self.scene
         rr, cc = s.rows[sel], s.cols[sel]
@@ -133,6 +138,29 @@ class TileBuckets:
         if flat.size > 1 and np.any(flat[1:] == flat[:-1]):
             raise InputError(f"{self.name}: duplicate coordinates (each pixel and band may appear once)")
         return shape, flat, s.values[sel][order]
+
+
+def coo_block_occupancy(scene: CooScene, grid: TileGrid, block: tuple[int, int]) -> np.ndarray:
+    """The blocks of ``block`` tiles whose tiles' haloed windows hold a point, a bool mask over the block grid.
+
+    Work in proportion to the points (a few array passes), never to the grid. A point at
+    ``y`` lies in the windows of tile rows ``(y - halo) // ty`` to ``(y + halo) // ty``.
+    """
+    (ty, tx), (ny, nx), h = grid.tile_size, grid.grid_shape, grid.halo
+    by, bx = block
+    mask = np.zeros((-(-ny // by), -(-nx // bx)), bool)
+    if scene.nnz == 0:
+        return mask
+    first_r = np.clip((scene.rows - h) // ty, 0, ny - 1) // by
+    last_r = np.clip((scene.rows + h) // ty, 0, ny - 1) // by
+    first_c = np.clip((scene.cols - h) // tx, 0, nx - 1) // bx
+    last_c = np.clip((scene.cols + h) // tx, 0, nx - 1) // bx
+    # Usually a point reaches one or two blocks a side; a halo wider than a block reaches more.
+    for dr in range(int((last_r - first_r).max()) + 1):
+        for dc in range(int((last_c - first_c).max()) + 1):
+            reach = (first_r + dr <= last_r) & (first_c + dc <= last_c)
+            mask[first_r[reach] + dr, first_c[reach] + dc] = True
+    return mask
 
 
 def as_coo(source: Any) -> CooScene:

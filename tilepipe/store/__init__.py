@@ -22,6 +22,8 @@ __all__ = [
     "block_size_for",
     "decode_tile",
     "encode_tile",
+    "remove_partial_writes",
+    "remove_store",
 ]
 
 _HOMES = {
@@ -29,6 +31,7 @@ _HOMES = {
     "ResultInfo": "info", "SceneInfo": "info", "block_size_for": "info",
     "ResultStore": "result", "SceneStore": "scene",
     "TileData": "codec", "decode_tile": "codec", "encode_tile": "codec",
+    "remove_partial_writes": "_zarr", "remove_store": "_zarr",
 }
 
 

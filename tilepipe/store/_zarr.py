@@ -37,13 +37,16 @@ __all__ = [
 
 #: Format of result stores written now (:data:`tilepipe.store.info.FORMAT_VERSION`). 2: every chunk
 #: carries a crc32c checksum, and every tile not recorded FREE has all its chunks written. 3: one array
-#: per output band, each with its own fill value, and CF georeferencing (see :mod:`tilepipe.store.result`).
+#: per output band, each with its own fill value, and CF georeferencing (see :mod:`tilepipe.store.result`). 4: the
+#: status grid's fill value is "free", its chunks that hold only free tiles are not written, and a record
+#: (``status_written``) says which chunks must exist.
 #: Format of scene stores. 2: every chunk carries a crc32c checksum, the index's fill value -1
-#: means "not written", and each block records its entry count (see :mod:`tilepipe.store.scene`).
-SCENE_FORMAT_VERSION = 2
+#: means "not written", and each block records its entry count. 3: only blocks that hold data are
+#: written, and a checksummed record (``written``) says which (see :mod:`tilepipe.store.scene`).
+SCENE_FORMAT_VERSION = 3
 
-#: Formats each kind of store is read in (format 2 result stores stay readable, and resumable).
-READABLE_FORMATS = {"scene": (SCENE_FORMAT_VERSION,), "result": (2, FORMAT_VERSION)}
+#: Formats each kind of store is read in (format 2 stores of either kind stay readable).
+READABLE_FORMATS = {"scene": (2, SCENE_FORMAT_VERSION), "result": (2, 3, FORMAT_VERSION)}
 
 # What to do about a store of another format, per kind: the store must be made again.
 _REMAKE = {"scene": "ingest again with --overwrite", "result": "run again with --overwrite"}
@@ -82,7 +85,8 @@ def store_exists(location: Location) -> bool:
 
 #: What a tilepipe store's folder holds: its group metadata and its arrays (and ``band_<n>``, one per band).
 _STORE_ENTRIES = frozenset(
-    {"zarr.json", "tiles", "nnz", "entries", "data", "status", "x", "y", "band", "spatial_ref"}
+    {"zarr.json", "tiles", "nnz", "entries", "written", "data", "status", "status_written", "x", "y", "band",
+     "spatial_ref"}
 )
 _BAND_ENTRY = re.compile(r"band_[1-9][0-9]*")
 

@@ -27,8 +27,9 @@ __all__ = [
     "block_size_for",
 ]
 
-#: The result store format this version writes (one array per band, each with its own fill value).
-FORMAT_VERSION = 3
+#: The result store format this version writes (one array per band, each with its own fill value;
+#: status chunks of free tiles only are not written).
+FORMAT_VERSION = 4
 
 #: Index entry of a tile whose block was never written (the ``nnz`` fill value).
 NOT_WRITTEN = -1
@@ -70,6 +71,12 @@ class SceneInfo:
     def block(self) -> tuple[int, int]:
         """Tiles per index chunk ``(rows, cols)``."""
         return block_size_for(self.tile_size, self.grid.grid_shape)
+
+    @property
+    def block_grid(self) -> tuple[int, int]:
+        """Index chunks (blocks) per side ``(rows, cols)``."""
+        (ny, nx), (by, bx) = self.grid.grid_shape, self.block
+        return -(-ny // by), -(-nx // bx)
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-ready attributes."""
@@ -135,6 +142,9 @@ class TileDamage:
         if self.problem == "stray":
             return (f"{tile} band {self.band}: holds a data chunk, though the store records the tile free "
                     "(it must read as the band's fill value)")
+        if self.problem == "status missing":
+            return (f"{tile}: the status chunk that records it (and the tiles after it in its block) is missing, "
+                    "though the store lists it")
         if self.problem == "not done":
             return f"{tile}: not done, though the store is marked complete"
         if self.problem == "unfinished":

@@ -17,9 +17,16 @@ Layout (format 3)
     not only in tilepipe's. :attr:`ResultStore.data` shows them as one
     ``(band, y, x)`` array.
 ``status``
-    uint8 per tile: 0 not done, 1 computed, 2 empty, 3 free. One chunk per
-    block of tiles, written only by the client as tasks finish (a task that
+    uint8 per tile: 0 not done, 1 computed, 2 empty, 3 free. Chunks of up to
+    256 x 256 tiles, written only by the client as tasks finish (a task that
     dies before its status is written is simply redone). A rerun resumes from it.
+    Its fill value is 3, free (format 4): a chunk of free tiles only is never
+    written, so a continent of empty tiles costs no status files; every tile a
+    run must do is recorded "not done" before any task starts.
+``status_written``
+    uint8 over the status chunk grid: 1 where a status chunk must exist. Its
+    fill value is 1, so a lost record reads as "every chunk must exist": an
+    absent status chunk is then called damage, never silently "all free".
 ``spatial_ref``, ``y``, ``x``
     CF georeferencing (:mod:`tilepipe.store._cf`): a grid mapping with the CRS
     (``crs_wkt``) and ``GeoTransform``, named by every band's ``grid_mapping``,
@@ -72,7 +79,6 @@ from tilepipe.store.info import (
     STATUS_NOT_DONE,
     ResultInfo,
     TileDamage,
-    block_size_for,
 )
 
 _DONE_WRITTEN = (STATUS_COMPUTED, STATUS_EMPTY)
@@ -88,11 +94,41 @@ __all__ = [
     "ResultStore",
     "TileDamage",
     "band_array_name",
+    "chunks_touched",
+    "status_chunks",
 ]
 
 # zarr skips writing a chunk equal to the fill value (and deletes one already there) unless
 # told otherwise: then an absent chunk would be ambiguous again. See the module docstring.
 _WRITE_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
+
+
+#: The largest status chunk, in tiles a side: 64 KB of status, a few hundred chunks for a
+#: grid of 16 million tiles.
+_STATUS_CHUNK = 256
+
+
+def status_chunks(grid_shape: tuple[int, int]) -> tuple[int, int]:
+    """Tiles per status chunk ``(rows, cols)`` of a new result store over ``grid_shape`` tiles."""
+    return min(grid_shape[0], _STATUS_CHUNK), min(grid_shape[1], _STATUS_CHUNK)
+
+
+def chunks_touched(mask: np.ndarray, chunks: tuple[int, int]) -> np.ndarray:
+    """Which chunks of ``chunks`` tiles hold a True of ``mask``, a bool mask over the chunk grid."""
+    (ny, nx), (cy, cx) = mask.shape, chunks
+    padded = np.zeros((-(-ny // cy) * cy, -(-nx // cx) * cx), bool)
+    padded[:ny, :nx] = mask
+    return np.asarray(padded.reshape(padded.shape[0] // cy, cy, padded.shape[1] // cx, cx).any(axis=(1, 3)))
+
+
+def _decode_chunk_key(encoding: Any, key: str) -> tuple[int, ...]:
+    """A chunk's coordinates from its key (``c/1/2`` or ``1.2``); zarr 3.1's own decoder drops a digit."""
+    lead = "c" + encoding.separator
+    if encoding.name == "default":
+        if not key.startswith(lead):
+            raise ValueError(key)
+        key = key[len(lead):]
+    return tuple(int(v) for v in key.split(encoding.separator))
 
 
 def band_array_name(band: int) -> str:
@@ -254,16 +290,27 @@ class ResultStore:
                 config=_WRITE_EVERY_CHUNK,
             )
             planes.append((array, ()))
+        chunks = status_chunks(info.grid_shape)
         group.create_array(
             "status",
             shape=info.grid_shape,
-            # One chunk per block of tiles, written by the client alone as tasks finish.
-            chunks=block_size_for(info.tile_size, info.grid_shape),
+            # Written by the client alone, as tasks finish.
+            chunks=chunks,
             dtype="uint8",
-            fill_value=STATUS_NOT_DONE,
+            fill_value=STATUS_FREE,
             dimension_names=("tile_row", "tile_col"),
             compressors=compressors(1),
         )
+        record = group.create_array(
+            "status_written",
+            shape=tuple(-(-n // c) for n, c in zip(info.grid_shape, chunks, strict=True)),
+            chunks=tuple(-(-n // c) for n, c in zip(info.grid_shape, chunks, strict=True)),
+            dtype="uint8",
+            fill_value=1,
+            dimension_names=("chunk_row", "chunk_col"),
+            compressors=compressors(1),
+        )
+        record[...] = 0  # nothing must exist yet; once lost, the record says "everything"
         group.create_array(_cf.GRID_MAPPING, shape=(), dtype="int32", fill_value=0, dimension_names=(),
                            attributes=_cf.grid_mapping_attrs(info.crs_wkt, info.transform))
         axes = _cf.centres(info.transform, rows, cols)
@@ -357,20 +404,66 @@ class ResultStore:
 
         sync(copy_all())
 
-    def write_status(self, status: np.ndarray) -> None:
-        """Record the status of every tile at once, ``(tile_rows, tile_cols)`` uint8 (one write per chunk)."""
+    @property
+    def status_fill(self) -> int:
+        """What an absent status chunk reads as: free (format 4), else not done."""
+        return int(self._status_array().fill_value)
+
+    @property
+    def status_chunks(self) -> tuple[int, int]:
+        """Tiles per status chunk ``(rows, cols)``."""
+        return tuple(int(c) for c in self._status_array().chunks)  # type: ignore[return-value]
+
+    def write_status(self, status: np.ndarray, chunks: np.ndarray | None = None) -> None:
+        """Record the status of every tile, ``(tile_rows, tile_cols)`` uint8, rewriting only the status
+        chunks ``chunks`` (a bool mask over the chunk grid; default: all of them).
+
+        The chunks are written first, then the record of those that must exist: a run
+        killed between the two leaves a chunk unlisted, never a listed chunk absent.
+        """
+        status = np.asarray(status, dtype=np.uint8)
+        cy, cx = self.status_chunks
+        todo = np.ones(self._chunk_grid(), bool) if chunks is None else chunks
         try:
-            self._status_array()[...] = np.asarray(status, dtype=np.uint8)
+            array = self._status_array()
+            if todo.all():
+                array[...] = status
+            else:
+                for r, c in np.argwhere(todo):
+                    rows, cols = slice(r * cy, (r + 1) * cy), slice(c * cx, (c + 1) * cx)
+                    array[rows, cols] = status[rows, cols]
+            self._record_status_chunks(todo & chunks_touched(status != self.status_fill, (cy, cx)))
         except Exception as exc:  # zarr and its stores raise many types
             raise self._status_error(exc) from exc
+
+    def _record_status_chunks(self, held: np.ndarray) -> None:
+        """Add the chunks ``held`` (a bool mask over the chunk grid: chunks now holding a tile not free)
+        to the record of those that must exist (format 4; earlier formats write every chunk)."""
+        if "status_written" not in self._group:
+            return
+        record: Any = self._group["status_written"]
+        listed = np.asarray(record[...]) == 1
+        if (held & ~listed).any():
+            record[...] = (listed | held).astype(np.uint8)
 
     def set_status(self, rows: np.ndarray, cols: np.ndarray, value: int) -> None:
         """Record the status of tiles at ``(rows[i], cols[i])`` (touches only their chunks)."""
         if len(rows):
+            rows, cols = np.asarray(rows), np.asarray(cols)
             try:
-                self._status_array().vindex[np.asarray(rows), np.asarray(cols)] = np.full(len(rows), value, np.uint8)
+                self._status_array().vindex[rows, cols] = np.full(len(rows), value, np.uint8)
+                if value != self.status_fill:
+                    cy, cx = self.status_chunks
+                    held = np.zeros(self._chunk_grid(), bool)
+                    held[rows // cy, cols // cx] = True
+                    self._record_status_chunks(held)
             except Exception as exc:  # zarr and its stores raise many types
                 raise self._status_error(exc) from exc
+
+    def _chunk_grid(self) -> tuple[int, int]:
+        """Status chunks per side ``(rows, cols)``."""
+        (ny, nx), (cy, cx) = self.info.grid_shape, self.status_chunks
+        return -(-ny // cy), -(-nx // cx)
 
     def _status_error(self, exc: BaseException) -> StoreError:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
@@ -433,8 +526,10 @@ class ResultStore:
     def damage(self, *, all_done: bool | None = None) -> list[TileDamage]:
         """Tiles whose stored chunks disagree with their status, in (row, col) order.
 
-        Lists each band's chunks once and reads the status grid. ``all_done`` (default:
-        whether the store is marked complete) also reports tiles not done.
+        Lists each band's chunks once and reads the status grid; the comparison is
+        vectorised over the grid (millions of tiles cost milliseconds), and only the
+        chunks present are looked at one by one. ``all_done`` (default: whether the
+        store is marked complete) also reports tiles not done.
         """
         if all_done is None:
             all_done = self.complete
@@ -442,29 +537,71 @@ class ResultStore:
             status = self.status()
         except Exception as exc:  # a missing or unreadable status array
             raise StoreError(f"{self.path}: cannot read the status of its tiles: {exc}") from exc
-        present = self._chunk_keys()
-        key = self._chunk_key
-        bands = self.info.shape[0]
-        found: list[TileDamage] = []
-        for row, col in zip(*np.nonzero(status != STATUS_NOT_DONE), strict=True):
-            value = int(status[row, col])
-            r, c = int(row), int(col)
-            if value in _DONE_WRITTEN:
-                found.extend(TileDamage(r, c, b, "missing", value) for b in range(bands)
-                             if key(b, r, c) not in present)
-            elif value == STATUS_FREE:
-                found.extend(TileDamage(r, c, b, "stray", value) for b in range(bands)
-                             if key(b, r, c) in present)
-            else:
-                found.append(TileDamage(r, c, None, "unknown status", value))
+        found = self._lost_status_chunks()
+        written = np.isin(status, _DONE_WRITTEN)
+        free = status == STATUS_FREE
+        for band, present in enumerate(self._present()):
+            found.extend(TileDamage(int(r), int(c), band, "missing", int(status[r, c]))
+                         for r, c in np.argwhere(written & ~present))
+            found.extend(TileDamage(int(r), int(c), band, "stray", STATUS_FREE) for r, c in np.argwhere(free & present))
+        unknown = ~np.isin(status, (*_DONE_WRITTEN, STATUS_FREE, STATUS_NOT_DONE))
+        found.extend(TileDamage(int(r), int(c), None, "unknown status", int(status[r, c]))
+                     for r, c in np.argwhere(unknown))
         if all_done:
             problem = "not done" if self.complete else "unfinished"
             found.extend(TileDamage(int(r), int(c), None, problem, STATUS_NOT_DONE)
-                         for r, c in zip(*np.nonzero(status == STATUS_NOT_DONE), strict=True))
+                         for r, c in np.argwhere(status == STATUS_NOT_DONE))
         found.sort(key=lambda d: (d.row, d.col, -1 if d.band is None else d.band))
         return found
 
-    def _still_here(self) -> None:
+    def _present(self) -> list[np.ndarray]:
+        """Per band, which tiles have a data chunk: bool ``(tile_rows, tile_cols)``, from one listing per array."""
+        keys = self._chunk_keys()
+        grids = []
+        for band in range(self.info.shape[0]):
+            array, lead = self._bands.array(band)
+            prefix = array_prefix(array)
+            encoding = array.metadata.chunk_key_encoding
+            grid = np.zeros(self.info.grid_shape, bool)
+            for key in keys:
+                if not key.startswith(prefix) or key.endswith((".partial", "zarr.json")):
+                    continue
+                try:
+                    coords = _decode_chunk_key(encoding, key[len(prefix):])
+                except ValueError:  # not a chunk key
+                    continue
+                if coords[: len(lead)] == lead and len(coords) == len(lead) + 2:
+                    grid[coords[-2], coords[-1]] = True
+            grids.append(grid)
+        return grids
+
+    def _lost_status_chunks(self) -> list[TileDamage]:
+        """The status chunks the record lists that are absent (format 4), each named by its first tile."""
+        if "status_written" not in self._group:
+            return []
+        store = self._group.store_path.store
+        status = self._status_array()
+        prefix = array_prefix(status)
+
+        async def keys() -> set[str]:
+            return {key async for key in store.list_prefix(prefix)}
+
+        try:
+            listed = np.asarray(self._group["status_written"][...]) == 1  # type: ignore[index]
+            present = sync(keys())
+        except Exception as exc:
+            raise StoreError(f"{self.path}: cannot read the record of its status chunks: {chunk_problem(exc)}") from exc
+        cy, cx = self.status_chunks
+        return [TileDamage(int(r) * cy, int(c) * cx, None, "status missing", STATUS_FREE)
+                for r, c in np.argwhere(listed)
+                if prefix + str(status.metadata.encode_chunk_key((int(r), int(c)))) not in present]
+
+    def status_chunk_tiles(self, row: int, col: int) -> tuple[slice, slice]:
+        """The tiles ``(rows, cols)`` of the status chunk that holds tile ``(row, col)``."""
+        cy, cx = self.status_chunks
+        return slice(row // cy * cy, (row // cy + 1) * cy), slice(col // cx * cx, (col // cx + 1) * cx)
+
+    def still_here(self) -> None:
         """Raise :class:`StoreError` unless the store at this location is still the one opened here
         (not removed, not replaced by another run's: same run id)."""
         try:
@@ -485,7 +622,7 @@ class ResultStore:
         removed or replaced by another run). Costs one listing of each band's chunks and
         one read of the status grid; chunk contents are checked (crc32c) when they are read.
         """
-        self._still_here()
+        self.still_here()
         found = self.damage(all_done=all_done)
         if found:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -499,7 +636,9 @@ class ResultStore:
         if not tiles:
             return
         store = self._group.store_path.store
-        keys = [self._chunk_key(b, r, c) for r, c in tiles for b in range(self.info.shape[0])]
+        present = self._chunk_keys()  # one listing: a lost status chunk resets 65,536 tiles, most never written
+        keys = [key for r, c in tiles for b in range(self.info.shape[0])
+                if (key := self._chunk_key(b, r, c)) in present]
 
         async def delete() -> None:
             for key in keys:

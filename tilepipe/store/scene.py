@@ -33,6 +33,17 @@ Layout, and why
     counts in ``nnz`` include the halo, so they cannot give this). Written just
     before the block's ``nnz`` chunk, so a finished block has both and a
     resumed ingest still knows the scene's total.
+``written`` (format 3)
+    uint8 over the block grid, 1 where the block's ``nnz`` and ``entries``
+    chunks were written. Only blocks whose tiles' windows can hold a value are
+    ingested at all (the source says which: the points themselves, or a sparse
+    GeoTIFF's empty blocks), so a scene of 400 occupied tiles on a grid of
+    16 million writes a few hundred chunks, not millions, and reading its index
+    reads only those. Written once, when the ingest completes, with the count
+    of its ones in the attributes (``blocks_written``): an absent index chunk
+    of a block the record lists is a damaged store, one it does not list is a
+    block of empty tiles, and a lost or flipped record is an error too (its
+    chunk's checksum, and its count).
 
 Every chunk carries a crc32c checksum (:func:`tilepipe.store._zarr.compressors`):
 a flipped or truncated chunk file is an error naming the tile or block, never
@@ -74,6 +85,8 @@ class SceneStore:
         self._attrs = attrs
         self.info = SceneInfo.from_attrs(attrs)
         self._tiles: Any = None
+        self._arrays: dict[str, Any] = {}
+        self._written: np.ndarray | None = None
 
     # -- creation -----------------------------------------------------------
     @classmethod
@@ -99,12 +112,20 @@ class SceneStore:
             raise StoreError(f"{location}: the scene store is incomplete (its ingest did not finish); ingest again")
         return cls(location, group, attrs)
 
-    def mark_complete(self, **extra: Any) -> None:
-        """Record that every tile is written (the last step of an ingest)."""
+    def mark_complete(self, written: np.ndarray | None = None, **extra: Any) -> None:
+        """Record that every tile is written (the last step of an ingest).
+
+        ``written``: the blocks that were ingested, a bool mask over the block grid
+        (default: every block); the others hold only empty tiles.
+        """
         attrs = dict(self._group.attrs["tilepipe"])  # type: ignore[arg-type]
         attrs.update(extra)
         attrs["complete"] = True
         try:
+            if self.sparse_index:
+                mask = np.ones(self.info.block_grid, bool) if written is None else np.asarray(written, bool)
+                self._array("written")[...] = mask.astype(np.uint8)
+                attrs["blocks_written"] = int(np.count_nonzero(mask))
             self._group.attrs["tilepipe"] = attrs
         except OSError as exc:  # as in create
             raise StoreError(f"{self.path}: cannot mark the store complete: {exc.strerror or exc}") from exc
@@ -114,6 +135,17 @@ class SceneStore:
     def attrs(self) -> dict[str, Any]:
         """The store's ``tilepipe`` attributes."""
         return dict(self._attrs)
+
+    @property
+    def sparse_index(self) -> bool:
+        """Whether only the blocks that hold data are written (format 3), not every block."""
+        return int(self._attrs.get("format_version", 0)) >= 3
+
+    def _array(self, name: str) -> Any:
+        """One of the store's arrays, opened once (opening reads its metadata)."""
+        if name not in self._arrays:
+            self._arrays[name] = self._group[name]
+        return self._arrays[name]
 
     # -- tiles --------------------------------------------------------------
     def _tile_array(self) -> Any:
@@ -174,8 +206,8 @@ class SceneStore:
         r0, c0 = block_row * by, block_col * bx
         problem = None
         try:
-            self._group["entries"][block_row, block_col] = entries  # type: ignore[index]
-            self._group["nnz"][r0 : r0 + counts.shape[0], c0 : c0 + counts.shape[1]] = counts  # type: ignore[index]
+            self._array("entries")[block_row, block_col] = entries
+            self._array("nnz")[r0 : r0 + counts.shape[0], c0 : c0 + counts.shape[1]] = counts
         except OSError as exc:  # as in write_tile
             problem = exc.strerror or str(exc)
         if problem is not None:
@@ -186,38 +218,78 @@ class SceneStore:
 
         Entries of blocks not written yet are -1 (:data:`NOT_WRITTEN`); a store
         marked complete with such a block, or with an index chunk that fails
-        its checksum, raises :class:`StoreError` naming the block.
+        its checksum, raises :class:`StoreError` naming the block. A complete
+        format 3 store reads only the blocks its record lists (the rest are 0).
         """
-        nnz = self._read_index()
+        if self.sparse_index and self._attrs.get("complete"):
+            nnz = np.zeros(self.info.grid.grid_shape, np.int64)
+            by, bx = self.info.block
+            for br, bc in np.argwhere(self.written_blocks()):
+                rows, cols = slice(br * by, (br + 1) * by), slice(bc * bx, (bc + 1) * bx)
+                nnz[rows, cols] = self._read_block(int(br), int(bc))
+        else:
+            nnz = self._read_index()
         if self._attrs.get("complete") and (nnz < 0).any():
             row, col = (int(v) for v in np.argwhere(nnz < 0)[0])
             raise StoreError(f"{self.path}: index block {self._block_of(row, col)} (tile ({row}, {col})) is "
                              "missing; ingest again")
         return nnz
 
+    def written_blocks(self) -> np.ndarray:
+        """Blocks whose index chunks were written, a bool mask over the block grid (a complete store).
+
+        Every block in a format 2 store. Raises :class:`StoreError` where the record
+        cannot be read or disagrees with the count the attributes keep.
+        """
+        if self._written is not None:
+            return self._written
+        if not self.sparse_index:
+            self._written = np.ones(self.info.block_grid, bool)
+            return self._written
+        problem = None
+        try:
+            written = np.asarray(self._array("written")[...]) == 1
+        except Exception as exc:  # noqa: BLE001 - a record that cannot be read is a damaged store
+            problem = chunk_problem(exc)
+        else:
+            expected = self._attrs.get("blocks_written")
+            if expected != int(np.count_nonzero(written)):
+                problem = f"lists {int(np.count_nonzero(written))} blocks, but the store says {expected}"
+        if problem is not None:  # unchained, as in read_tile
+            raise StoreError(f"{self.path}: the record of written index blocks {problem}; ingest again")
+        self._written = written
+        return written
+
     def blocks(self) -> list[tuple[int, int]]:
         """``(block_row, block_col)`` of every index chunk."""
-        nby, nbx = _block_grid(self.info)
+        nby, nbx = self.info.block_grid
         return [(r, c) for r in range(nby) for c in range(nbx)]
 
-    def unfinished_blocks(self) -> list[tuple[int, int]]:
-        """Blocks whose ingest did not finish: entry count or index chunk absent, or failing its checksum.
+    def unfinished_blocks(self, occupied: np.ndarray | None = None) -> list[tuple[int, int]]:
+        """Blocks of ``occupied`` whose ingest did not finish: entry count or index chunk absent, or failing
+        its checksum.
 
-        Two whole-array reads where every chunk reads; otherwise each block is
-        judged on its own chunks (a damaged chunk is written again like an absent one).
+        ``occupied``: the blocks to ingest, a bool mask over the block grid (default:
+        every block). Where that is every block, two whole-array reads where every
+        chunk reads; otherwise each block is judged on its own chunks (a damaged chunk
+        is written again like an absent one), reading nothing of the other blocks.
         """
         by, bx = self.info.block
-        # The usual case: every chunk reads, and two whole-array reads say it all. Where some chunk
-        # is damaged, each block is judged on its own below.
-        with contextlib.suppress(Exception):
-            entries, nnz = self._block_entries(), np.asarray(self._group["nnz"][...])  # type: ignore[index]
-            return [(br, bc) for br, bc in self.blocks()
-                    if entries[br, bc] < 0 or (nnz[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx] < 0).any()]
+        if occupied is None or bool(np.all(occupied)):
+            # The usual dense case: every chunk reads, and two whole-array reads say it all. Where
+            # some chunk is damaged, each block is judged on its own below.
+            with contextlib.suppress(Exception):
+                entries, nnz = np.asarray(self._array("entries")[...]), np.asarray(self._array("nnz")[...])
+                return [(br, bc) for br, bc in self.blocks()
+                        if entries[br, bc] < 0 or (nnz[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx] < 0).any()]
+            candidates = self.blocks()
+        else:
+            candidates = [(int(r), int(c)) for r, c in np.argwhere(occupied)]
         todo = []
-        for br, bc in self.blocks():
+        for br, bc in candidates:
             try:
-                written = int(self._group["entries"][br, bc])  # type: ignore[index, arg-type]
-                counts = np.asarray(self._group["nnz"][br * by : (br + 1) * by, bc * bx : (bc + 1) * bx])  # type: ignore[index]
+                written = int(self._array("entries")[br, bc])
+                counts = np.asarray(self._array("nnz")[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx])
             except Exception:  # noqa: BLE001 - a damaged chunk of an unfinished ingest is written again
                 todo.append((br, bc))
                 continue
@@ -225,10 +297,16 @@ class SceneStore:
                 todo.append((br, bc))
         return todo
 
-    def entries_total(self) -> int:
-        """Values in the scene (each counted in the one core that holds it), over the finished blocks."""
-        entries = self._block_entries()
-        return int(entries[entries > 0].sum())
+    def entries_total(self, occupied: np.ndarray | None = None) -> int:
+        """Values in the scene (each counted in the one core that holds it), over the finished blocks
+        (of ``occupied``, a bool mask over the block grid, where given: the others are not read)."""
+        if occupied is None:
+            entries = self._block_entries()
+            return int(entries[entries > 0].sum())
+        total = 0
+        for br, bc in np.argwhere(occupied):
+            total += max(self._block_entry(int(br), int(bc)), 0)
+        return total
 
     # -- index internals ----------------------------------------------------
     def _block_of(self, row: int, col: int) -> tuple[int, int]:
@@ -236,42 +314,64 @@ class SceneStore:
         return row // by, col // bx
 
     def _index_entry(self, row: int, col: int) -> int:
+        if self.sparse_index and self._attrs.get("complete") and not self.written_blocks()[self._block_of(row, col)]:
+            return 0  # a block the record does not list holds only empty tiles
         problem = None
         try:
-            value = int(self._group["nnz"][row, col])  # type: ignore[index, arg-type]
+            value = int(self._array("nnz")[row, col])
         except Exception as exc:  # noqa: BLE001 - a chunk that cannot be read is a damaged store
             problem = chunk_problem(exc)
         if problem is not None:  # unchained, as in read_tile
             raise StoreError(f"{self.path}: index block {self._block_of(row, col)} {problem}; ingest again")
         return value
 
+    def _read_block(self, br: int, bc: int) -> np.ndarray:
+        """One block's index chunk; raises :class:`StoreError` naming it where it is absent or damaged."""
+        by, bx = self.info.block
+        problem = None
+        try:
+            counts = np.asarray(self._array("nnz")[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx])
+        except Exception as exc:  # noqa: BLE001 - a chunk that cannot be read is a damaged store
+            problem = chunk_problem(exc)
+        else:
+            if (counts < 0).any():
+                problem = f"(tile ({br * by}, {bc * bx})) is missing"
+        if problem is not None:  # unchained, as in read_tile
+            raise StoreError(f"{self.path}: index block ({br}, {bc}) {problem}; ingest again")
+        return counts
+
+    def _block_entry(self, br: int, bc: int) -> int:
+        problem = None
+        try:
+            return int(self._array("entries")[br, bc])
+        except Exception as exc:  # noqa: BLE001 - a chunk that cannot be read is a damaged store
+            problem = chunk_problem(exc)
+        raise StoreError(f"{self.path}: the entry count of block ({br}, {bc}) {problem}; ingest again")
+
     def _read_index(self) -> np.ndarray:
         with contextlib.suppress(Exception):  # some chunk is damaged: find it below, and name it
-            return np.asarray(self._group["nnz"][...])  # type: ignore[index]
+            return np.asarray(self._array("nnz")[...])
         by, bx = self.info.block
         for br, bc in self.blocks():
             self._index_entry(br * by, bc * bx)  # raises for the first chunk that cannot be read
         # Every chunk reads on its own: the whole read failed for another reason, raised as it is.
-        return np.asarray(self._group["nnz"][...])  # type: ignore[index]
+        return np.asarray(self._array("nnz")[...])
 
     def _block_entries(self) -> np.ndarray:
         problem = None
         try:
-            return np.asarray(self._group["entries"][...])  # type: ignore[index]
+            return np.asarray(self._array("entries")[...])
         except Exception as exc:  # noqa: BLE001 - a chunk that cannot be read is a damaged store
             problem = chunk_problem(exc)
         raise StoreError(f"{self.path}: the block entry counts {problem}; ingest again")
 
 
-def _block_grid(info: SceneInfo) -> tuple[int, int]:
-    """Index chunks (blocks) per side ``(rows, cols)``."""
-    ny, nx = info.grid.grid_shape
-    by, bx = info.block
-    return -(-ny // by), -(-nx // bx)
+#: The largest side, in blocks, of one chunk of the ``written`` record (a million blocks: 1 MB).
+_RECORD_CHUNK = 1024
 
 
 def _create_arrays(group: zarr.Group, attrs: dict[str, Any], info: SceneInfo) -> None:
-    """Write the store's attributes and create its three empty arrays (see "Layout, and why" above)."""
+    """Write the store's attributes and create its empty arrays (see "Layout, and why" above)."""
     ny, nx = info.grid.grid_shape
     group.attrs["tilepipe"] = attrs
     with quiet_vlen():
@@ -294,10 +394,19 @@ def _create_arrays(group: zarr.Group, attrs: dict[str, Any], info: SceneInfo) ->
     )
     group.create_array(
         "entries",
-        shape=_block_grid(info),
+        shape=info.block_grid,
         chunks=(1, 1),
         dtype="int64",
         fill_value=NOT_WRITTEN,
+        compressors=compressors(3),
+        dimension_names=("block_row", "block_col"),
+    )
+    group.create_array(
+        "written",
+        shape=info.block_grid,
+        chunks=tuple(min(n, _RECORD_CHUNK) for n in info.block_grid),
+        dtype="uint8",
+        fill_value=0,
         compressors=compressors(3),
         dimension_names=("block_row", "block_col"),
     )
