@@ -1,4 +1,8 @@
-"""The Python API in one place: ingest, run, export, inspect."""
+"""The Python API in one place: ingest, run, export, inspect.
+
+Calls that share a cluster take one ``client``: :func:`connect` opens (or joins) it, as every
+caller in tilepipe does; calls that share a model file take one :class:`ModelFile`, hashed once.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from rasterio.crs import CRS
 from tilepipe.errors import WrongStoreKindError
 from tilepipe.execute.cluster import connect
 from tilepipe.execute.ingest import ingest
+from tilepipe.execute.models import ModelFile
 from tilepipe.execute.run import RunReport, run_model
 from tilepipe.store import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, STATUS_NOT_DONE, ResultStore, SceneStore
 
-__all__ = ["info", "ingest", "open_result", "open_scene", "run"]
+__all__ = ["ModelFile", "RunReport", "connect", "info", "ingest", "open_result", "open_scene", "run"]
 
 
 def run(
@@ -36,8 +41,9 @@ def run(
         A scene store (path, URL or :class:`SceneStore`) made by :func:`ingest`.
     model
         A ``.keras`` path (workers load it; on a remote cluster it must be a
-        path they can open) or a ``keras.Model`` (saved to a temporary file
-        for the run).
+        path they can open), a :class:`ModelFile` (a path hashed already, by
+        ``ModelFile.of(path)``: calls that share one hash the file once) or a
+        ``keras.Model`` (saved to a temporary file for the run).
     result
         Where the result store goes. An incomplete store of the same run is
         resumed; a complete one is left alone (``report.up_to_date``).
@@ -45,19 +51,15 @@ def run(
         A ``distributed.Client``; None starts an embedded ``LocalCluster``
         for this call (or uses ``DASK_SCHEDULER_ADDRESS`` when set).
     gpu
-        Annotate model tasks with ``resources={"GPU": 1}``.
+        Annotate model tasks with ``resources={"GPU": 1}`` (and give an embedded cluster's worker that resource).
     batch_size
         Tiles of the same shape per model call (default 8).
+    n_workers
+        Worker processes of an embedded cluster (default: one per core, one with ``gpu``).
     """
     scene_path = scene.path if isinstance(scene, SceneStore) else os.fspath(scene)
-    result_path = os.fspath(result)
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if client is not None:
-        return run_model(scene_path, model, result_path, client=client, gpu=gpu,
-                         batch_size=batch_size, overwrite=overwrite, progress=progress)
-    with connect(n_workers=n_workers, gpu=gpu) as own:
-        return run_model(scene_path, model, result_path, client=own, gpu=gpu,
+    with connect(client=client, n_workers=n_workers, gpu=gpu) as active:
+        return run_model(scene_path, model, os.fspath(result), client=active, gpu=gpu,
                          batch_size=batch_size, overwrite=overwrite, progress=progress)
 
 

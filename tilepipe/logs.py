@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 
-__all__ = ["NOTICE", "current_log_file", "route_process_logs", "to_file"]
+__all__ = ["NOTICE", "current_log_file", "route_process_logs", "to_file", "without_tensorflow_lines"]
 
 _STATE: dict[str, str | None] = {"path": None}
 
@@ -87,3 +90,69 @@ def to_file(*, verbose: bool = False) -> str:
 def current_log_file() -> str | None:
     """The log file the CLI chose, or None when tilepipe runs as a library."""
     return _STATE["path"]
+
+
+#: TensorFlow's native log lines: absl's (``I0000 00:00:1796227892.912074   21332 port.cc:153] oneDNN ...``),
+#: TensorFlow's own before it used absl (``2024-01-01 12:00:00.000000: I tensorflow/...``), and the plain
+#: lines around them (absl's note before its first line, cpu_feature_guard's second line).
+_TF_LINE = re.compile(
+    rb"[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] \S+:\d+\] "
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|To enable the following instructions: .* rebuild TensorFlow "
+)
+
+# One window at a time: a second one opened inside the first would restore the first's pipe as stderr.
+_WINDOW = threading.Lock()
+
+
+@contextlib.contextmanager
+def without_tensorflow_lines() -> Iterator[None]:
+    """Start processes in this block whose stderr reaches ours without TensorFlow's native log lines.
+
+    A worker process that imports TensorFlow before any tilepipe code runs in it (a spawned
+    worker re-imports the caller's main module, and a script that does ``import keras`` at
+    its top imports TensorFlow there) prints absl's oneDNN, cudart and cuInit lines on fd 2
+    whatever ``TF_CPP_MIN_LOG_LEVEL`` says. So, for the block only, this process's fd 2 is a
+    pipe, which every process started in the block inherits as its stderr for its whole
+    life; a thread copies what comes through to the real stderr, every line but TensorFlow's
+    (those go to the CLI's log file, where there is one). This process's own stderr is
+    restored when the block ends; what it wrote meanwhile was copied too.
+    ``TILEPIPE_TF_VERBOSE=1`` leaves stderr alone.
+    """
+    if os.environ.get("TILEPIPE_TF_VERBOSE"):
+        yield
+        return
+    with _WINDOW:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        read_end, write_end = os.pipe()
+        real = os.dup(2)
+        threading.Thread(target=_copy_lines, args=(read_end, real, current_log_file()),
+                         name="tilepipe-worker-stderr", daemon=True).start()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        try:
+            yield
+        finally:
+            if sys.stderr is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.flush()
+            os.dup2(real, 2)  # the pipe's write end now lives in the processes started in the block only
+
+
+def _copy_lines(read_end: int, real: int, log_file: str | None) -> None:
+    """Copy lines from the pipe to the real stderr until every writer has ended; TensorFlow's to ``log_file``."""
+    with contextlib.ExitStack() as stack:
+        pipe = stack.enter_context(os.fdopen(read_end, "rb"))
+        stderr = stack.enter_context(os.fdopen(real, "wb", buffering=0))
+        log = None
+        if log_file is not None:
+            with contextlib.suppress(OSError):  # no log file: TensorFlow's lines are dropped, the rest still copied
+                log = stack.enter_context(open(log_file, "ab", buffering=0))
+        for line in pipe:
+            target = log if _TF_LINE.match(line) else stderr
+            # A failed write is dropped, never the reading: a process whose stderr pipe is full would block.
+            if target is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    target.write(line)

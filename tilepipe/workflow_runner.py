@@ -1,23 +1,25 @@
-"""Running a workflow file end to end: ingest, run, export."""
+"""Running a workflow file end to end: ingest, run, export, as calls of the public API.
+
+One cluster (:func:`tilepipe.api.connect`) and one model file (:class:`tilepipe.api.ModelFile`,
+hashed once) serve :func:`tilepipe.api.ingest` and :func:`tilepipe.api.run`; the exports are
+:func:`tilepipe.export.export_geotiff` and :func:`tilepipe.export.quicklook`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tilepipe import api
+from tilepipe.api import ModelFile, RunReport
 from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM, builtin_model_path
-from tilepipe.execute.cluster import connect
-from tilepipe.execute.ingest import ingest
-from tilepipe.execute.run import RunReport, run_model
 from tilepipe.export import export_geotiff, quicklook, record_band_names
 from tilepipe.location import Location, existing_output, refuse_overlaps
-from tilepipe.model.loader import model_sha256
 from tilepipe.sources import probe_stack, synthetic_scene
-from tilepipe.store import ResultStore, SceneStore
+from tilepipe.store import ResultStore
 from tilepipe.workflow import Workflow, load_workflow
 
 __all__ = ["WorkflowOutcome", "run_workflow"]
@@ -62,45 +64,18 @@ def run_workflow(
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     _refuse_overlaps(wf)
     t0 = time.perf_counter()
-    if wf.model.path is not None:
-        model_sha256(wf.model.path)  # a clear error before any cluster starts
-    given = contextlib.nullcontext(client) if client is not None else None
-    with given or connect(
-        wf.cluster.address,
-        n_workers=wf.cluster.n_workers,
-        threads_per_worker=wf.cluster.threads_per_worker,
-        gpu=wf.cluster.gpu,
-    ) as active:
+    # Hashed here, once for ingest and run; an unreadable file is a clear error before any cluster starts.
+    model = ModelFile.of(wf.model.path) if wf.model.path is not None else None
+    with api.connect(wf.cluster.address, client=client, n_workers=wf.cluster.n_workers,
+                     threads_per_worker=wf.cluster.threads_per_worker, gpu=wf.cluster.gpu) as active:
         dashboard = getattr(active, "dashboard_link", None) if _has_dashboard(active) else None
         say(f"cluster: {active.scheduler.address} ({len(active.scheduler_info()['workers'])} workers)"
             + (f", dashboard {dashboard}" if dashboard else ""))
-        model = wf.model.path or _builtin_model(wf, active)
-        scene_path = wf.output.scene
-        src = wf.input
-        if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
-            scene_path = src.path
-            say(f"scene: using the scene store {scene_path}")
-        elif src.synthetic is not None:
-            spec = src.synthetic
-            say(f"scene: generating a synthetic {spec.shape[0]} x {spec.shape[1]} x {spec.bands} scene "
-                f"({spec.occupancy:.0%} of tiles occupied)")
-            coo = synthetic_scene(spec.shape, bands=spec.bands, occupancy=spec.occupancy,
-                                  tile_size=wf.tiling.tile_size, seed=spec.seed, dtype=spec.dtype)
-            ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
-                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress, client=active)
-        else:
-            assert src.raster is not None
-            shown = ", ".join(src.stack) if src.stack is not None else src.path
-            if src.assets is not None:
-                shown = f"{shown} (assets {', '.join(src.assets)})"
-            say(f"ingest: {shown} -> {scene_path}")
-            ingest(list(src.raster) if src.stack is not None else src.raster, scene_path,
-                   tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model, nodata=src.nodata,
-                   mask=src.mask, bands=src.bands, assets=src.assets, overwrite=overwrite, client=active,
-                   progress=progress)
-        say(f"run: {model} over {scene_path} -> {wf.output.zarr}")
-        report = run_model(scene_path, model, wf.output.zarr, client=active, gpu=wf.cluster.gpu,
-                           batch_size=wf.cluster.batch_size, overwrite=overwrite, progress=progress)
+        model = model or ModelFile.of(_builtin_model(wf, active))
+        scene_path = _scene(wf, model, active, overwrite, progress, say)
+        say(f"run: {model.path} over {scene_path} -> {wf.output.zarr}")
+        report = api.run(scene_path, model, wf.output.zarr, client=active, gpu=wf.cluster.gpu,
+                         batch_size=wf.cluster.batch_size, overwrite=overwrite, progress=progress)
     fresh = not report.up_to_date
     if published is not None:
         staged_scene = scene_path == wf.output.scene
@@ -125,6 +100,35 @@ def run_workflow(
                    lambda out, ow: quicklook(wf.output.zarr, out, overwrite=ow))
     return WorkflowOutcome(report, scene_path, wf.output.zarr, geotiff, look, time.perf_counter() - t0, dashboard,
                            products)
+
+
+def _scene(wf: Workflow, model: ModelFile, client: Any, overwrite: bool, progress: bool,
+           say: Callable[[str], Any]) -> str:
+    """The scene store the run reads: the input where it is one, else the input ingested (on ``client``)."""
+    src = wf.input
+    if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
+        say(f"scene: using the scene store {src.path}")
+        return src.path
+    scene_path = wf.output.scene
+    if src.synthetic is not None:
+        spec = src.synthetic
+        say(f"scene: generating a synthetic {spec.shape[0]} x {spec.shape[1]} x {spec.bands} scene "
+            f"({spec.occupancy:.0%} of tiles occupied)")
+        coo = synthetic_scene(spec.shape, bands=spec.bands, occupancy=spec.occupancy,
+                              tile_size=wf.tiling.tile_size, seed=spec.seed, dtype=spec.dtype)
+        api.ingest(coo, scene_path, tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model,
+                   crs=DEMO_CRS, transform=DEMO_TRANSFORM, overwrite=overwrite, progress=progress, client=client)
+        return scene_path
+    assert src.raster is not None
+    shown = ", ".join(src.stack) if src.stack is not None else src.path
+    if src.assets is not None:
+        shown = f"{shown} (assets {', '.join(src.assets)})"
+    say(f"ingest: {shown} -> {scene_path}")
+    api.ingest(list(src.raster) if src.stack is not None else src.raster, scene_path,
+               tile_size=wf.tiling.tile_size, halo=wf.tiling.halo, model=model, nodata=src.nodata,
+               mask=src.mask, bands=src.bands, assets=src.assets, overwrite=overwrite, client=client,
+               progress=progress)
+    return scene_path
 
 
 def _refuse_overlaps(wf: Workflow) -> None:
@@ -163,7 +167,7 @@ def _raster_bands(wf: Workflow) -> int:
     if src.bands:
         return len(src.bands)
     if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
-        return SceneStore.open(src.path).info.bands
+        return api.open_scene(src.path).info.bands
     assert src.raster is not None
     return probe_stack(src.raster, assets=src.assets).bands
 

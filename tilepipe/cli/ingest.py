@@ -7,8 +7,7 @@ import click
 from tilepipe.api import ingest
 from tilepipe.cli import options
 from tilepipe.errors import InputError
-from tilepipe.execute.cluster import connect, resolve_address
-from tilepipe.store import SceneStore
+from tilepipe.execute.cluster import connect
 
 
 @click.command("ingest")
@@ -43,17 +42,9 @@ def command(sources: tuple[str, ...], store: str, tile_size: int, halo: int | No
     if asset_list is not None and not all(asset_list):
         raise InputError(f"--assets: expected comma-separated asset keys, got {assets!r}")
     source: str | list[str] = sources[0] if len(sources) == 1 else list(sources)
-
-    def run(client: object = None) -> SceneStore:
-        return ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata, mask=mask,
-                      bands=band_list, assets=asset_list, overwrite=overwrite, client=client)
-
-    address = resolve_address(scheduler)
-    if address:
-        with connect(address) as client:
-            scene = run(client)
-    else:
-        scene = run()
+    with connect(scheduler, embedded=False) as client:  # no scheduler: None, and windows are read on local threads
+        scene = ingest(source, store, tile_size=tile_size, halo=halo, model=model, nodata=nodata, mask=mask,
+                       bands=band_list, assets=asset_list, overwrite=overwrite, client=client)
     nnz = scene.index()
     ny, nx = nnz.shape
     click.echo(f"{store}: {scene.info.shape[0]} x {scene.info.shape[1]} x {scene.info.bands} {scene.info.dtype}, "

@@ -30,19 +30,34 @@ class ModelFile:
     sha256: str
     name: str | None = None
 
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> ModelFile:
+        """The ``.keras`` file at ``path``, checked and hashed (once: pass the result on, not the path).
+
+        Raises :class:`~tilepipe.errors.ModelError` naming the file where it is not a readable ``.keras`` file.
+        """
+        if isinstance(path, ModelFile):
+            return path
+        path = os.fspath(path)
+        return cls(path, model_sha256(path), name=path)
+
     @property
     def shown(self) -> str:
         """The path as recorded in provenance: absolute where it is local."""
         location = Location.of(self.path)
         return location.path if location.is_local else self.path
 
+    def __fspath__(self) -> str:
+        # A path-like: everything that takes a model path takes one, and none hashes it again.
+        return self.path
+
 
 @contextlib.contextmanager
 def model_file(model: Any) -> Iterator[ModelFile]:
-    """The model as a file: a ``.keras`` path as it is, a ``keras.Model`` saved to a temporary folder for the block."""
+    """The model as a file: a :class:`ModelFile` or ``.keras`` path as it is, a ``keras.Model`` saved to a temporary
+    folder for the block."""
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        yield ModelFile(path, model_sha256(path), name=path)
+        yield ModelFile.of(model)
         return
     # A model object: TensorFlow is in this process already, since the caller built it.
     from tilepipe.model.loader import resolve_model  # noqa: PLC0415 - a model object means TensorFlow is here
@@ -59,13 +74,18 @@ _FACTS: dict[tuple[str, int | None], ModelFacts] = {}
 
 
 def facts_on_worker(client: Any, model: ModelFile, bands: int | None, *, gpu: bool = False) -> ModelFacts:
-    """The model's facts, worked out by a worker (which keeps the model loaded for the tasks to come)."""
-    key = (model.sha256, bands)
-    facts = _FACTS.get(key)
+    """The model's facts, worked out by a worker (which keeps the model loaded for the tasks to come).
+
+    Asked once per model and process: facts asked without ``bands`` (ingest) are those for the
+    model's own input bands, which a run on a scene of that many bands then reuses.
+    """
+    facts = _FACTS.get((model.sha256, bands))
     if facts is None:
         facts = client.submit(
             model_facts, model.path, model.sha256, bands, model.name, pure=False,
             resources={"GPU": 1} if gpu else None,
         ).result()
-        _FACTS[key] = facts
+        _FACTS[(model.sha256, bands)] = facts
+        if bands is None and facts.interior:
+            _FACTS[(model.sha256, facts.in_channels)] = facts
     return facts

@@ -39,9 +39,11 @@ def model_facts(path: str, sha256: str, bands: int | None, name: str | None = No
     """Load (or reuse) the model at ``path`` in this process and describe it.
 
     With ``bands``, also check the model takes that many input bands and work out
-    its response to zeros; without, ``interior`` is empty (for ingest, which only
-    needs the footprint). ``name``: the model file as the user named it, said in a
-    refusal of its layers (None: a model object, saved to ``path`` for the run).
+    its response to zeros; without, the response is for the model's own input bands
+    (ingest needs only the footprint, and the run that follows reuses the rest), and
+    ``interior`` is empty where the model does not say how many it takes. ``name``: the
+    model file as the user named it, said in a refusal of its layers (None: a model
+    object, saved to ``path`` for the run).
     """
     # Imported here, where the facts are worked out: ModelFacts itself is for clients without TensorFlow.
     from tilepipe.model.cache import worker_model  # noqa: PLC0415 - keeps TensorFlow out of the client
@@ -52,9 +54,11 @@ def model_facts(path: str, sha256: str, bands: int | None, name: str | None = No
     footprint = footprint_of(compiled.model, name=name)
     interior: tuple[float, ...] = ()
     uniform = True
+    if bands is None:
+        bands = compiled.in_channels
+    elif compiled.in_channels is not None and compiled.in_channels != bands:
+        raise ModelError(f"{path}: the model expects {compiled.in_channels} input bands, the scene has {bands}")
     if bands is not None:
-        if compiled.in_channels is not None and compiled.in_channels != bands:
-            raise ModelError(f"{path}: the model expects {compiled.in_channels} input bands, the scene has {bands}")
         period = zero_response_interior(compiled, footprint, bands)
         interior = tuple(float(v) for v in period[0, 0])
         uniform = bool(np.all(period == period[:1, :1]))
