@@ -4,15 +4,22 @@ Importing tilepipe is cheap and changes nothing in the caller's process: TensorF
 is started (by :func:`tilepipe.model._tf.start`, the one place that does) on first
 use of a function that needs a model.
 
-Dependency order, lower never imports higher::
+Dependency order, lower never imports higher (enforced by the import-linter contracts in
+pyproject.toml; names on one line do not import each other)::
 
-    errors, location, progress, _worker
+    _version, errors
+      <- location, logs, progress, _worker   (paths and URLs, log capture, progress bars, worker facts)
       <- geometry
-      <- store, sources        (readers and writers of stores and rasters)
+      <- store                 (scene and result stores: their metadata, readers and writers)
+      <- sources               (inputs: GeoTIFFs, stacks, STAC items, points, synthetic scenes)
       <- model                 (footprints, loading, per-process caches; TensorFlow)
-      <- plan                  (pure: scene info + model facts + status -> RunPlan)
+      <- plan, demo            (plan is pure: scene info + model facts + status -> RunPlan;
+                                demo builds the demo models)
       <- execute               (one executor for ingest and run, on a Client or threads)
-      <- api, conv, verify, export, workflow, workflow_runner, watch, cli
+      <- api, conv, verify, export
+      <- workflow <- workflow_runner <- watch <- cli <- __main__
+
+A module whose name starts with ``_`` is imported only from inside its own package.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def build_demo_model(bands: int = 4, filters: int = 16) -> Any:
     """
     import numpy as np  # noqa: PLC0415 - with TensorFlow, on a worker
 
-    from tilepipe.model._tf import keras  # noqa: PLC0415 - built on a worker: TensorFlow stays out of the client
+    from tilepipe.model import keras  # noqa: PLC0415 - built on a worker: TensorFlow stays out of the client
 
     box = np.full((3, 3, 1, 1), 1 / 9, dtype=np.float32)
     weights = {
@@ -79,7 +79,7 @@ def build_unet_model(bands: int = 4, filters: tuple[int, ...] = (16, 32, 32), se
     (8), so tilepipe aligns tiles to 8 px and pads the scene to a multiple of 8,
     as a user running it by hand would. Weights come from a fixed seed.
     """
-    from tilepipe.model._tf import keras  # noqa: PLC0415 - built on a worker: TensorFlow stays out of the client
+    from tilepipe.model import keras  # noqa: PLC0415 - built on a worker: TensorFlow stays out of the client
 
     layers = keras.layers
     init = keras.initializers.HeNormal(seed=seed)

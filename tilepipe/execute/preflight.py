@@ -51,7 +51,7 @@ def probe_paths(inputs: list[str], outputs: list[str], start_tensorflow: bool = 
     problems = []
     if start_tensorflow:
         try:
-            from tilepipe.model._tf import start  # noqa: PLC0415 - TensorFlow starts on the workers, not here
+            from tilepipe.model import start_tensorflow as start  # noqa: PLC0415 - TensorFlow starts on the workers, not here
 
             start()
         except ImportError as exc:

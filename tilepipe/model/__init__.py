@@ -24,6 +24,8 @@ __all__ = [
     "model_sha256",
     "resolve_model",
     "worker_model",
+    "keras",
+    "start_tensorflow",
     "zero_response_interior",
 ]
 
@@ -43,10 +45,14 @@ _LAZY = {
     "model_facts": "tilepipe.model.facts",
 }
 
+# Names whose home calls them otherwise: the Keras module (TensorFlow started first) and the one start.
+_RENAMED = {"keras": ("tilepipe.model._tf", "keras"), "start_tensorflow": ("tilepipe.model._tf", "start")}
+
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY or name in _RENAMED:
+        module, attr = _RENAMED.get(name, (_LAZY.get(name, ""), name))
+        value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'tilepipe.model' has no attribute {name!r}")

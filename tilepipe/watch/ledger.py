@@ -15,11 +15,14 @@ Rows and states
 ---------------
 A row is one scene: a file name and an identity (the content's sha256, or an
 object store's content tag), so a file rewritten under the same name is a new row.
-States: ``queued`` (seen, not yet taken), ``running`` (claimed; ``owner`` holds a
-lease until ``lease_until``), ``done``, ``failed`` (to be retried after
-``next_try``), ``quarantined`` (failed ``max_attempts`` times; only ``--retry``
-brings it back). A lease ends at ``lease_until`` (the holder renews it while it
-works) or at once where the holder is a process of this machine that is gone
+States (:class:`SceneState`, stored as their names): ``queued`` (seen, not yet taken),
+``running`` (claimed; ``owner`` holds a lease until ``lease_until``), ``done``, ``failed``
+(to be retried after ``next_try``), ``quarantined`` (failed ``max_attempts`` times; only
+``--retry`` brings it back). When a failed scene is tried again, and when it is
+quarantined, is a :class:`RetryPolicy`'s to say; the ledger records what it says.
+
+A lease ends at ``lease_until`` (the holder renews it while it works) or at once where
+the holder is a process of this machine that is gone
 (:meth:`tilepipe.store.lock.LockHolder.is_gone`): a killed watcher's scene is taken
 again, and resumed, on the next pass.
 """
@@ -28,21 +31,84 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
-from tilepipe.errors import StoreError
+from tilepipe.errors import InputError, StoreError
 from tilepipe.store.lock import LockHolder
 
-__all__ = ["STATES", "Ledger", "SceneRecord"]
+__all__ = ["STATES", "Ledger", "RetryPolicy", "SceneRecord", "SceneState"]
+
+
+class SceneState(StrEnum):
+    """What the ledger knows of a scene. Stored in SQL as its value, so ledgers written
+    before the enum read the same."""
+
+    QUEUED = "queued"
+    """Seen and settled, not taken yet (or given back unfinished)."""
+    RUNNING = "running"
+    """Claimed: its owner holds a lease until ``lease_until``."""
+    DONE = "done"
+    FAILED = "failed"
+    """Its last attempt failed; taken again from ``next_try`` on."""
+    QUARANTINED = "quarantined"
+    """Failed too often: only ``--retry`` brings it back."""
+
 
 #: Every state a scene can be in, in the order a scene goes through them.
-STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "quarantined")
+STATES: tuple[SceneState, ...] = tuple(SceneState)
+
+#: The states ``--retry`` puts back in the queue.
+_RETRIABLE = (SceneState.FAILED, SceneState.QUARANTINED)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a failed scene is tried again, and when it is given up on (quarantined).
+
+    After attempt ``n`` failed, the next is due ``min(base * factor**(n - 1), cap)`` seconds
+    later; after ``max_attempts`` failed attempts the scene is quarantined instead.
+    """
+
+    base: float = 60.0
+    """The delay after the first failure, in seconds."""
+    factor: float = 2.0
+    """What each later delay is multiplied by."""
+    cap: float = math.inf
+    """The longest delay, in seconds."""
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        for name, value, least in (("base", self.base, 0.0), ("factor", self.factor, 1.0), ("cap", self.cap, 0.0),
+                                   ("max_attempts", self.max_attempts, 1)):
+            if not value >= least:  # NaN fails too
+                raise InputError(f"Expected a retry policy's {name} of at least {least}. Got {value!r} instead.")
+
+    def delay(self, attempts: int) -> float:
+        """Seconds from the end of failed attempt number ``attempts`` (1 for the first) to the next."""
+        if self.base == 0:
+            return 0.0
+        try:
+            delay = self.base * self.factor ** max(attempts - 1, 0)
+        except OverflowError:
+            delay = math.inf
+        return min(delay, self.cap)
+
+    def next_attempt(self, attempts: int, now: float) -> float:
+        """When (seconds since the epoch) the next attempt is due, ``attempts`` having failed by ``now``."""
+        return now + self.delay(attempts)
+
+    def quarantined(self, attempts: int) -> bool:
+        """Whether a scene is given up on once ``attempts`` attempts have failed."""
+        return attempts >= self.max_attempts
+
 
 _SCHEMA_VERSION = "2"
 _SCHEMA = """
@@ -91,7 +157,7 @@ class SceneRecord:
     name: str
     identity: str
     location: str
-    status: str
+    status: SceneState
     attempts: int
     next_try: float
     discovered: float
@@ -120,6 +186,7 @@ class SceneRecord:
         d = asdict(self)
         d.pop("owner_token")
         d["key"] = self.key
+        d["status"] = self.status.value
         for name in ("started", "ended", "discovered", "next_try", "lease_until"):
             d[name] = iso(d[name]) if d[name] else None
         d["report"] = json.loads(self.report) if self.report else None
@@ -231,9 +298,9 @@ class Ledger:
         with self._connect(write=True) as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO scenes (name, identity, location, size, mtime_ns, ctime_ns, inode, status, "
-                "discovered) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                "discovered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, identity, location, quick.get("size"), quick.get("mtime_ns"), quick.get("ctime_ns"),
-                 quick.get("inode"), now),
+                 quick.get("inode"), SceneState.QUEUED.value, now),
             )
             row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
         return _record(row)
@@ -250,9 +317,9 @@ class Ledger:
             if row is None or not _takeable(_record(row), now):
                 return None
             conn.execute(
-                "UPDATE scenes SET status = 'running', owner = ?, owner_token = ?, lease_until = ?, "
+                "UPDATE scenes SET status = ?, owner = ?, owner_token = ?, lease_until = ?, "
                 "attempts = attempts + 1, started = ?, ended = NULL, wall = NULL WHERE name = ? AND identity = ?",
-                (json.dumps(asdict(owner)), owner.token, now + lease, now, name, identity),
+                (SceneState.RUNNING.value, json.dumps(asdict(owner)), owner.token, now + lease, now, name, identity),
             )
             row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
         return _record(row)
@@ -260,8 +327,8 @@ class Ledger:
     def renew(self, token: str, lease: float) -> int:
         """Extend every lease ``token`` holds by ``lease`` seconds from now; how many rows."""
         with self._connect(write=True) as conn:
-            cur = conn.execute("UPDATE scenes SET lease_until = ? WHERE owner_token = ? AND status = 'running'",
-                               (time.time() + lease, token))
+            cur = conn.execute("UPDATE scenes SET lease_until = ? WHERE owner_token = ? AND status = ?",
+                               (time.time() + lease, token, SceneState.RUNNING.value))
             return cur.rowcount
 
     def finish(self, record: SceneRecord, *, result: str | None, report: dict[str, Any] | None,
@@ -269,43 +336,44 @@ class Ledger:
         """Record a claimed scene as ``done``; False where the claim was lost meanwhile (another took over)."""
         now = time.time()
         return self._update_claimed(
-            record, "status = 'done', owner = NULL, owner_token = NULL, lease_until = NULL, ended = ?, wall = ?, "
+            record, "status = ?, owner = NULL, owner_token = NULL, lease_until = NULL, ended = ?, wall = ?, "
             "result = ?, report = ?, error = ?",
-            (now, now - (record.started or now), result, json.dumps(report) if report else None, error))
+            (SceneState.DONE.value, now, now - (record.started or now), result,
+             json.dumps(report) if report else None, error))
 
-    def fail(self, record: SceneRecord, error: str, *, max_attempts: int, backoff: float) -> SceneRecord:
-        """Record a failed attempt: ``failed`` with a retry time ``backoff * 2**(attempts - 1)`` seconds
-        from now, or ``quarantined`` once ``max_attempts`` attempts failed. The updated row."""
+    def fail(self, record: SceneRecord, error: str, *, policy: RetryPolicy) -> SceneRecord:
+        """Record a failed attempt as ``policy`` says: ``failed`` until its next attempt is due, or
+        ``quarantined``. The updated row."""
         now = time.time()
-        quarantine = record.attempts >= max_attempts
-        delay = backoff * 2 ** max(record.attempts - 1, 0)
+        quarantine = policy.quarantined(record.attempts)
         self._update_claimed(
             record, "status = ?, owner = NULL, owner_token = NULL, lease_until = NULL, ended = ?, wall = ?, "
             "error = ?, next_try = ?",
-            ("quarantined" if quarantine else "failed", now, now - (record.started or now), error,
-             0.0 if quarantine else now + delay))
+            ((SceneState.QUARANTINED if quarantine else SceneState.FAILED).value, now, now - (record.started or now),
+             error, 0.0 if quarantine else policy.next_attempt(record.attempts, now)))
         return self.get(record.name, record.identity) or record
 
     def release(self, record: SceneRecord) -> None:
         """Give a claimed scene back unfinished (the watcher was asked to stop): queued again, the
         interrupted attempt not counted; whatever its run wrote is resumed by the next taker."""
-        self._update_claimed(record, "status = 'queued', owner = NULL, owner_token = NULL, lease_until = NULL, "
-                             "attempts = MAX(attempts - 1, 0)", ())
+        self._update_claimed(record, "status = ?, owner = NULL, owner_token = NULL, lease_until = NULL, "
+                             "attempts = MAX(attempts - 1, 0)", (SceneState.QUEUED.value,))
 
     def done_elsewhere(self, name: str, identity: str, result: str | None, report: dict[str, Any] | None) -> None:
         """Record a scene that another watcher finished (its done marker was found) as ``done``."""
         with self._connect(write=True) as conn:
             conn.execute(
-                "UPDATE scenes SET status = 'done', owner = NULL, owner_token = NULL, lease_until = NULL, "
+                "UPDATE scenes SET status = ?, owner = NULL, owner_token = NULL, lease_until = NULL, "
                 "result = ?, report = ?, error = NULL, ended = COALESCE(ended, ?) WHERE name = ? AND identity = ?",
-                (result, json.dumps(report) if report else None, time.time(), name, identity),
+                (SceneState.DONE.value, result, json.dumps(report) if report else None, time.time(), name, identity),
             )
 
     def requeue(self, name: str, identity: str, why: str) -> SceneRecord | None:
         """Put a ``done`` scene back in the queue (its outputs now hold another version of the file)."""
         with self._connect(write=True) as conn:
-            conn.execute("UPDATE scenes SET status = 'queued', attempts = 0, next_try = 0, result = NULL, error = ? "
-                         "WHERE name = ? AND identity = ? AND status = 'done'", (why, name, identity))
+            conn.execute("UPDATE scenes SET status = ?, attempts = 0, next_try = 0, result = NULL, error = ? "
+                         "WHERE name = ? AND identity = ? AND status = ?",
+                         (SceneState.QUEUED.value, why, name, identity, SceneState.DONE.value))
             row = conn.execute("SELECT * FROM scenes WHERE name = ? AND identity = ?", (name, identity)).fetchone()
         return None if row is None else _record(row)
 
@@ -320,14 +388,14 @@ class Ledger:
         records = self.records()
         failed: dict[tuple[str, str], SceneRecord] = {}
         if everything:
-            failed = {(r.name, r.identity): r for r in records if r.status in ("failed", "quarantined")}
+            failed = {(r.name, r.identity): r for r in records if r.status in _RETRIABLE}
             if not failed:
                 raise StoreError(f"{self.path}: no scene has failed (see --status)")
         for scene in scenes:
             matches = [r for r in records if _names(r, scene)]
             if not matches:
                 raise StoreError(f"{self.path}: the ledger knows no scene {scene!r} (see --status)")
-            hits = [r for r in matches if r.status in ("failed", "quarantined")]
+            hits = [r for r in matches if r.status in _RETRIABLE]
             if not hits:
                 states = ", ".join(sorted({f"{r.key} is {r.status}" for r in matches}))
                 raise StoreError(f"{self.path}: scene {scene!r} has not failed ({states}); only failed or "
@@ -336,9 +404,9 @@ class Ledger:
         if not dry_run:
             with self._connect(write=True) as conn:
                 for r in failed.values():
-                    conn.execute("UPDATE scenes SET status = 'queued', attempts = 0, next_try = 0 "
-                                 "WHERE name = ? AND identity = ? AND status IN ('failed', 'quarantined')",
-                                 (r.name, r.identity))
+                    conn.execute("UPDATE scenes SET status = ?, attempts = 0, next_try = 0 "
+                                 "WHERE name = ? AND identity = ? AND status IN (?, ?)",
+                                 (SceneState.QUEUED.value, r.name, r.identity, *(s.value for s in _RETRIABLE)))
         return sorted(failed.values(), key=lambda r: (r.discovered, r.name, r.identity))
 
     # ------------------------------------------------------------------ files not taken yet
@@ -406,11 +474,11 @@ _STAT = ("size", "mtime_ns", "ctime_ns", "inode")
 
 
 def _takeable(record: SceneRecord, now: float) -> bool:
-    if record.status == "queued":
+    if record.status is SceneState.QUEUED:
         return True
-    if record.status == "failed":
+    if record.status is SceneState.FAILED:
         return record.next_try <= now
-    if record.status == "running":
+    if record.status is SceneState.RUNNING:
         if record.lease_until is not None and record.lease_until < now:
             return True  # the lease ran out: its holder is gone or cut off
         holder = LockHolder.parse(record.owner or "")
@@ -426,4 +494,10 @@ def _names(record: SceneRecord, scene: str) -> bool:
 
 def _record(row: sqlite3.Row) -> SceneRecord:
     fields = SceneRecord.__dataclass_fields__
-    return SceneRecord(**{k: row[k] for k in row.keys() if k in fields})  # noqa: SIM118 - Row has no __iter__ of keys
+    values = {k: row[k] for k in row.keys() if k in fields}  # noqa: SIM118 - Row has no __iter__ of keys
+    try:
+        values["status"] = SceneState(values["status"])
+    except ValueError:
+        raise StoreError(f"scene {row['name']!r}: expected a state of {', '.join(STATES)} in the watch ledger. "
+                         f"Got {values['status']!r} instead.") from None
+    return SceneRecord(**values)

@@ -2,12 +2,12 @@
 
 A pass lists the inbox, and for every settled scene the ledger does not call done,
 quarantined, waiting for a retry or held by a live lease: waits for a free slot
-(``max_concurrent``), claims it (a ledger transaction; on a shared scheduler also a
-scheduler lock), and runs the scene workflow on it in a thread, on one Dask client
-that stays open for the watcher's life, so the cluster's workers keep their loaded
-models between scenes. A run that fails is recorded as ``failed`` and retried on a
-later pass after ``backoff * 2**(attempts - 1)`` seconds, and quarantined after
-``max_attempts`` attempts; the other scenes go on.
+(``max_concurrent``), claims it (a :class:`Claim`: a ledger transaction; on a shared
+scheduler also a scheduler lock), and runs the scene workflow on it in a thread, on one
+Dask client that stays open for the watcher's life, so the cluster's workers keep their
+loaded models between scenes. A run that fails is recorded as ``failed`` and retried on a
+later pass, or quarantined, as the watcher's :class:`~tilepipe.watch.ledger.RetryPolicy`
+says (``backoff * 2**(attempts - 1)`` seconds; ``max_attempts`` attempts); the other scenes go on.
 
 ``--once`` is one pass that waits for its scenes; without it the watcher passes
 every ``interval`` seconds until SIGTERM or SIGINT: then it takes no new scene and
@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from tilepipe.errors import IncompleteRunError, InputError, StoreError, WatchError
@@ -37,11 +38,11 @@ from tilepipe.model.loader import model_sha256
 from tilepipe.store.lock import LockHolder
 from tilepipe.watch.claims import SchedulerClaim
 from tilepipe.watch.inbox import Entry, Inbox, remove_tree
-from tilepipe.watch.ledger import Ledger, SceneRecord
+from tilepipe.watch.ledger import Ledger, RetryPolicy, SceneRecord, SceneState
 from tilepipe.watch.outputs import Outputs, clashes, final_paths
 from tilepipe.workflow import SceneWorkflow, Workflow
 
-__all__ = ["Outcome", "WatchOptions", "Watcher"]
+__all__ = ["Claim", "Outcome", "WatchOptions", "Watcher"]
 
 log = logging.getLogger("tilepipe.watch")
 
@@ -73,6 +74,12 @@ class WatchOptions:
     scheduler: str | None = None
     gpu: bool | None = None
 
+    @property
+    def retry(self) -> RetryPolicy:
+        """When a failed scene is tried again (``backoff`` seconds, doubled each time) and when it is
+        quarantined (after ``max_attempts`` attempts)."""
+        return RetryPolicy(base=self.backoff, max_attempts=self.max_attempts)
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -83,6 +90,80 @@ class Outcome:
     key: str
     status: str
     line: str
+
+
+class Claim:
+    """A scene this watcher holds, from its claim to its end: the ledger row leased to it
+    (``record``) and, with scheduler claims, the scene's lock on the shared scheduler.
+
+    :meth:`take` takes them in order: the scheduler lock, then a look at the done marker
+    (another watcher may have finished the scene: the lock guards the marker's check, the run
+    and the marker's writing), then the ledger row; where one is refused, what was taken is
+    given back. The scene runs inside ``with claim:`` and ends the lease with :meth:`finish`
+    or :meth:`fail`. Leaving the block gives back what is still held: a lease the run did not
+    end goes back to the queue (:meth:`release`), then the lock is released. Left by an
+    exception (the run's end could not be recorded), the lease is left to run out as a
+    crashed watcher's would, and the attempt counts.
+    """
+
+    def __init__(self, ledger: Ledger, record: SceneRecord, lock: SchedulerClaim | None = None) -> None:
+        self.ledger, self.record, self.lock = ledger, record, lock
+        self._ended = False
+
+    @classmethod
+    def take(cls, ledger: Ledger, outputs: Outputs, name: str, identity: str, owner: LockHolder, lease: float,
+             lock: SchedulerClaim | None = None) -> Claim | None:
+        """Claim scene file ``name`` of content ``identity`` for ``owner``, leased for ``lease`` seconds,
+        taking ``lock`` first where given. None where it is not to be taken now; nothing is held then."""
+        with contextlib.ExitStack() as taken:
+            if lock is not None:
+                if not lock.take():
+                    log.info("%s: taken by another watcher (scheduler lock %s)", name, lock.name)
+                    return None
+                taken.callback(lock.release)
+            marker = outputs.done_marker(name, identity)
+            if marker is not None:
+                ledger.done_elsewhere(name, identity, marker.get("result"), marker.get("report"))
+                log.info("%s: done by another watcher (%s)", name, marker.get("host"))
+                return None
+            record = ledger.claim(name, identity, owner, lease)
+            if record is None:
+                return None
+            taken.pop_all()  # held until the claim is closed
+        return cls(ledger, record, lock)
+
+    def finish(self, *, result: str | None, report: dict[str, Any] | None) -> bool:
+        """Record the scene as done; False where the lease was lost meanwhile (another watcher took over)."""
+        self._ended = True
+        return self.ledger.finish(self.record, result=result, report=report)
+
+    def fail(self, error: str, policy: RetryPolicy) -> SceneRecord:
+        """Record this attempt as failed: failed or quarantined, as ``policy`` says. The updated row."""
+        self._ended = True
+        return self.ledger.fail(self.record, error, policy=policy)
+
+    def release(self) -> None:
+        """Give the scene back unfinished: queued again, this attempt not counted; what its run
+        wrote is resumed by the next taker. A ledger that cannot be written is left to the lease."""
+        self._ended = True
+        with contextlib.suppress(Exception):
+            self.ledger.release(self.record)
+
+    def close(self, *, lease: bool = True) -> None:
+        """Give back what is still held: the lease unless the run ended it (or ``lease`` is False), then the lock."""
+        try:
+            if lease and not self._ended:
+                self.release()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close(lease=exc is None)
 
 
 class _StopNow(BaseException):
@@ -111,7 +192,7 @@ class Watcher:
         self._say_lock = threading.Lock()
         self._say = say
         self._pool = ThreadPoolExecutor(max_workers=options.max_concurrent, thread_name_prefix="tilepipe-watch")
-        self._running: dict[Future[Outcome], SceneRecord] = {}
+        self._running: dict[Future[Outcome], Claim] = {}
         self._running_lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._refused: dict[str, str] = {}
@@ -205,7 +286,7 @@ class Watcher:
             self._note(f"{entry.name}: waiting: it changed while it was read")
             return "settling: it changed while it was read"
         record = self.ledger.see(entry.name, identity, entry.location, entry.quick)
-        if record.status == "done":
+        if record.status is SceneState.DONE:
             published = self.outputs.published_identity(entry.name)
             if published is None or published == identity:
                 return None
@@ -237,32 +318,17 @@ class Watcher:
 
     def _take(self, entry: Entry, identity: str) -> None:
         client = self._client_or_start()
-        claim = None
-        if self.scheduler_claims:
-            claim = SchedulerClaim(client, str(self.outputs.root), entry.name, identity)
-            if not claim.take():
-                log.info("%s: taken by another watcher (scheduler lock %s)", entry.name, claim.name)
-                return
-        try:
-            marker = self.outputs.done_marker(entry.name, identity)
-            if marker is not None:
-                self.ledger.done_elsewhere(entry.name, identity, marker.get("result"), marker.get("report"))
-                log.info("%s: done by another watcher (%s)", entry.name, marker.get("host"))
-                if claim is not None:
-                    claim.release()
-                return
-            record = self.ledger.claim(entry.name, identity, self.owner, self.options.lease)
-        except BaseException:
-            if claim is not None:
-                claim.release()
-            raise
-        if record is None:
-            if claim is not None:
-                claim.release()
+        lock = SchedulerClaim(client, str(self.outputs.root), entry.name, identity) if self.scheduler_claims else None
+        claim = Claim.take(self.ledger, self.outputs, entry.name, identity, self.owner, self.options.lease, lock)
+        if claim is None:
             return
-        future = self._pool.submit(self._process, entry, record, client, claim)
+        try:
+            future = self._pool.submit(self._process, entry, claim, client)
+        except BaseException:
+            claim.close()  # never ran: back to the queue
+            raise
         with self._running_lock:
-            self._running[future] = record
+            self._running[future] = claim
         future.add_done_callback(self._finished)
         self._start_heartbeat()
 
@@ -301,9 +367,14 @@ class Watcher:
 
     # ------------------------------------------------------------------ running one scene
 
-    def _process(self, entry: Entry, record: SceneRecord, client: Any, claim: SchedulerClaim | None) -> Outcome:
+    def _process(self, entry: Entry, claim: Claim, client: Any) -> Outcome:
+        with claim:
+            return self._run(entry, claim, client)
+
+    def _run(self, entry: Entry, claim: Claim, client: Any) -> Outcome:
         from tilepipe.workflow_runner import run_workflow  # noqa: PLC0415 - loads the executor: only when a scene runs
 
+        record = claim.record
         stage = self.outputs.stage_folder(entry.name, record.identity)
         attempt = f"attempt {record.attempts} of {self.options.max_attempts}"
         try:
@@ -316,7 +387,7 @@ class Watcher:
             report = {**outcome.report.to_dict(), "result": final.output.zarr, "geotiff": final.output.geotiff,
                       "quicklook": final.output.quicklook, "workflow_seconds": outcome.wall_seconds}
             self.outputs.publish(entry.name, record.identity, staged, final, report)
-            if not self.ledger.finish(record, result=final.output.zarr, report=report):
+            if not claim.finish(result=final.output.zarr, report=report):
                 log.warning("%s: its claim was taken over while it ran (lease %s s too short?)",
                             record.key, self.options.lease)
             remove_tree(stage)
@@ -334,21 +405,17 @@ class Watcher:
             message = _one_line(exc)
             log.error("%s: %s failed: %s", record.key, attempt, message, exc_info=not _expected(exc))
             try:
-                after = self.ledger.fail(record, message, max_attempts=self.options.max_attempts,
-                                         backoff=self.options.backoff)
+                after = claim.fail(message, self.options.retry)
             except Exception as lost:  # noqa: BLE001 - whatever it is, the failure went unrecorded
                 raise WatchError(f"{record.key}: failed ({message}), and recording the failure failed too: "
                                  f"{_one_line(lost)}") from None
-            if after.status == "quarantined":
+            if after.status is SceneState.QUARANTINED:
                 line = f"{record.key}: quarantined after {after.attempts} attempts: {message}"
             else:
                 wait_s = max(after.next_try - time.time(), 0.0)
                 line = f"{record.key}: failed ({attempt}; retried after {wait_s:.0f} s): {message}"
             self._say_line(line)
-            return Outcome(record.key, after.status, line)
-        finally:
-            if claim is not None:
-                claim.release()
+            return Outcome(record.key, after.status.value, line)
 
     def _on_done(self, entry: Entry, result: str, record: SceneRecord) -> str | None:
         """Run the ``--on-done`` command; a line to show where it failed."""
@@ -377,8 +444,7 @@ class Watcher:
             # second stop signal does not wait for the running scenes.
             self._stack.callback(self._pool.shutdown, wait=True)
             self._client = self._stack.enter_context(connect(
-                self.address, n_workers=None if self.address else cluster.n_workers,
-                threads_per_worker=None if self.address else cluster.threads_per_worker, gpu=gpu))
+                self.address, n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker, gpu=gpu))
         return self._client
 
     def _start_heartbeat(self) -> None:
@@ -401,11 +467,10 @@ class Watcher:
     def _abandon(self) -> None:
         """Give every running scene back to the queue (their runs resume on the next pass)."""
         with self._running_lock:
-            records = list(self._running.values())
-        for record in records:
-            with contextlib.suppress(Exception):
-                self.ledger.release(record)
-            self._say_line(f"{record.key}: stopped; resumes on the next pass")
+            claims = list(self._running.values())
+        for claim in claims:
+            claim.release()
+            self._say_line(f"{claim.record.key}: stopped; resumes on the next pass")
         self._client = None  # its threads now fail as the client closes: not the scenes' failures
 
     @contextlib.contextmanager
@@ -442,9 +507,9 @@ class Watcher:
 
 def _worth_claiming(record: SceneRecord) -> bool:
     """A cheap look before a claim (the claim's transaction decides)."""
-    if record.status in ("done", "quarantined"):
+    if record.status in (SceneState.DONE, SceneState.QUARANTINED):
         return False
-    return not (record.status == "failed" and record.next_try > time.time())
+    return not (record.status is SceneState.FAILED and record.next_try > time.time())
 
 
 def _expected(exc: BaseException) -> bool:
