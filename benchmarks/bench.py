@@ -29,6 +29,7 @@ over 1e-5 is reported and makes the exit status 1.
     python benchmarks/bench.py --size 8192 --occupancy 0.01,0.05,0.25,1.0 --workers 2
     python benchmarks/bench.py --model unet --size 8192 --occupancy 0.01,0.05,1.0 --workers 2
     python benchmarks/bench.py --scene lines --skip-cli
+    python benchmarks/bench.py --count-only --scene lines   # model / affected pixels, pieces, calls; no timing
 
 See benchmarks/README.md for what each number means.
 """
@@ -174,34 +175,29 @@ def _batches(groups: dict[tuple[int, ...], list[np.ndarray]], batch: int) -> lis
 
 def _support_floor(compiled: Any, jobs: list[Any], tiles: list[Any], windows: list[np.ndarray], footprint: Any,
                    scene_shape: tuple[int, int], batch: int, passes: int) -> dict[str, Any]:
-    """The model on only the pieces tilepipe's block-sparse compute runs (``compute._plan_tile``, as
+    """The model on only the pieces tilepipe's block-sparse compute runs (``compute.plan_pieces``, as
     ``compute_tiles`` calls it): each busy tile's rectangles over its affected pixels, or its whole
-    window where that is cheaper. Pieces grouped by window shape, in batches of ``batch``."""
+    window where that is cheaper. Pieces grouped into calls as ``plan_pieces`` groups them (by window
+    shape, up to ``batch`` whole windows' pixels a call), across all tiles."""
     try:
         from tilepipe.execute import compute
-        plan_tile, block, dense_fraction = compute._plan_tile, compute._block(footprint), compute.DENSE_FRACTION
-    except (ImportError, AttributeError) as exc:  # a tilepipe from before block-sparse compute (0dcd35d)
+        plan = compute.plan_pieces(jobs, tiles, footprint=footprint, scene_shape=scene_shape, batch_size=batch,
+                                   dense_fraction=compute.DENSE_FRACTION)
+        block = compute._steps(footprint)[0]
+    except (ImportError, AttributeError) as exc:  # a tilepipe from before plan_pieces
         return {"error": f"not in this tilepipe ({type(exc).__name__}: {exc})"}
-    groups: dict[tuple[int, ...], list[np.ndarray]] = collections.defaultdict(list)
-    pieces = affected = sparse = model_pixels = 0
-    for i, job in enumerate(jobs):
-        planned, count, by_parts = plan_tile(i, job, tiles[i], footprint, scene_shape, block, dense_fraction)
-        affected += count
-        sparse += bool(by_parts)
-        for piece in planned:  # a piece's window lies inside its tile's (``need``)
-            groups[piece.window.shape].append(windows[i][piece.window.relative_to(job.need).slices])
-            model_pixels += piece.window.size
-            pieces += 1
-    batches = _batches(groups, batch)
+    # a piece's window lies inside its tile's (``need``)
+    batches = [np.stack([windows[p.tile][p.window.relative_to(jobs[p.tile].need).slices] for p in call])
+               for call in plan.calls]
     # A floor is the model's time, not a trace cache's: CompiledModel keeps MAX_TRACES traced shapes
     # (least recently used dropped), and cycling through more shapes than that re-traces every call.
     from tilepipe.model import runner
 
     shapes = len({b.shape for b in batches})
     runner.MAX_TRACES = max(runner.MAX_TRACES, shapes)
-    return {"wall_seconds": _timed_calls(compiled, batches, passes), "pieces": pieces, "batches": len(batches),
-            "window_shapes": len(groups), "batch_shapes": shapes, "sparse_tiles": sparse,
-            "model_pixels": model_pixels, "affected_pixels": affected, "block": block}
+    return {"wall_seconds": _timed_calls(compiled, batches, passes), "pieces": plan.pieces, "batches": len(batches),
+            "window_shapes": plan.window_shapes, "batch_shapes": shapes, "sparse_tiles": len(plan.sparse),
+            "model_pixels": plan.model_pixels, "affected_pixels": plan.affected_pixels, "block": block}
 
 
 def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
@@ -907,6 +903,67 @@ def render_markdown(doc: dict[str, Any]) -> str:
 # =========================================================================== main
 
 
+def count_pieces(scene_path: str, keras_model: Any, workers: int = 2) -> dict[str, Any]:
+    """What tilepipe's block-sparse compute would run the model on over the scene store at ``scene_path``,
+    planned as a run plans it, without running the model: tasks from ``plan.batches`` for ``workers``
+    one-thread CPU workers, each task's pieces from ``compute.plan_pieces`` with the batch size a CPU
+    worker picks (``runner.auto_batch_size``)."""
+    from tilepipe.execute import compute
+    from tilepipe.model import CompiledModel, footprint_of
+    from tilepipe.model.runner import auto_batch_size
+    from tilepipe.plan import batches, plan_jobs
+    from tilepipe.store import SceneStore
+
+    scene = SceneStore.open(scene_path)
+    footprint = footprint_of(keras_model)
+    channels = CompiledModel(keras_model).max_channels
+    shape = tuple(scene.info.shape)
+    jobs = [j for j in plan_jobs(scene.info.grid, footprint, scene.index()) if not j.empty]
+    got = {"busy_tiles": len(jobs), "sparse_tiles": 0, "model_pixels": 0, "affected_pixels": 0, "pieces": 0,
+           "calls": 0, "block": compute._steps(footprint)[0]}
+    shapes: set[tuple[int, int]] = set()
+    for task in batches(jobs, 8, workers):  # run.py's CPU batch (_BATCH_CPU) and the bench's workers
+        tiles = [scene.read_tile(j.row, j.col) for j in task]
+        plan = compute.plan_pieces(task, tiles, footprint=footprint, scene_shape=shape,
+                                   batch_size=auto_batch_size(task[0].need.shape, channels, None))
+        got["sparse_tiles"] += len(plan.sparse)
+        got["model_pixels"] += plan.model_pixels
+        got["affected_pixels"] += plan.affected_pixels
+        got["pieces"] += plan.pieces
+        got["calls"] += len(plan.calls)
+        shapes |= {call[0].window.shape for call in plan.calls}
+    got["window_shapes"] = len(shapes)
+    got["model_over_affected"] = _ratio(got["model_pixels"], got["affected_pixels"])
+    return got
+
+
+def count_only(args: argparse.Namespace) -> int:
+    """``--count-only``: model / affected pixels, pieces and calls per scene, printed (deterministic)."""
+    import tilepipe
+    from tilepipe.demo import BUILDERS
+
+    keras_model = BUILDERS[args.model](args.bands)
+    from tilepipe.model import footprint_of
+
+    halo = footprint_of(keras_model).halo
+    tmp = tempfile.mkdtemp(prefix="tilepipe-count-", dir=args.tmp)
+    try:
+        for occ in args.occupancies:
+            coo = benchlib.make_scene(args.scene, args.size, args.bands, occ, args.tile_size, args.seed)
+            scene_path = os.path.join(tmp, "scene.zarr")
+            tilepipe.ingest(coo, scene_path, tile_size=args.tile_size, halo=halo, overwrite=True)
+            got = count_pieces(scene_path, keras_model, args.workers)
+            label = args.scene if occ is None else f"{occ:g}"
+            print(f"{args.model} {args.size}^2 {label}: model {got['model_pixels']} px, affected "
+                  f"{got['affected_pixels']} px ({fmt(got['model_over_affected'], '.3f')}x); "
+                  f"{got['pieces']} pieces, {got['window_shapes']} window shapes, {got['calls']} model calls; "
+                  f"{got['sparse_tiles']}/{got['busy_tiles']} busy tiles by rectangles; block {got['block']}",
+                  flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", choices=["demo", "unet"], default="demo",
@@ -932,6 +989,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one extra warm tilepipe run per occupancy under py-spy + dask performance_report")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-cli", action="store_true")
+    p.add_argument("--count-only", action="store_true",
+                   help="only plan tilepipe's block-sparse pieces and print model / affected pixels,\n"
+                        "pieces and model calls (no model run, no timing; seconds)")
     p.add_argument("--child", choices=["naive", "floor", "model"], help=argparse.SUPPRESS)
     p.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -950,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(answer), flush=True)
         return 0
 
+    if args.count_only:
+        return count_only(args)
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="tilepipe-bench-", dir=args.tmp)
     sampler = RssSampler().start()

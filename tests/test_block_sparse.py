@@ -22,7 +22,7 @@ from test_strided import padded_reference, relative_error, unet, unet_specs
 from tilepipe.errors import UntileableModelError
 from tilepipe.execute.compute import BLOCK, compute_tiles, empty_core
 from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window
-from tilepipe.geometry.support import affected, cover
+from tilepipe.geometry.support import affected, cover, rounded
 from tilepipe.model.receptive import footprint_of
 from tilepipe.model.runner import CompiledModel
 from tilepipe.plan import plan_jobs
@@ -86,49 +86,77 @@ def test_affected_is_the_data_dilated_by_the_footprint() -> None:
     np.testing.assert_array_equal(inner, want[5:75, 5:75])
 
 
-def test_cover_covers_every_affected_pixel_with_few_disjoint_rectangles() -> None:
+def _painted(shape: tuple[int, int], rects: list[Window]) -> np.ndarray:
+    painted = np.zeros(shape, np.int32)
+    for w in rects:
+        painted[w.slices] += 1
+    return painted
+
+
+@pytest.mark.parametrize("align", [1, 8])
+def test_cover_covers_every_affected_pixel_with_rounded_aligned_rectangles(align: int) -> None:
     rng = np.random.default_rng(1)
+    block = 32
     for _ in range(20):
         mask = np.zeros((130, 97), bool)
         for _ in range(rng.integers(1, 6)):
             y, x = rng.integers(0, 130), rng.integers(0, 97)
             mask[y : y + rng.integers(1, 40), x : x + rng.integers(1, 3)] = True
-        rects = cover(mask, 32)
-        painted = np.zeros(mask.shape, np.int32)
+        rects = cover(mask, block, align=align)
         for w in rects:
             assert 0 <= w.row_start < w.row_stop <= 130 and 0 <= w.col_start < w.col_stop <= 97
-            assert w.row_start % 32 == 0 and w.col_start % 32 == 0
-            painted[w.slices] += 1
-            assert mask[w.slices].any() or w.size > 32 * 32  # no rectangle of a single empty block
-        assert painted.max() == 1  # disjoint
-        assert np.all(painted[mask] == 1)  # every affected pixel covered
-    assert cover(np.zeros((64, 64), bool), 32) == []
+            assert mask[w.slices].any()  # no rectangle without a pixel to compute
+            for start, size, length in ((w.row_start, w.height, 130), (w.col_start, w.width, 97)):
+                # Sides rounded (few shapes), starts on the stride: except where the mask's edge cuts them.
+                assert size == rounded(size, block, align) or start + size == length or start == 0
+                assert start % align == 0 or start + size == length
+        assert np.all(_painted(mask.shape, rects)[mask] >= 1)  # every affected pixel covered
+    assert cover(np.zeros((64, 64), bool), block) == []
 
 
-def _cost(rects: list[Window], margin: int) -> int:
-    return sum((w.height + margin) * (w.width + margin) for w in rects)
+def test_rounded_sides_are_half_blocks_then_blocks_on_the_stride() -> None:
+    sides = [1, 8, 9, 16, 17, 32, 33, 48, 49]
+    assert [int(v) for v in rounded(np.array(sides), 16)] == [8, 8, 16, 16, 24, 32, 48, 48, 64]
+    assert [int(v) for v in rounded(np.array([1, 9, 40]), 16, align=16)] == [16, 16, 48]
 
 
-def test_merged_rectangles_still_cover_everything_and_cost_less() -> None:
-    """With the window's margins counted, nearby rectangles become one box: every affected pixel stays
-    covered, and the windows (rectangles grown by the margins) cost no more than unmerged ones."""
+def _cost(rects: list[Window], margin: int, block: int) -> int:
+    return sum((int(rounded(w.height, block)) + margin) * (int(rounded(w.width, block)) + margin) for w in rects)
+
+
+def test_rectangles_cost_no_more_than_the_active_blocks_and_still_cover_everything() -> None:
+    """With the window's margins counted, nearby rectangles become one box and L-shapes are cut in two:
+    every affected pixel stays covered, and the windows (rectangles grown by the margins) cost no more
+    than those of the active blocks alone (SBNet's cover)."""
     rng = np.random.default_rng(2)
-    merged_any = False
+    block = 16
+    merged_any = split_any = False
     for _ in range(60):
         mask = np.zeros((256, 200), bool)
         for _ in range(rng.integers(2, 9)):
             y, x = rng.integers(0, 256), rng.integers(0, 200)
             mask[y : y + rng.integers(1, 30), x : x + rng.integers(1, 30)] = True
         margin = int(rng.choice([6, 20, 96]))
-        plain, merged = cover(mask, 16), cover(mask, 16, (margin, margin))
-        covered = np.zeros(mask.shape, bool)
-        for w in merged:
-            covered[w.slices] = True
-        assert np.all(covered[mask]), "an affected pixel left out by a merge"
+        rects = cover(mask, block, (margin, margin))
+        assert np.all(_painted(mask.shape, rects)[mask] >= 1), "an affected pixel left out by a merge or a cut"
+        active = mask.reshape(16, 16, 200 // 8, 8).any(axis=(1, 3))  # 16 x 8 squares: two per block column
+        blocks = [Window(y * 16, y * 16 + 16, x * 8 // 16 * 16, x * 8 // 16 * 16 + 16)
+                  for y, x in zip(*np.nonzero(active), strict=True)]
+        blocks = list(dict.fromkeys(blocks))
+        assert _cost(rects, margin, block) <= _cost(blocks, margin, block)
+        merged_any |= len(rects) < len(blocks)
+        split_any |= any(not mask[w.slices].all() for w in rects) and len(rects) > 1
+    assert merged_any and split_any
 
-        assert _cost(merged, margin) <= _cost(plain, margin)
-        merged_any |= len(merged) < len(plain)
-    assert merged_any
+
+def test_an_l_shaped_cluster_is_cut_where_its_bounding_box_would_cost_more() -> None:
+    mask = np.zeros((200, 200), bool)
+    mask[:40, :200] = True  # the bar of an L
+    mask[40:200, :40] = True  # its leg
+    rects = cover(mask, 16, (6, 6), overhead=1500)
+    assert len(rects) == 2
+    assert sum(w.size for w in rects) < 0.5 * 200 * 200
+    assert np.all(_painted(mask.shape, rects)[mask] >= 1)
 
 
 # --------------------------------------------------------------------------- exact against the whole scene
@@ -208,8 +236,9 @@ def test_one_detection_costs_a_small_window_not_a_tile_and_its_neighbours() -> N
     assert relative_error(got, _reference(model, dense)) <= TOLERANCE
     assert done.sparse_tiles == 4
     assert done.affected_pixels == 7 * 7  # a 3x3 (radius 1), a 3x3 dilated by 2 (radius 2), a 1x1: radius 3
-    # One block per tile, grown by the footprint's 3 px each side: four small windows, not four 262 x 262 ones.
-    assert done.model_pixels == 4 * (BLOCK + 6) ** 2
+    # At most 4 x 4 affected pixels per tile, rounded up to half a block and grown by the footprint's
+    # 3 px each side: four small windows, not four 262 x 262 ones.
+    assert done.model_pixels == 4 * (int(rounded(4, BLOCK)) + 6) ** 2
 
 
 def test_whole_windows_where_rectangles_would_cost_more() -> None:

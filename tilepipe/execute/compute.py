@@ -15,7 +15,8 @@ with a few rectangles (:func:`~tilepipe.geometry.support.cover`), and each recta
 is computed from its own window, made by :meth:`Footprint.input_window` exactly as a
 tile's window is (grown by the footprint, aligned to the stride, clipped to the
 padded scene), and pasted over. Rectangles of one window shape, from every tile of a
-task, go through the model together. Where the rectangles' windows, each counted with
+task, go through the model together, as many a call as fit in the pixels of the batch of
+whole windows the worker was sized for (:func:`plan_pieces`). Where the rectangles' windows, each counted with
 a fixed overhead (:data:`PIECE_OVERHEAD`), add up to more than the tile's window, the
 whole window is cheaper and is computed as before.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from math import ceil
 from typing import Any
 
@@ -36,19 +38,24 @@ from tilepipe.model.runner import CompiledModel, densify
 from tilepipe.plan import TileJob
 from tilepipe.store.codec import TileData
 
-__all__ = ["DENSE_FRACTION", "PIECE_OVERHEAD", "Computed", "compute_tiles", "empty_core"]
+__all__ = ["DENSE_FRACTION", "PIECE_OVERHEAD", "Computed", "PiecePlan", "compute_tiles", "empty_core",
+           "plan_pieces"]
 
 #: What one more model input costs beyond its pixels, in pixels (a call's and a small window's
 #: overhead): about 1,500 for both the demo model and the U-Net on this kind of machine
 #: (``benchmarks/crossover.py``: rectangles of one 32-px block match the whole window's cost at
-#: 0.45 and 0.93 of its pixels).
+#: 0.45 and 0.93 of its pixels). :func:`~tilepipe.geometry.support.cover` weighs it too: two
+#: rectangles become one where that costs fewer pixels than this.
 PIECE_OVERHEAD = 1500
 #: A busy tile is computed whole where its rectangles cost more than this fraction of its window.
 DENSE_FRACTION = 1.0
-#: Side of the squares the affected pixels are gathered into, in output pixels (rounded up
-#: to a multiple of the model's output stride). Rectangles are then merged where that costs
-#: fewer pixels, so small blocks cost little: 16 gave 2.0x the affected pixels on the demo
-#: scene, 32 gave 2.35x, 8 gave 1.83x but twice the distinct window shapes.
+#: Side of the squares the affected pixels are first gathered into, in output pixels (rounded up
+#: to a multiple of the model's output stride); rectangles are then shrunk to their pixels, merged
+#: and cut by what their windows cost (pixels plus :data:`PIECE_OVERHEAD`), on a grid of half a
+#: block, and their sides rounded up to half a block (up to two blocks) or a block (see
+#: :func:`~tilepipe.geometry.support.cover`). On the demo scene at 5 %: model pixels 1.90x the
+#: affected pixels, 64 pieces of 42 window shapes (before, 16-px blocks kept whole: 2.01x, 118
+#: pieces, 41 shapes); whole 8-px blocks gave 1.83x with 234 pieces of 63 shapes.
 BLOCK = 16
 
 
@@ -58,13 +65,15 @@ class Computed:
 
     ``model_pixels``: input pixels the model ran on (windows of rectangles or tiles);
     ``affected_pixels``: core pixels whose footprint holds a value (all that had to be
-    computed); ``sparse_tiles``: tiles computed by rectangles, the rest whole.
+    computed); ``sparse_tiles``: tiles computed by rectangles, the rest whole;
+    ``model_calls``: batches the model ran.
     """
 
     cores: list[np.ndarray]
     model_pixels: int
     affected_pixels: int
     sparse_tiles: int
+    model_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +104,17 @@ def _entries(coords: tuple[np.ndarray, ...], stored: Window, window: Window) -> 
     return r - r0, c - c0, b, v
 
 
-def _block(footprint: Footprint) -> int:
-    """:data:`BLOCK` rounded up to a multiple of the output stride along both axes."""
-    out_step = 1
+def _steps(footprint: Footprint) -> tuple[int, int]:
+    """``(block, align)``: :data:`BLOCK`, and the model's output stride it is rounded up to a multiple of
+    (a rectangle starting on it has a window whose shape does not depend on where it lies)."""
+    align = 1
     for axis in (footprint.rows, footprint.cols):
-        out_step = max(out_step, ceil(axis.step * axis.scale))
-    return ceil(BLOCK / out_step) * out_step
+        align = max(align, ceil(axis.step * axis.scale))
+    return ceil(BLOCK / align) * align, align
 
 
 def _plan_tile(
-    i: int, job: TileJob, data: TileData, footprint: Footprint, scene_shape: tuple[int, int], block: int,
+    i: int, job: TileJob, data: TileData, footprint: Footprint, scene_shape: tuple[int, int],
     dense_fraction: float, coords: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[list[_Piece], int, bool]:
     """The pieces that compute tile ``i`` (rectangles, or its whole window), its affected pixel count, and
@@ -117,9 +127,13 @@ def _plan_tile(
     count = int(np.count_nonzero(hit))
     if dense_fraction <= 0:
         return whole, count, False
+    block, align = _steps(footprint)
+    # What a rectangle's window adds and a piece costs, in output pixels (cover's unit).
+    fr, fc = footprint.rows, footprint.cols
+    scale = Fraction(fr.scale) * Fraction(fc.scale)
+    margin = (ceil((fr.before + fr.after) * Fraction(fr.scale)), ceil((fc.before + fc.after) * Fraction(fc.scale)))
     pieces, cost = [], 0
-    margin = (footprint.rows.before + footprint.rows.after, footprint.cols.before + footprint.cols.after)
-    for rect in cover(hit, block, margin):
+    for rect in cover(hit, block, margin, overhead=ceil(PIECE_OVERHEAD * scale), align=align):
         out = Window(rect.row_start + job.out_core.row_start, rect.row_stop + job.out_core.row_start,
                      rect.col_start + job.out_core.col_start, rect.col_stop + job.out_core.col_start)
         window = footprint.input_window(out, scene_shape)
@@ -130,6 +144,74 @@ def _plan_tile(
     if cost > dense_fraction * job.need.size:
         return whole, count, False
     return pieces, count, True
+
+
+@dataclass(frozen=True, slots=True)
+class PiecePlan:
+    """What :func:`compute_tiles` runs the model on, planned without running it.
+
+    ``calls``: the model calls, each a tuple of same-shaped pieces; ``sparse``: the tiles
+    computed by rectangles (the rest whole); ``affected_pixels``: core pixels whose footprint
+    holds a value.
+    """
+
+    calls: tuple[tuple[_Piece, ...], ...]
+    sparse: frozenset[int]
+    affected_pixels: int
+
+    @property
+    def pieces(self) -> int:
+        """Model inputs: rectangles' windows and whole tile windows."""
+        return sum(len(call) for call in self.calls)
+
+    @property
+    def model_pixels(self) -> int:
+        """Input pixels the model runs on."""
+        return sum(p.window.size for call in self.calls for p in call)
+
+    @property
+    def window_shapes(self) -> int:
+        """Distinct input shapes (each traced once per worker)."""
+        return len({call[0].window.shape for call in self.calls})
+
+
+def plan_pieces(
+    jobs: Sequence[TileJob],
+    data: Sequence[TileData],
+    *,
+    footprint: Footprint,
+    scene_shape: tuple[int, int],
+    batch_size: int = 8,
+    dense_fraction: float = DENSE_FRACTION,
+    coords: Sequence[tuple[np.ndarray, ...] | None] | None = None,
+) -> PiecePlan:
+    """The pieces that compute non-empty tiles, grouped into model calls; pure (no model, no I/O).
+
+    Pieces of one window shape, from every tile, share calls; a call holds as many pieces as
+    fit in the pixels of ``batch_size`` of the largest tile window here (small rectangles go
+    many to a call; whole windows ``batch_size`` to a call, as before), so its memory is
+    what ``batch_size`` was sized for.
+    """
+    if coords is None:
+        coords = [None if d.is_dense else d.coords() for d in data]
+    pieces: list[_Piece] = []
+    counted = 0
+    sparse = set()
+    for i, job in enumerate(jobs):
+        planned, count, by_parts = _plan_tile(i, job, data[i], footprint, scene_shape, dense_fraction, coords[i])
+        counted += count
+        if by_parts:
+            sparse.add(i)
+        pieces.extend(planned)
+    budget = batch_size * max((job.need.size for job in jobs), default=0)
+    groups: dict[tuple[int, int], list[_Piece]] = {}
+    for piece in pieces:
+        groups.setdefault(piece.window.shape, []).append(piece)
+    calls: list[tuple[_Piece, ...]] = []
+    for shape, members in groups.items():
+        per_call = max(1, budget // (shape[0] * shape[1]))
+        calls.extend(tuple(members[k : k + per_call]) for k in range(0, len(members), per_call))
+    return PiecePlan(tuple(calls), frozenset(sparse), counted)
 
 
 def compute_tiles(
@@ -147,44 +229,30 @@ def compute_tiles(
 
     Each tile is computed from rectangles that cover its affected pixels, pasted over
     its class's zero response, or whole where that is cheaper (``dense_fraction``; 0:
-    always whole). Model inputs of the same shape go through the model together, in
-    batches of up to ``batch_size``, each densified from COO through one
-    ``tf.SparseTensor``.
+    always whole). Model inputs of the same shape go through the model together
+    (:func:`plan_pieces`: up to ``batch_size`` whole windows' pixels a call), each batch
+    densified from COO through one ``tf.SparseTensor``.
     """
-    block = _block(footprint)
     coords = [None if d.is_dense else d.coords() for d in data]  # unpacked once per tile
-    pieces: list[_Piece] = []
-    counted = 0
-    sparse = set()
-    for i, job in enumerate(jobs):
-        planned, count, by_parts = _plan_tile(i, job, data[i], footprint, scene_shape, block, dense_fraction,
-                                              coords[i])
-        counted += count
-        if by_parts:
-            sparse.add(i)
-        pieces.extend(planned)
+    plan = plan_pieces(jobs, data, footprint=footprint, scene_shape=scene_shape, batch_size=batch_size,
+                       dense_fraction=dense_fraction, coords=coords)
     cores: list[np.ndarray | None] = [None] * len(jobs)
-    for i in sparse:
+    for i in plan.sparse:
         job = jobs[i]
         # The tile's class response: exact wherever no rectangle is pasted.
         cores[i] = np.array(empty_response(model, job.need.shape, job.core_in_output, bands, footprint))
-    groups: dict[tuple[int, int], list[_Piece]] = {}
-    for piece in pieces:
-        groups.setdefault(piece.window.shape, []).append(piece)
-    for shape, members in groups.items():
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            out = model(_batch(chunk, jobs, data, coords, shape, bands))
-            for k, piece in enumerate(chunk):
-                got = out[k][piece.take.slices]
-                core = cores[piece.tile]
-                if core is None:  # a tile computed whole: its window's output is the core
-                    cores[piece.tile] = got
-                else:
-                    core[piece.put.slices] = got
+    for chunk in plan.calls:
+        out = model(_batch(chunk, jobs, data, coords, chunk[0].window.shape, bands))
+        for k, piece in enumerate(chunk):
+            got = out[k][piece.take.slices]
+            core = cores[piece.tile]
+            if core is None:  # a tile computed whole: its window's output is the core
+                cores[piece.tile] = got
+            else:
+                core[piece.put.slices] = got
     done = [c for c in cores if c is not None]
     assert len(done) == len(jobs)
-    return Computed(done, sum(p.window.size for p in pieces), counted, len(sparse))
+    return Computed(done, plan.model_pixels, plan.affected_pixels, len(plan.sparse), len(plan.calls))
 
 
 def _batch(chunk: Sequence[_Piece], jobs: Sequence[TileJob], data: Sequence[TileData],

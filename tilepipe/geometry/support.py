@@ -4,11 +4,13 @@ An output pixel's value depends only on the input inside its footprint. Where th
 footprint holds no value, the pixel equals the model's response to zeros (of the
 tile's window class), which tilepipe already knows. So only the *affected* pixels,
 the data dilated by the footprint, need the model: this module finds them and covers
-them with a few rectangles made of ``block``-sized squares, so that a tile with one
-detection costs a small window, not a whole one (SBNet's active blocks, made exact
-everywhere by the zero response).
+them with a few rectangles, so that a tile with one detection costs a small window,
+not a whole one (SBNet's active blocks, made exact everywhere by the zero response).
+The rectangles start as ``block``-sized squares and are then merged and cut by what
+their *windows* cost (rectangle grown by the footprint): the model runs on windows,
+and two windows that overlap are computed twice.
 
-Both functions are pure numpy and work in ``(row, col)`` order.
+All functions are pure numpy and work in ``(row, col)`` order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from tilepipe.geometry.footprint import AxisFootprint, Footprint
 from tilepipe.geometry.window import Window
 
-__all__ = ["affected", "cover"]
+__all__ = ["affected", "cover", "rounded"]
 
 
 def _dilate(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
@@ -88,25 +90,42 @@ def affected(rows: np.ndarray, cols: np.ndarray, need: Window, out_core: Window,
     return _grows(counts, 1, np.clip(lo, 0, need.width), np.clip(hi, 0, need.width))
 
 
-def cover(mask: np.ndarray, block: int, margin: tuple[int, int] = (0, 0)) -> list[Window]:
-    """Rectangles (``mask``-local, clipped to it) that cover every True pixel of ``mask``.
+def rounded(length: np.ndarray | int, block: int, align: int = 1) -> np.ndarray:
+    """Rectangle sides as :func:`cover` rounds them up: to a multiple of half a ``block`` up to two blocks
+    (a detection's rectangle stays small), of a whole ``block`` beyond (few distinct sides, so few
+    traced window shapes). Both steps are multiples of ``align``."""
+    fine = max(align, block // 2 // align * align)
+    x = np.asarray(length, dtype=np.int64)
+    step = np.where(x <= 2 * block, fine, block)
+    return np.asarray(-(-x // step) * step)
 
-    ``mask`` is cut into ``block x block`` squares; squares holding a True pixel are
-    joined along rows into runs, and runs with the same columns in consecutive block
-    rows into rectangles. Then two rectangles become their bounding box wherever that
-    box, grown by ``margin = (rows, cols)`` (what the model's window adds to a
-    rectangle), costs no more pixels than the two grown apart: a cluster of detections
-    is one window, not many that each pay the footprint's margins. Sides are multiples
-    of ``block`` except where clipped at the mask's far edges, so few distinct shapes
-    arise.
+
+def cover(mask: np.ndarray, block: int, margin: tuple[int, int] = (0, 0), *, overhead: int = 0,
+          align: int = 1) -> list[Window]:
+    """Rectangles (``mask``-local, inside it) that cover every True pixel of ``mask``, at little cost.
+
+    A rectangle costs its window: its sides rounded up (:func:`rounded`), grown by
+    ``margin = (rows, cols)`` (what the model's window adds), multiplied, plus ``overhead``
+    (what one more model input costs, in the same pixels). Overlapping windows are paid
+    twice, as the model computes them twice.
+
+    1. ``mask`` is cut into ``block x block`` squares; squares holding a True pixel are joined
+       along rows into runs, and runs with the same columns in consecutive block rows into
+       rectangles, each shrunk to the True pixels it holds.
+    2. Two rectangles become their bounding box wherever that costs no more than the two
+       (the pair that saves most first): a cluster of detections is one window, not many that
+       each pay the margins.
+    3. Each box is cut in two, along rows or columns on a half-block grid, where the parts' tight
+       boxes cost less, and so on (an L-shaped cluster is two windows, not its bounding box).
+    4. Sides are rounded up, starts aligned to ``align``, kept inside ``mask``: few distinct
+       shapes, each a multiple of the model's stride.
     """
     height, width = mask.shape
-    ny, nx = ceil(height / block), ceil(width / block)
-    padded = np.zeros((ny * block, nx * block), dtype=bool)
-    padded[:height, :width] = mask
-    active: np.ndarray = np.asarray(padded.reshape(ny, block, nx, block).any(axis=(1, 3)))
+    ext = _extents(mask, block)
+    active = ext[1] > ext[0]
+    ny = active.shape[0]
     open_runs: dict[tuple[int, int], int] = {}  # (first block col, stop block col) -> first block row
-    rects: list[tuple[int, int, int, int]] = []
+    runs_done: list[tuple[int, int, int, int]] = []
     for by in range(ny + 1):
         runs: set[tuple[int, int]] = set()
         if by < ny:
@@ -115,42 +134,194 @@ def cover(mask: np.ndarray, block: int, margin: tuple[int, int] = (0, 0)) -> lis
             runs = {(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)}
         for run in list(open_runs):
             if run not in runs:
-                rects.append((open_runs.pop(run), by, *run))
+                runs_done.append((open_runs.pop(run), by, *run))
         for run in runs:
             open_runs.setdefault(run, by)
-    if len(rects) <= _MERGE_LIMIT:
-        rects = _merge(rects, margin[0] / block, margin[1] / block)
-    return [Window(r0 * block, min(r1 * block, height), c0 * block, min(c1 * block, width))
-            for r0, r1, c0, c1 in sorted(rects)]
+    # Each run's rectangle shrunk to its True pixels: the extremes of its blocks' extents.
+    boxes = [(int(ext[0][r0:r1, c0:c1].min()), int(ext[1][r0:r1, c0:c1].max()),
+              int(ext[2][r0:r1, c0:c1].min()), int(ext[3][r0:r1, c0:c1].max()))
+             for r0, r1, c0, c1 in sorted(runs_done)]
+    cost = _Cost(block, align, margin, overhead)
+    if len(boxes) <= _MERGE_LIMIT:
+        boxes = _merge(boxes, cost)
+    cells = _extents(mask, cost.fine)
+    parts = [part for box in boxes for part in _split(cells, cost.fine, box, cost)]
+    return sorted((_snap(box, cost, height, width) for box in parts), key=lambda w: (w.row_start, w.col_start))
 
 
 #: More rectangles than this in one tile are left unmerged (the tile is then usually computed whole).
 _MERGE_LIMIT = 256
 
+_Box = tuple[int, int, int, int]  # row_start, row_stop, col_start, col_stop (mask pixels, half-open)
 
-def _merge(rects: list[tuple[int, int, int, int]], mr: float, mc: float) -> list[tuple[int, int, int, int]]:
-    """Join rectangles (block units) whose grown bounding box costs no more than they do grown apart;
-    the pair that saves most first, until no pair saves anything."""
+
+class _Cost:
+    """What a rectangle's window costs: ``(rounded rows + margin) * (rounded cols + margin) + overhead``."""
+
+    def __init__(self, block: int, align: int, margin: tuple[int, int], overhead: int) -> None:
+        self.block, self.align, self.margin, self.overhead = block, align, margin, overhead
+        self.fine = max(align, block // 2 // align * align)
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.asarray((rounded(rows, self.block, self.align) + self.margin[0])
+                          * (rounded(cols, self.block, self.align) + self.margin[1]) + self.overhead)
+
+    def side(self, length: int) -> int:
+        """:func:`rounded` of one side (plain ints: called once per box, where numpy would cost more)."""
+        step = self.fine if length <= 2 * self.block else self.block
+        return -(-length // step) * step
+
+    def one(self, rows: int, cols: int) -> int:
+        """The cost of one rectangle."""
+        return (self.side(rows) + self.margin[0]) * (self.side(cols) + self.margin[1]) + self.overhead
+
+
+def _extents(mask: np.ndarray, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per ``cell x cell`` square of ``mask``: the first and stop row, first and stop column of its True
+    pixels (``mask``-local; ``+-big`` where it has none), each ``(ceil(rows / cell), ceil(cols / cell))``."""
+    ny, nx = ceil(mask.shape[0] / cell), ceil(mask.shape[1] / cell)
+    if mask.shape == (ny * cell, nx * cell) and mask.flags.c_contiguous and mask.dtype == np.bool_:
+        cells = mask
+    else:
+        cells = np.zeros((ny * cell, nx * cell), dtype=bool)
+        cells[: mask.shape[0], : mask.shape[1]] = mask
+    rows_hit: np.ndarray  # (ny, cell, nx): row r of square (y, x) holds a True pixel
+    if cell % 8 == 0:  # 8 booleans as one uint64: numpy's any() over short rows is 30 times slower
+        words = cells.view(np.uint64).reshape(ny * cell, nx, cell // 8)
+        either = words[:, :, 0].copy()
+        for k in range(1, cell // 8):
+            either |= words[:, :, k]
+        rows_hit = (either != 0).reshape(ny, cell, nx)
+    else:
+        rows_hit = np.asarray(cells.reshape(ny, cell, nx, cell).any(axis=3))
+    # (ny, nx, cell): column c of square (y, x) holds a True pixel (ORs of whole rows: fast)
+    cols_hit: np.ndarray = np.logical_or.reduce(cells.reshape(ny, cell, nx * cell), axis=1).reshape(ny, nx, cell)
+    busy = rows_hit.any(axis=1)
+    base_r, base_c = (np.arange(ny) * cell)[:, None], (np.arange(nx) * cell)[None, :]
+    return (np.where(busy, base_r + rows_hit.argmax(axis=1), _BIG),
+            np.where(busy, base_r + cell - rows_hit[:, ::-1, :].argmax(axis=1), -_BIG),
+            np.where(busy, base_c + cols_hit.argmax(axis=2), _BIG),
+            np.where(busy, base_c + cell - cols_hit[:, :, ::-1].argmax(axis=2), -_BIG))
+
+
+_BIG = np.iinfo(np.int64).max // 4
+
+
+def _merge(rects: list[_Box], cost: _Cost) -> list[_Box]:
+    """Join rectangles whose bounding box costs no more than they do apart; the pair that saves most
+    first, until no pair saves anything. The gains of every pair are computed once; a merge
+    recomputes only the merged box's."""
     boxes = np.array(rects, dtype=np.int64).reshape(-1, 4)
-    while len(boxes) > 1:
-        cost = (boxes[:, 1] - boxes[:, 0] + mr) * (boxes[:, 3] - boxes[:, 2] + mc)
-        lo_r = np.minimum.outer(boxes[:, 0], boxes[:, 0])
-        hi_r = np.maximum.outer(boxes[:, 1], boxes[:, 1])
-        lo_c = np.minimum.outer(boxes[:, 2], boxes[:, 2])
-        hi_c = np.maximum.outer(boxes[:, 3], boxes[:, 3])
-        gain = cost[:, None] + cost[None, :] - (hi_r - lo_r + mr) * (hi_c - lo_c + mc)
-        np.fill_diagonal(gain, -np.inf)
-        i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+    n = len(boxes)
+    if n < 2:
+        return rects
+    alone = cost(boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2])
+
+    def joined(i: np.ndarray | int, j: np.ndarray | slice) -> tuple[np.ndarray, ...]:
+        return (np.minimum(boxes[i, 0], boxes[j, 0]), np.maximum(boxes[i, 1], boxes[j, 1]),
+                np.minimum(boxes[i, 2], boxes[j, 2]), np.maximum(boxes[i, 3], boxes[j, 3]))
+
+    every = np.arange(n)
+    r0, r1, c0, c1 = joined(every[:, None], every[None, :])
+    gain = (alone[:, None] + alone[None, :] - cost(r1 - r0, c1 - c0)).astype(np.float64)
+    np.fill_diagonal(gain, -np.inf)
+    alive = np.ones(n, dtype=bool)
+    while True:
+        i, j = divmod(int(np.argmax(gain)), n)
         if gain[i, j] < 0:
             break
-        boxes[i] = (lo_r[i, j], hi_r[i, j], lo_c[i, j], hi_c[i, j])
-        boxes = np.delete(boxes, j, axis=0)
-    return _drop_covered([(int(a), int(b), int(c), int(d)) for a, b, c, d in boxes])
+        boxes[i] = [int(v) for v in (min(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1]),
+                                     min(boxes[i, 2], boxes[j, 2]), max(boxes[i, 3], boxes[j, 3]))]
+        alone[i] = cost.one(int(boxes[i, 1] - boxes[i, 0]), int(boxes[i, 3] - boxes[i, 2]))
+        alive[j] = False
+        gain[j, :] = gain[:, j] = -np.inf
+        r0, r1, c0, c1 = joined(i, slice(None))
+        row = (alone[i] + alone - cost(r1 - r0, c1 - c0)).astype(np.float64)
+        row[i] = -np.inf
+        row[~alive] = -np.inf
+        gain[i, :] = gain[:, i] = row
+    return _drop_covered([(int(a), int(b), int(c), int(d)) for a, b, c, d in boxes[alive]])
 
 
-def _drop_covered(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+def _split(cells: tuple[np.ndarray, ...], cell: int, box: _Box, cost: _Cost) -> list[_Box]:
+    """``box`` cut in two where the parts' tight boxes cost less, recursively, on the ``cell`` grid;
+    the parts cover every True pixel inside ``box``.
+
+    ``cells``: the mask's :func:`_extents` per ``cell x cell`` square. So a cut's two tight boxes,
+    for every cut position at once, are running minima and maxima of those extents (clipped to
+    ``box``: a square across its edge may make a part a little larger than its pixels, never smaller).
+    """
+    r0, r1, c0, c1 = box
+    if r1 - r0 <= 2 * cell and c1 - c0 <= 2 * cell:  # too small to cut into parts that save anything
+        return [box]
+    y0, y1, x0, x1 = r0 // cell, -(-r1 // cell), c0 // cell, -(-c1 // cell)
+    first_r, stop_r = np.maximum(cells[0][y0:y1, x0:x1], r0), np.minimum(cells[1][y0:y1, x0:x1], r1)
+    first_c, stop_c = np.maximum(cells[2][y0:y1, x0:x1], c0), np.minimum(cells[3][y0:y1, x0:x1], c1)
+    empty = (stop_r <= first_r) | (stop_c <= first_c)
+    ext = (np.where(empty, _BIG, first_r), np.where(empty, -_BIG, stop_r),
+           np.where(empty, _BIG, first_c), np.where(empty, -_BIG, stop_c))
+    ny, nx = ext[0].shape
+    out: list[_Box] = []
+    todo = [(0, ny, 0, nx)]
+    while todo:
+        y0, y1, x0, x1 = todo.pop()
+        part = [e[y0:y1, x0:x1] for e in ext]
+        tight = (int(part[0].min()), int(part[1].max()), int(part[2].min()), int(part[3].max()))
+        best, cut = cost.one(tight[1] - tight[0], tight[3] - tight[2]), None
+        for axis in (0, 1):
+            if part[0].shape[axis] < 2:
+                continue
+            # Extents per cell row (axis 0) or column (axis 1), then of everything before / after each cut.
+            lines = [part[0].min(1 - axis), part[1].max(1 - axis), part[2].min(1 - axis), part[3].max(1 - axis)]
+            head = _running(lines, forward=True)
+            tail = _running(lines, forward=False)
+            h = [e[:-1] for e in head]
+            t = [e[1:] for e in tail]
+            both = (h[1] > h[0]) & (t[1] > t[0])  # a cut with True pixels on both sides
+            total = np.where(both, cost(np.maximum(h[1] - h[0], 1), np.maximum(h[3] - h[2], 1))
+                             + cost(np.maximum(t[1] - t[0], 1), np.maximum(t[3] - t[2], 1)), _BIG)
+            k = int(np.argmin(total))
+            if total[k] < best:
+                best, cut = int(total[k]), (axis, k + 1)
+        if cut is None:
+            out.append(tight)
+        elif cut[0] == 0:
+            todo += [(y0, y0 + cut[1], x0, x1), (y0 + cut[1], y1, x0, x1)]
+        else:
+            todo += [(y0, y1, x0, x0 + cut[1]), (y0, y1, x0 + cut[1], x1)]
+    return out
+
+
+def _running(lines: list[np.ndarray], *, forward: bool) -> list[np.ndarray]:
+    """Running (min start, max stop, min start, max stop) of per-line extents, from the front or the back."""
+    ops = (np.minimum, np.maximum, np.minimum, np.maximum)
+    if forward:
+        return [op.accumulate(e) for op, e in zip(ops, lines, strict=True)]
+    return [op.accumulate(e[::-1])[::-1] for op, e in zip(ops, lines, strict=True)]
+
+
+def _snap(box: _Box, cost: _Cost, height: int, width: int) -> Window:
+    """``box`` with its sides rounded up and its starts aligned (:func:`rounded`), grown about its
+    middle and kept inside ``height x width``; it still holds ``box``."""
+    (r0, r1), (c0, c1) = (_snap_axis(box[0], box[1], cost, height), _snap_axis(box[2], box[3], cost, width))
+    return Window(r0, r1, c0, c1)
+
+
+def _snap_axis(start: int, stop: int, cost: _Cost, length: int) -> tuple[int, int]:
+    align = cost.align
+    first = start - start % align
+    size = cost.side(stop - first)
+    shift = (size - (stop - first)) // 2 // align * align  # grow about the middle, starts stay aligned
+    a = max(0, min(first - shift, length - size))
+    b = min(a + size, length)
+    if a <= start and stop <= b:
+        return a, b
+    return first, max(stop, min(first + size, length))  # kept aligned where the middle would not hold it
+
+
+def _drop_covered(rects: list[_Box]) -> list[_Box]:
     """Rectangles not inside another one (a merge may swallow a third rectangle)."""
-    def inside(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    def inside(a: _Box, b: _Box) -> bool:
         return b[0] <= a[0] and a[1] <= b[1] and b[2] <= a[2] and a[3] <= b[3]
 
     return [a for n, a in enumerate(rects) if not any(m != n and inside(a, b) and (a != b or m < n)
