@@ -178,7 +178,7 @@ def _support_floor(compiled: Any, jobs: list[Any], tiles: list[Any], windows: li
     """The model on only the pieces tilepipe's block-sparse compute runs (``compute.plan_pieces``, as
     ``compute_tiles`` calls it): each busy tile's rectangles over its affected pixels, or its whole
     window where that is cheaper. Pieces grouped into calls as ``plan_pieces`` groups them (by window
-    shape, up to ``batch`` whole windows' pixels a call), across all tiles."""
+    shape, up to ``batch`` pieces a call), across all tiles."""
     try:
         from tilepipe.execute import compute
         plan = compute.plan_pieces(jobs, tiles, footprint=footprint, scene_shape=scene_shape, batch_size=batch,
@@ -327,7 +327,7 @@ HARNESS_CALLEES = {
     "facts_on_worker": "model facts on a worker (submit + wait)",
     "model_file": "model sha256",
     "model_sha256": "model sha256",
-    "file_sha256": "model sha256",
+    "content_sha256": "model sha256",
     "SceneStore.open": "open scene store",
     "SceneStore.index": "read the tile index",
     "plan_result": "plan the result store",

@@ -1,12 +1,10 @@
 """Where rectangles stop paying: the model on a tile's whole window against the same tile by rectangles.
 
 For the demo model (halo 3) and the built-in U-Net (halo 48), one busy 1024-px tile is computed
-(a) whole and (b) from rectangles of one block each (the window of a ``BLOCK``-px block grown by the
-footprint), batched as ``compute.plan_pieces`` batches them on a CPU worker (as many pieces a call as
-fit in the pixels of ``auto_batch_size`` whole windows), warm, best of 3. The crossover is the
+(a) whole and (b) from ``k`` rectangles of one block each (the window of a 32-px block grown by the
+footprint), batched as ``compute_tiles`` batches them, warm, best of 3. The crossover is the
 fraction of the window that the rectangles' windows cover where (b) costs as much as (a):
-``tilepipe.execute.compute.PIECE_OVERHEAD`` is the overhead of one piece, in pixels. (Its 1,500 was
-measured with batches of 8 pieces, before pieces were batched by pixels.)
+``tilepipe.execute.compute.PIECE_OVERHEAD`` is the overhead of one piece, in pixels.
 
     python benchmarks/crossover.py            # about a minute; results/crossover.json
 """
@@ -37,7 +35,7 @@ def main() -> int:
     from tilepipe.demo import build_demo_model, build_unet_model
     from tilepipe.execute.compute import BLOCK
     from tilepipe.model.receptive import footprint_of
-    from tilepipe.model.runner import CompiledModel, auto_batch_size
+    from tilepipe.model.runner import CompiledModel
 
     rows = []
     for name, model in (("demo", build_demo_model(4)), ("unet", build_unet_model(4))):
@@ -50,20 +48,18 @@ def main() -> int:
         whole = np.zeros((1, window, window, 4), np.float32)
         fn(whole), fn(whole)  # traced
         t_whole = best(lambda: fn(whole))  # noqa: B023 - used at once
-        per_call = max(1, auto_batch_size((window, window), fn.max_channels, None) * window**2 // piece**2)
-        batch = np.zeros((per_call, piece, piece, 4), np.float32)
+        batch = np.zeros((8, piece, piece, 4), np.float32)
         fn(batch), fn(batch)
         t_batch = best(lambda: fn(batch))  # noqa: B023
-        per_piece = t_batch / per_call
+        per_piece = t_batch / 8
         crossover = (t_whole / per_piece) * piece * piece / (window * window)
         # The piece's cost beyond its pixels, in pixels at the whole window's cost per pixel.
         overhead = per_piece / (t_whole / (window * window)) - piece * piece
-        rows.append({"model": name, "halo": fp.halo, "window": window, "piece": piece, "pieces_per_call": per_call,
-                     "whole_s": t_whole,
+        rows.append({"model": name, "halo": fp.halo, "window": window, "piece": piece, "whole_s": t_whole,
                      "per_piece_s": per_piece, "pieces_for_whole": t_whole / per_piece,
                      "crossover_fraction": crossover, "overhead_pixels": overhead})
         print(f"{name}: window {window}^2 {t_whole * 1e3:.1f} ms; piece {piece}^2 {per_piece * 1e3:.2f} ms "
-              f"({per_call} a call); rectangles cost as much as the whole window at {crossover:.2f} of its pixels; "
+              f"(batches of 8); rectangles cost as much as the whole window at {crossover:.2f} of its pixels; "
               f"a piece's overhead is {overhead:.0f} px")
     out = Path(__file__).with_name("results") / "crossover.json"
     out.write_text(json.dumps(rows, indent=2) + "\n")

@@ -15,8 +15,8 @@ with a few rectangles (:func:`~tilepipe.geometry.support.cover`), and each recta
 is computed from its own window, made by :meth:`Footprint.input_window` exactly as a
 tile's window is (grown by the footprint, aligned to the stride, clipped to the
 padded scene), and pasted over. Rectangles of one window shape, from every tile of a
-task, go through the model together, as many a call as fit in the pixels of the batch of
-whole windows the worker was sized for (:func:`plan_pieces`). Where the rectangles' windows, each counted with
+task, go through the model together, ``batch_size`` a call (:func:`plan_pieces`). Where the
+rectangles' windows, each counted with
 a fixed overhead (:data:`PIECE_OVERHEAD`), add up to more than the tile's window, the
 whole window is cheaper and is computed as before.
 """
@@ -187,10 +187,10 @@ def plan_pieces(
 ) -> PiecePlan:
     """The pieces that compute non-empty tiles, grouped into model calls; pure (no model, no I/O).
 
-    Pieces of one window shape, from every tile, share calls; a call holds as many pieces as
-    fit in the pixels of ``batch_size`` of the largest tile window here (small rectangles go
-    many to a call; whole windows ``batch_size`` to a call, as before), so its memory is
-    what ``batch_size`` was sized for.
+    Pieces of one window shape, from every tile, share calls of up to ``batch_size`` pieces.
+    (Filling a call with as many small pieces as fit in ``batch_size`` whole windows' pixels
+    was tried: 2-8x fewer calls, but 35-45 % slower runs on CPU workers, 5 % and 100 % of the
+    demo scene alike, ``bench.py`` on 2026-12-02.)
     """
     if coords is None:
         coords = [None if d.is_dense else d.coords() for d in data]
@@ -203,14 +203,12 @@ def plan_pieces(
         if by_parts:
             sparse.add(i)
         pieces.extend(planned)
-    budget = batch_size * max((job.need.size for job in jobs), default=0)
     groups: dict[tuple[int, int], list[_Piece]] = {}
     for piece in pieces:
         groups.setdefault(piece.window.shape, []).append(piece)
     calls: list[tuple[_Piece, ...]] = []
-    for shape, members in groups.items():
-        per_call = max(1, budget // (shape[0] * shape[1]))
-        calls.extend(tuple(members[k : k + per_call]) for k in range(0, len(members), per_call))
+    for members in groups.values():
+        calls.extend(tuple(members[k : k + batch_size]) for k in range(0, len(members), batch_size))
     return PiecePlan(tuple(calls), frozenset(sparse), counted)
 
 
@@ -230,7 +228,7 @@ def compute_tiles(
     Each tile is computed from rectangles that cover its affected pixels, pasted over
     its class's zero response, or whole where that is cheaper (``dense_fraction``; 0:
     always whole). Model inputs of the same shape go through the model together
-    (:func:`plan_pieces`: up to ``batch_size`` whole windows' pixels a call), each batch
+    (:func:`plan_pieces`: up to ``batch_size`` a call), each batch
     densified from COO through one ``tf.SparseTensor``.
     """
     coords = [None if d.is_dense else d.coords() for d in data]  # unpacked once per tile
