@@ -86,6 +86,15 @@ def test_affected_is_the_data_dilated_by_the_footprint() -> None:
     np.testing.assert_array_equal(inner, want[5:75, 5:75])
 
 
+def test_affected_on_a_window_shorter_than_the_footprint() -> None:
+    # Two rows, a footprint reaching 6 rows after a pixel: the dilation's shifts pass the window's end.
+    fp = Footprint(AxisFootprint(before=0, after=6), AxisFootprint(before=0, after=0))
+    got = affected(np.array([0]), np.array([1]), Window(0, 2, 0, 2), Window(0, 2, 0, 2), fp)
+    np.testing.assert_array_equal(got, [[False, True], [False, False]])
+    got = affected(np.array([1]), np.array([0]), Window(0, 2, 0, 2), Window(0, 2, 0, 2), fp)
+    np.testing.assert_array_equal(got, [[True, False], [True, False]])
+
+
 def _painted(shape: tuple[int, int], rects: list[Window]) -> np.ndarray:
     painted = np.zeros(shape, np.int32)
     for w in rects:

@@ -43,7 +43,8 @@ def _dilate(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
     span = 1  # out[q] = any(padded[q .. q + span - 1]) so far
     while span < length:
         step = min(span, length - span)
-        out[: total - step] |= out[step:]
+        if step < total:  # a shift past the end adds nothing (and a negative stop would wrap round)
+            out[: total - step] |= out[step:]
         span += step
     return np.moveaxis(out[:n], 0, axis)
 
