@@ -911,7 +911,7 @@ def count_pieces(scene_path: str, keras_model: Any, workers: int = 2) -> dict[st
     from tilepipe.execute import compute
     from tilepipe.model import CompiledModel, footprint_of
     from tilepipe.model.runner import auto_batch_size
-    from tilepipe.plan import batches, plan_jobs
+    from tilepipe.plan import DEFAULT_BATCH, batches, plan_jobs
     from tilepipe.store import SceneStore
 
     scene = SceneStore.open(scene_path)
@@ -922,7 +922,7 @@ def count_pieces(scene_path: str, keras_model: Any, workers: int = 2) -> dict[st
     got = {"busy_tiles": len(jobs), "sparse_tiles": 0, "model_pixels": 0, "affected_pixels": 0, "pieces": 0,
            "calls": 0, "block": compute._steps(footprint)[0]}
     shapes: set[tuple[int, int]] = set()
-    for task in batches(jobs, 8, workers):  # run.py's CPU batch (_BATCH_CPU) and the bench's workers
+    for task in batches(jobs, DEFAULT_BATCH, workers):  # a run's CPU batch and the bench's workers
         tiles = [scene.read_tile(j.row, j.col) for j in task]
         plan = compute.plan_pieces(task, tiles, footprint=footprint, scene_shape=shape,
                                    batch_size=auto_batch_size(task[0].need.shape, channels, None))

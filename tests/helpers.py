@@ -1,4 +1,5 @@
-"""Helpers shared by several test modules: tiny models and scenes, GeoTIFFs, the ``tilepipe`` command.
+"""Helpers shared by several test modules: tiny models (:func:`conv_model`) and scenes (:func:`sparse_scene`),
+GeoTIFFs, the ``tilepipe`` command.
 
 Test modules import them as ``from helpers import ...``: ``tests/`` has no ``__init__.py``, so pytest's
 default ("prepend") import mode puts it on ``sys.path``. Keras, TensorFlow and rasterio are imported
@@ -76,6 +77,34 @@ def sequential(bands: int, *layers: kl.Layer, seed: int | None = None) -> keras.
     return keras.Sequential([keras.Input((None, None, bands)), *layers])
 
 
+#: One Conv2D layer of :func:`conv_model`: ``(filters, kernel, padding, activation)``, and optionally its dilation.
+ConvSpec = tuple[Any, ...]
+
+
+def conv_model(bands: int, *specs: ConvSpec, seed: int = 0, input_scale: float | None = None) -> keras.Sequential:
+    """A Sequential of Conv2D layers on inputs of any size with ``bands`` channels: the tests' one small model.
+
+    Each spec is ``(filters, kernel, padding, activation[, dilation])``. Biases are drawn from N(0, 0.5),
+    never zero (a zero bias can hide border effects), kernels Glorot-uniform; every initialiser is seeded
+    from ``seed`` and the layer's place, so a call builds the same weights whatever ran before, and no
+    global random state is touched (hypothesis examples share models). ``input_scale``: the first
+    layer's kernel drawn from N(0, input_scale), so that inputs in the hundreds (uint8 rasters) do not
+    saturate the output.
+    """
+    import keras
+
+    built: list[Any] = [keras.Input((None, None, bands))]
+    for i, (filters, kernel, padding, activation, *rest) in enumerate(specs):
+        init = keras.initializers
+        weights = (init.RandomNormal(stddev=input_scale, seed=seed * 100 + i) if i == 0 and input_scale
+                   else init.GlorotUniform(seed=seed * 100 + i))
+        built.append(keras.layers.Conv2D(
+            filters, kernel, padding=padding, activation=activation, dilation_rate=rest[0] if rest else 1,
+            kernel_initializer=weights, bias_initializer=init.RandomNormal(stddev=0.5, seed=seed * 100 + 50 + i),
+        ))
+    return keras.Sequential(built)
+
+
 def predict(model: keras.Model, batch: np.ndarray) -> np.ndarray:
     """The model on ``batch`` ``(n, y, x, band)`` in inference mode, as a numpy ``(n, y, x, channel)`` array."""
     return np.asarray(model(batch, training=False))
@@ -93,6 +122,21 @@ def coo(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """``(indices, values, shape)`` of the non-zero entries of ``dense``, as ingest or a SparseTensor takes them."""
     indices = np.argwhere(dense != 0)
     return indices, dense[tuple(indices.T)], dense.shape
+
+
+def sparse_scene(rng: np.random.Generator, shape: tuple[int, ...], density: float, *, high: int | None = None,
+                 dtype: str = "float32", pixels: bool = False) -> np.ndarray:
+    """A scene of ``shape`` that is zero but at a random ``density`` of its entries: the tests' one sparse scene.
+
+    The kept entries hold normal floats, or with ``high`` integers from 1 to ``high - 1`` (a raster's
+    ``(band, y, x)`` counts, say); ``pixels``: whole pixels are kept or not, every value along the last
+    (band) axis together. The mask is drawn first, then the values, from ``rng``.
+    """
+    keep = rng.random(shape[:-1] if pixels else shape) < density
+    if pixels:
+        keep = np.broadcast_to(keep[..., None], shape)
+    values = rng.normal(size=shape) if high is None else rng.integers(1, high, shape)
+    return np.where(keep, values, 0).astype(dtype)
 
 
 def patches(shape: tuple[int, int, int], boxes: list[tuple[int, int, int, int]], seed: int = 0) -> np.ndarray:

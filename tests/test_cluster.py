@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import dask_cli_cluster, free_port, run_tilepipe, write_geotiff
+from helpers import conv_model, dask_cli_cluster, free_port, run_tilepipe, write_geotiff
 
 pytestmark = pytest.mark.cluster
 
@@ -25,17 +25,6 @@ def cluster_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workers = (("gpu-worker", ["--resources", "GPU=1"]), ("cpu-worker", []))
     with dask_cli_cluster(tmp_path_factory.mktemp("cluster-logs"), workers) as address:
         yield address
-
-
-def _model(bands: int):  # type: ignore[no-untyped-def]
-    from tilepipe.model._tf import keras
-
-    return keras.Sequential([
-        keras.Input((None, None, bands)),
-        keras.layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer="random_normal"),
-        keras.layers.Conv2D(2, 5, padding="same", dilation_rate=2, activation="sigmoid",
-                            bias_initializer="random_normal"),
-    ])
 
 
 def _geotiff(path: Path, rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
@@ -59,7 +48,7 @@ def test_gpu_tasks_go_to_the_gpu_worker_and_ingest_spreads(cluster_address: str,
 
     rng = np.random.default_rng(3)
     dense = _geotiff(tmp_path / "scene.tif", rng, (3, 517, 611))
-    model = _model(3)
+    model = conv_model(3, (6, 3, "same", "relu"), (2, 5, "same", "sigmoid", 2))
     model.save(tmp_path / "m.keras")
     reference = np.asarray(model(dense[None]))[0]
     with Client(cluster_address) as client:
@@ -86,7 +75,7 @@ def test_cli_run_by_address_equals_embedded_run(cluster_address: str, tmp_path: 
 
     rng = np.random.default_rng(5)
     dense = _geotiff(tmp_path / "scene.tif", rng, (2, 300, 350))
-    model = _model(2)
+    model = conv_model(2, (6, 3, "same", "relu"), (2, 5, "same", "sigmoid", 2))
     model.save(tmp_path / "m.keras")
     reference = np.asarray(model(dense[None]))[0]
     for name, address in (("remote", cluster_address), ("embedded", None)):

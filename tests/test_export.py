@@ -246,8 +246,8 @@ def test_gdal_failure_becomes_store_error(
         ({"bands": []}, "at least one band"),
         ({"blocksize": 100}, "multiple of 16"),
         ({"blocksize": 8}, "from 16 to 4096"),
-        ({"compress": "jpeg"}, "compress to be one of"),
-        ({"cog": True, "resampling": "magic"}, "resampling to be one of"),
+        ({"compress": "jpeg"}, "compress: expected one of"),
+        ({"cog": True, "resampling": "magic"}, "resampling: expected one of"),
     ],
 )
 def test_bad_arguments(store: tuple[Path, np.ndarray], tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
@@ -255,6 +255,22 @@ def test_bad_arguments(store: tuple[Path, np.ndarray], tmp_path: Path, kwargs: d
     with pytest.raises(InputError, match=message):
         export_geotiff(path, tmp_path / "out.tif", **kwargs)
     assert listing(tmp_path) == {"result.zarr"}
+
+
+def test_window_action_leaves_out_fills_or_reads() -> None:
+    # Blocks of 16 px, (block_row, block_col); block (0, 2) holds a computed tile, every other is free.
+    free = np.ones((3, 4), bool)
+    free[0, 2] = False
+    act = geotiff_module.window_action
+    whole = (0, 0, 48, 64)  # every block
+    assert act(free, whole, 16, constant_is_skip=True) == "read"
+    left = (0, 0, 48, 32)  # blocks (0-2, 0-1): all free
+    assert act(free, left, 16, constant_is_skip=True) == "skip"  # GDAL fills it: nothing written, nothing read
+    assert act(free, left, 16, constant_is_skip=False) == "fill"  # another band's constant: written, not read
+    assert act(free, (0, 32, 16, 16), 16, constant_is_skip=True) == "read"  # the computed block alone
+    assert act(free, (16, 32, 32, 32), 16, constant_is_skip=False) == "fill"  # below it: free
+    assert act(free, (32, 48, 9, 5), 16, constant_is_skip=True) == "skip"  # an edge window, part of a block
+    assert act(free, (0, 40, 16, 5), 16, constant_is_skip=True) == "read"  # part of the computed block
 
 
 def test_missing_output_folder(store: tuple[Path, np.ndarray], tmp_path: Path) -> None:
@@ -293,10 +309,10 @@ def test_cli_scales_a_result_holding_nan_with_the_nodata_asked_for(
 def test_band_names_that_do_not_fit_name_the_result(store: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     path, _ = store
     proc = run_tilepipe("export", str(path), str(tmp_path / "out.tif"), "--band-names", "a,b")
-    assert_one_clear_line(proc, f"Error: {path}: Expected 3 band names, one per band of the result. Got 2 instead.")
+    assert_one_clear_line(proc, f"Error: {path}: band_names: expected 3 band names, one per band of the result, got 2")
     with pytest.raises(InputError) as err:
         record_band_names(path, ["one"])
-    assert str(err.value) == f"{path}: Expected 3 band names, one per band of the result. Got 1 instead."
+    assert str(err.value) == f"{path}: band_names: expected 3 band names, one per band of the result, got 1"
     assert listing(tmp_path) == {"result.zarr"}
 
 
@@ -392,7 +408,7 @@ def test_quicklook_on_incomplete_store_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"q\.png: already exists"):
         quicklook(path, png)
     quicklook(path, png, overwrite=True, band=1)
-    with pytest.raises(InputError, match="band to be an index from 0 to 2"):
+    with pytest.raises(InputError, match="band: expected an index from 0 to 2"):
         quicklook(path, tmp_path / "b.png", band=3)
     with pytest.raises(InputError, match="colour map"):
         quicklook(path, tmp_path / "b.png", cmap="no-such-map")

@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import rasterio
 import zarr
@@ -29,6 +31,7 @@ from rasterio.windows import Window
 
 from tilepipe.errors import InputError, StoreError
 from tilepipe.export import export_geotiff, quicklook
+from tilepipe.store.lock import LockHolder
 
 from helpers import run_tilepipe
 
@@ -199,7 +202,7 @@ def test_check_whole_finds_missing_and_cut_tiles(tmp_path: Path) -> None:
     with rasterio.open(whole, "w", **profile) as dst:
         dst.write(values)
     check(whole, 2)
-    with pytest.raises(not_whole, match="it has 2 bands, expected 3"):
+    with pytest.raises(not_whole, match="expected 3 bands, got 2"):
         check(whole, 3)
     # One tile never written: GDAL reads it back as zeros, without a word.
     holed = tmp_path / "holed.tif"
@@ -248,7 +251,8 @@ def test_killed_export_leaves_staging_that_the_next_export_removes(tmp_path: Pat
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     (left,) = staging_folders(tmp_path, "out.tif")
-    assert (left / "pid").read_text().split() == [str(proc.pid), socket.gethostname()]
+    holder = LockHolder.parse((left / "pid").read_text())
+    assert holder is not None and (holder.pid, holder.host) == (proc.pid, socket.gethostname())
     export_geotiff(path, out)
     assert staging_folders(tmp_path, "out.tif") == []
     np.testing.assert_array_equal(read_back(out), values)
@@ -256,7 +260,7 @@ def test_killed_export_leaves_staging_that_the_next_export_removes(tmp_path: Pat
 
 
 def make_staging(folder: Path, name: str, record: str | None) -> Path:
-    """A staging folder as ``publish`` makes it, with the given pid record (None: no record)."""
+    """A staging folder as ``publish`` makes it, with the given owner record (None: no record)."""
     staging = folder / f".{name}.{os.urandom(4).hex()}.partial"
     (staging / "work").mkdir(parents=True)
     (staging / "work" / name).write_bytes(b"half a tiff")
@@ -271,21 +275,30 @@ def dead_pid() -> int:
     return child.pid
 
 
+def owner(pid: int, *, host: str | None = None, started: float | None = None) -> str:
+    """The owner record of a staging folder: process ``pid`` of this machine (or ``host``), started when
+    that process did (or at ``started``)."""
+    if started is None:
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            started = 0.0
+    return replace(LockHolder.me(), pid=pid, host=host or socket.gethostname(), started=started).to_json()
+
+
 def test_only_staging_of_dead_owners_is_removed(store: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     path, values = store
     out = tmp_path / "out.tif"
     host = socket.gethostname()
     sleeper = subprocess.Popen(["sleep", "600"])
     try:
-        dead = make_staging(tmp_path, "out.tif", f"{dead_pid()} {host}\n")
-        live = make_staging(tmp_path, "out.tif", f"{sleeper.pid} {host}\n")
-        elsewhere = make_staging(tmp_path, "out.tif", f"{dead_pid()} not-{host}\n")  # another machine's
+        dead = make_staging(tmp_path, "out.tif", owner(dead_pid()))
+        live = make_staging(tmp_path, "out.tif", owner(sleeper.pid))
+        elsewhere = make_staging(tmp_path, "out.tif", owner(dead_pid(), host=f"not-{host}"))  # another machine's
         unrecorded = make_staging(tmp_path, "out.tif", None)  # its writer has not written the record yet
-        other_name = make_staging(tmp_path, "other.tif", f"{dead_pid()} {host}\n")
-        # A pid now held by a process that started after the record was written: reused.
-        reused = make_staging(tmp_path, "out.tif", f"{sleeper.pid} {host}\n")
-        an_hour_ago = time.time() - 3600
-        os.utime(reused / "pid", (an_hour_ago, an_hour_ago))
+        other_name = make_staging(tmp_path, "other.tif", owner(dead_pid()))
+        # A pid now held by a process that started at another time than the recorded writer: reused.
+        reused = make_staging(tmp_path, "out.tif", owner(sleeper.pid, started=time.time() - 3600))
         export_geotiff(path, out)
         np.testing.assert_array_equal(read_back(out), values)
         assert set(staging_folders(tmp_path, "out.tif")) == {live, elsewhere, unrecorded}

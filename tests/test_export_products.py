@@ -277,6 +277,20 @@ def test_band_names_recorded_in_store_and_used_by_exports(tmp_path: Path) -> Non
     assert proc.returncode != 0 and "band of a threshold" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_quicklook_title_names_the_recorded_band(tmp_path: Path) -> None:
+    # The quicklook names a band as the GeoTIFF export does: its recorded name, else band_N.
+    quicklook_module = importlib.import_module("tilepipe.export.quicklook")
+    path = tmp_path / "named.zarr"
+    make_result(path, shape=(2, 64, 64), fills=(0.1, 0.2))
+    store = ResultStore.open(path, mode="r")
+    assert quicklook_module._title(store, 1, 1).splitlines()[0] == "named.zarr: band_2 of 2"
+    record_band_names(path, ["water", "a very long name for a land cover class"])
+    store = ResultStore.open(path, mode="r")
+    assert quicklook_module._title(store, 0, 1).splitlines()[0] == "named.zarr: water (band 1 of 2)"
+    assert quicklook_module._title(store, 1, 4).splitlines() == [
+        "named.zarr: a very long name for a… (band 2 of 2)", "64 x 64 px, shown 1:4 (mean)"]
+
+
 # ---------------------------------------------------------------- workflow output section
 
 

@@ -23,10 +23,10 @@ from tilepipe.store import ResultStore
 from helpers import (
     Checker,
     assert_one_clear_line,
-    conv,
+    conv_model,
     reference,
     run_tilepipe,
-    sequential,
+    sparse_scene,
     tmpfs,
     write_geotiff,
 )
@@ -34,15 +34,12 @@ from helpers import (
 
 def _scene(tmp_path: Path, size: int = 600) -> tuple[Path, Path, np.ndarray, object]:
     """A GeoTIFF, a model file and the dense scene ``(y, x, band)``, with the model object."""
-    import keras
-
     rng = np.random.default_rng(2)
-    data = np.where(rng.random((2, size, size)) < 0.05, rng.integers(1, 255, (2, size, size)), 0).astype(np.uint8)
+    data = sparse_scene(rng, (2, size, size), 0.05, high=255, dtype="uint8")
     data[:, : size // 3, : size // 3] = 0  # an empty corner: empty tiles too
     tif = tmp_path / "in.tif"
     write_geotiff(tif, data, crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4000000))
-    keras.utils.set_random_seed(6)
-    model = sequential(2, conv(4, 3, padding="same", activation="relu"), conv(1, 3, padding="same"))
+    model = conv_model(2, (4, 3, "same", "relu"), (1, 3, "same", None), seed=6)
     path = tmp_path / "m.keras"
     model.save(path)
     return tif, path, np.moveaxis(data, 0, -1).astype(np.float32), model

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tilepipe.geometry import AxisFootprint, Footprint, Tile, TileGrid, Window, parse_tile_size
+from tilepipe.geometry import (
+    AxisFootprint,
+    Footprint,
+    Tile,
+    TileGrid,
+    Window,
+    parse_tile_size,
+    round_up,
+    stride_aligned,
+    tile_name,
+)
 
 # -- strategies -------------------------------------------------------------------------------------
 
@@ -129,9 +139,16 @@ def test_parse_tile_size(given_: object, expected: tuple[int, int]) -> None:
     assert parse_tile_size(given_) == expected  # type: ignore[arg-type]
 
 
+def test_tiles_are_named_one_way_and_sizes_align_to_the_stride() -> None:
+    assert tile_name(3, 12) == "tile (row 3, col 12)" == TileGrid((100, 200), (10, 10)).tile(3, 12).name
+    assert [round_up(v, 8) for v in (0, 1, 8, 9, 16)] == [0, 8, 8, 16, 16]
+    assert stride_aligned((100, 64), (8, 16)) == (104, 64)
+    assert stride_aligned((7, 7), (1, 1)) == (7, 7)
+
+
 @pytest.mark.parametrize("bad", [0, -1, (0, 4), (4, -2), True, 2.5, (1, 2, 3), "8", (1.0, 2)])
 def test_parse_tile_size_refuses(bad: object) -> None:
-    with pytest.raises(ValueError, match="Expected"):
+    with pytest.raises(ValueError, match=r"^expected a tile size .*, got "):
         parse_tile_size(bad)  # type: ignore[arg-type]
 
 

@@ -15,6 +15,8 @@ import tilepipe
 from tilepipe.errors import StoreError
 from tilepipe.location import Location, existing_output, has_scheme
 
+from helpers import sparse_scene
+
 
 def test_local_paths_and_file_urls_are_local() -> None:
     here = Location.of("data/x.tif")
@@ -61,7 +63,7 @@ def test_existing_output_policy(tmp_path: Path) -> None:
 def test_ingest_and_run_with_file_urls(tmp_path: Path, dask_client: Any) -> None:
     # Was: zarr's "store was opened in read-only mode" and a traceback for a file:// store URL.
     rng = np.random.default_rng(3)
-    data = np.where(rng.random((2, 40, 30)) < 0.1, rng.integers(1, 200, (2, 40, 30)), 0).astype(np.uint8)
+    data = sparse_scene(rng, (2, 40, 30), 0.1, high=200, dtype="uint8")
     tif = tmp_path / "in.tif"
     with rasterio.open(tif, "w", driver="GTiff", width=30, height=40, count=2, dtype="uint8",
                        crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10)) as dst:

@@ -24,7 +24,7 @@ from tilepipe.export import export_geotiff, quicklook
 from tilepipe.store import ResultStore
 from tilepipe.store.result import STATUS_EMPTY, STATUS_FREE, STATUS_NOT_DONE
 
-from helpers import Checker, conv, coo, expected_status, patches, reference, sequential
+from helpers import Checker, conv_model, coo, expected_status, patches, reference
 
 pytestmark = pytest.mark.cluster
 
@@ -32,11 +32,9 @@ BIASES = (0.25, -0.6, 1.5)  # the last layer's, one per band: three different re
 TILE, HALO = 12, 2
 
 
-def _model() -> Any:
-    import keras
-
-    model = sequential(2, conv(3, 3, padding="same", activation="tanh"), keras.layers.Conv2D(3, 3, padding="same"),
-                       seed=51)
+def _biased_model() -> Any:
+    """Three bands whose responses to zeros differ: the last layer's biases are :data:`BIASES`."""
+    model = conv_model(2, (3, 3, "same", "tanh"), (3, 3, "same", None), seed=51)
     last = model.layers[-1]
     kernel, _ = last.get_weights()
     last.set_weights([kernel, np.asarray(BIASES, np.float32)])
@@ -64,7 +62,7 @@ def _chunk_files(result: Path) -> dict[tuple[int, int], set[int]]:
 def three_band(tmp_path_factory: pytest.TempPathFactory, dask_client: Any) -> tuple[Path, Path, Any, np.ndarray, Any]:
     """A 96 x 108 scene with two busy patches in 8 x 9 tiles, and a 3-band run over it."""
     folder = tmp_path_factory.mktemp("three")
-    model = _model()
+    model = _biased_model()
     assert tilepipe.footprint_of(model).halo == HALO
     model_path = folder / "model.keras"
     model.save(model_path)

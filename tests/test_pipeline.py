@@ -168,7 +168,7 @@ def test_every_empty_tile_class(out_bands: int, tmp_path: Path, dask_client: Any
     for r, c in [(0, 0), (0, 5), (5, 5), (0, 2), (3, 0), (5, 3), (3, 5), (1, 1), (4, 4), (1, 4)]:
         assert expected[r, c] in (2, 3)
         sl = (slice(None), slice(r * tile, (r + 1) * tile), slice(c * tile, (c + 1) * tile))
-        assert_exact(got[sl], ref[sl], f"empty tile ({r}, {c})")
+        assert_exact(got[sl], ref[sl], f"empty tile (row {r}, col {c})")
 
 
 def test_model_object_and_tuple_tile_size(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:

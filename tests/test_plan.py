@@ -29,7 +29,8 @@ def _facts(
     return ModelFacts("0" * 64, Footprint(axis, axis), 1, 4, interior)
 
 
-def _scene(shape: tuple[int, int], tile: int, halo: int) -> SceneInfo:
+def _scene_info(shape: tuple[int, int], tile: int, halo: int) -> SceneInfo:
+    """What a one-band scene store would say about itself: planning reads nothing else."""
     return SceneInfo(shape=shape, bands=1, dtype="float32", tile_size=(tile, tile), halo=halo,
                      transform=(10.0, 0.0, 1000.0, 0.0, -10.0, 5000.0), source={"path": "x.tif"})
 
@@ -43,7 +44,7 @@ def plans(draw: st.DrawFn) -> tuple[SceneInfo, ModelFacts, np.ndarray]:
     rows, cols = draw(st.integers(shrink + 1, 60)), draw(st.integers(shrink + 1, 60))
     tile = draw(st.integers(1, 25))
     halo = max(before, after) + draw(st.integers(0, 2))
-    scene = _scene((rows, cols), tile, halo)
+    scene = _scene_info((rows, cols), tile, halo)
     ny, nx = scene.grid.grid_shape
     nnz = np.asarray(draw(st.lists(st.integers(0, 1), min_size=ny * nx, max_size=ny * nx)), np.int64).reshape(ny, nx)
     return scene, _facts(before, after, shrink, offset=before if shrink else 0), nnz
@@ -117,7 +118,7 @@ def _interior_tiles(shape: tuple[int, int], tile: int, reach: int) -> set[tuple[
 
 
 def test_empty_interior_tiles_are_free_in_every_band_each_with_its_own_fill_value() -> None:
-    scene = _scene((40, 50), 10, 2)
+    scene = _scene_info((40, 50), 10, 2)
     nnz = np.zeros((4, 5), np.int64)
     nnz[2, 3] = 1  # one busy tile: never free
     interior = _interior_tiles((40, 50), 10, 1) - {(2, 3)}
@@ -131,7 +132,7 @@ def test_empty_interior_tiles_are_free_in_every_band_each_with_its_own_fill_valu
 
 
 def test_no_free_tiles_where_a_band_does_not_respond_with_its_own_fill_value() -> None:
-    scene = _scene((40, 40), 10, 2)
+    scene = _scene_info((40, 40), 10, 2)
     nnz = np.zeros((4, 4), np.int64)
     facts = _facts(1, 1, interior=(0.5, 0.7))
     # A format 2 store being resumed holds band 0's fill value for every band.
@@ -146,7 +147,7 @@ def test_no_free_tiles_where_a_band_does_not_respond_with_its_own_fill_value() -
 
 
 def test_busy_tiles_spread_over_workers() -> None:
-    scene = _scene((80, 80), 10, 1)
+    scene = _scene_info((80, 80), 10, 1)
     nnz = np.ones((8, 8), np.int64)
     plan = plan_run(scene, _facts(1, 1), nnz, fill_values=(0.5,), batch_size=32, workers=2)
     # 64 busy tiles of 3 window shapes at most 16 a task: at least 4 tasks, about two per worker.
@@ -155,7 +156,7 @@ def test_busy_tiles_spread_over_workers() -> None:
 
 
 def test_plan_result_shape_transform_fill_and_identity() -> None:
-    scene = _scene((50, 40), 16, 4)
+    scene = _scene_info((50, 40), 16, 4)
     facts = _facts(2, 4, shrink=4, offset=2, interior=(0.25, 0.75))
     info, fills = plan_result(scene, facts)
     assert info.shape == (2, 46, 36)
@@ -169,13 +170,13 @@ def test_plan_result_shape_transform_fill_and_identity() -> None:
 
 def test_plan_refuses_too_little_halo_and_too_small_scenes() -> None:
     with pytest.raises(StoreError, match="needs a halo of 3 px but the store holds 2"):
-        plan_result(_scene((50, 50), 16, 2), _facts(3, 3), scene_name="s.zarr")
+        plan_result(_scene_info((50, 50), 16, 2), _facts(3, 3), scene_name="s.zarr")
     with pytest.raises(InputError, match="smaller than the model's footprint"):
-        plan_result(_scene((3, 30), 16, 4), _facts(2, 4, shrink=4), scene_name="s.zarr")
+        plan_result(_scene_info((3, 30), 16, 4), _facts(2, 4, shrink=4), scene_name="s.zarr")
 
 
 def test_resume_skips_done_tiles_only() -> None:
-    scene = _scene((30, 30), 10, 1)
+    scene = _scene_info((30, 30), 10, 1)
     nnz = np.ones((3, 3), np.int64)
     status = np.full((3, 3), STATUS_COMPUTED, np.uint8)
     status[1, 2] = STATUS_NOT_DONE

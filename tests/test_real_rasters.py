@@ -10,34 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pytest
 import rasterio
-from keras import layers as kl
 from rasterio.crs import CRS
 
 import tilepipe
 from tilepipe.errors import InputError
 from tilepipe.store import ResultStore
 
-from helpers import Checker, expected_status, reference
+from helpers import Checker, conv_model, expected_status, reference
 
 pytestmark = pytest.mark.cluster
-
-
-def _model(bands: int, seed: int) -> keras.Model:
-    """A small 3-layer model: a dilated layer, non-zero biases, a sigmoid at the end."""
-    keras.utils.set_random_seed(seed)
-    bias = keras.initializers.RandomNormal(stddev=0.5)
-    return keras.Sequential([
-        keras.Input((None, None, bands)),
-        # Small weights: uint8 inputs reach 255, and the output should not saturate.
-        kl.Conv2D(4, 3, padding="same", activation="relu", bias_initializer=bias,
-                  kernel_initializer=keras.initializers.RandomNormal(stddev=0.01)),
-        kl.Conv2D(3, 3, padding="same", dilation_rate=2, activation="tanh", bias_initializer=bias),
-        kl.Conv2D(2, 1, padding="same", activation="sigmoid", bias_initializer=bias),
-    ])
 
 
 def _read_dense(path: Path, nodata: float | None = None) -> tuple[np.ndarray, Any, Any]:
@@ -56,7 +40,10 @@ def _check_raster(
     nodata: float | None = None,
 ) -> dict[str, Any]:
     dense, crs, transform = _read_dense(path, nodata)
-    model = _model(dense.shape[2], seed)
+    # A dilated layer, a sigmoid at the end; small first weights: uint8 inputs reach 255, and the
+    # output should not saturate.
+    model = conv_model(dense.shape[2], (4, 3, "same", "relu"), (3, 3, "same", "tanh", 2), (2, 1, "same", "sigmoid"),
+                       seed=seed, input_scale=0.01)
     model_path = tmp_path / "m.keras"
     model.save(model_path)
     scene, result = tmp_path / "scene.zarr", tmp_path / "result.zarr"

@@ -22,7 +22,7 @@ from tilepipe.geometry.footprint import AxisFootprint, Footprint
 from tilepipe.geometry.window import Window
 from tilepipe.model.receptive import footprint_of
 
-from helpers import conv, predict, sequential
+from helpers import conv, predict, sequential, sparse_scene
 
 BANDS = 3
 SCENE = (37, 41)  # odd sizes on purpose: TF's odd-size edge cases live there
@@ -31,12 +31,6 @@ TOLERANCE = 1e-5  # max |err| / max |ref|: the exactness bound, float32 round-of
 
 def _input(bands: int = BANDS) -> keras.KerasTensor:
     return keras.Input((None, None, bands))
-
-
-def _scene(rng: np.random.Generator, shape: tuple[int, int], bands: int = BANDS) -> np.ndarray:
-    x = rng.normal(size=(1, *shape, bands)).astype(np.float32)
-    x[rng.random(x.shape[:3]) < 0.6] = 0.0  # mostly empty, like tilepipe's scenes
-    return x
 
 
 def _relative_error(model: keras.Model, fp: Footprint, x: np.ndarray, tile: tuple[int, int]) -> float:
@@ -232,7 +226,7 @@ def test_tiled_equals_whole_scene(case: str) -> None:
     keras.utils.set_random_seed(0)
     model = EXACT[case]()
     fp = footprint_of(model)
-    x = _scene(np.random.default_rng(1), SCENE)
+    x = sparse_scene(np.random.default_rng(1), (1, *SCENE, BANDS), 0.4, pixels=True)  # mostly empty, as scenes are
     for tile in ((7, 9), (16, 5)):
         assert _relative_error(model, fp, x, tile) <= TOLERANCE, (case, tile, fp)
 
@@ -255,7 +249,7 @@ EDGES: dict[str, Callable[[], keras.Model]] = {
 def test_every_one_pixel_core_runs_and_is_exact(case: str) -> None:
     keras.utils.set_random_seed(0)
     model = EDGES[case]()
-    x = _scene(np.random.default_rng(1), (9, 8))
+    x = sparse_scene(np.random.default_rng(1), (1, 9, 8, BANDS), 0.4, pixels=True)
     assert _relative_error(model, footprint_of(model), x, (1, 1)) <= TOLERANCE
 
 
@@ -274,7 +268,8 @@ def test_reference_catches_a_short_halo() -> None:
     model = EXACT["same stack"]()
     fp = footprint_of(model)
     short = Footprint(_axis(fp.rows.before - 1, fp.rows.after), fp.cols)
-    assert _relative_error(model, short, _scene(np.random.default_rng(1), SCENE), (7, 9)) > 1e-3
+    x = sparse_scene(np.random.default_rng(1), (1, *SCENE, BANDS), 0.4, pixels=True)
+    assert _relative_error(model, short, x, (7, 9)) > 1e-3
 
 
 @st.composite
@@ -319,7 +314,7 @@ def test_random_conv_stacks_tile_exactly(
         same_hi = sum(k - 1 - (k - 1) // 2 for k, p in ks if p == "same")
         shrink = sum(k - 1 for k, p in ks if p == "valid")
         assert (got.before, got.after, got.shrink) == (same_lo, same_hi + shrink, shrink)
-    x = _scene(np.random.default_rng(seed), scene, bands=2)
+    x = sparse_scene(np.random.default_rng(seed), (1, *scene, 2), 0.4, pixels=True)
     assert _relative_error(model, fp, x, tile) <= TOLERANCE
 
 
@@ -418,7 +413,7 @@ def test_untileable_models_are_refused_by_name(case: str) -> None:
 
 
 def test_not_a_model_or_not_built() -> None:
-    with pytest.raises(ModelError, match=r"Expected a keras\.Model"):
+    with pytest.raises(ModelError, match=r"model: expected a keras\.Model"):
         footprint_of(kl.Conv2D(2, 3))
     with pytest.raises(ModelError, match="no defined input"):
         footprint_of(keras.Sequential([kl.Conv2D(2, 3)]))

@@ -26,15 +26,7 @@ import tilepipe
 from tilepipe.errors import InputError, StoreError
 from tilepipe.store import ResultStore
 
-from helpers import Checker, conv, dense_scene, reference, sequential, write_geotiff
-
-
-def _model(bands: int, *specs: tuple[int, Any, str, str | None], seed: int) -> Any:
-    """A Sequential of ``conv(filters, kernel, padding=, activation=)`` layers with weights fixed by ``seed``."""
-    import keras
-
-    keras.utils.set_random_seed(seed)  # before the layers exist, so their initialisers take it
-    return sequential(bands, *(conv(f, k, padding=p, activation=a) for f, k, p, a in specs))
+from helpers import Checker, conv_model, dense_scene, reference, sparse_scene, write_geotiff
 
 
 def _save(model: Any, folder: Path, name: str = "model") -> str:
@@ -46,11 +38,11 @@ def _save(model: Any, folder: Path, name: str = "model") -> str:
 def test_a_block_rewritten_in_place_is_a_new_scene(tmp_path: Path, dask_client: Any, assert_exact: Checker) -> None:
     # Larger than 2 MiB, so that a checksum of the first and last MiB would not see the middle.
     rng = np.random.default_rng(1)
-    data = np.where(rng.random((2, 1300, 1300)) < 0.02, rng.integers(1, 255, (2, 1300, 1300)), 0).astype(np.uint8)
+    data = sparse_scene(rng, (2, 1300, 1300), 0.02, high=255, dtype="uint8")
     tif = tmp_path / "scene.tif"
     write_geotiff(tif, data, crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4000000))
     assert tif.stat().st_size > 3 * 2**20
-    model = _model(2, (2, 3, "same", "relu"), seed=3)
+    model = conv_model(2, (2, 3, "same", "relu"), seed=3)
     path = _save(model, tmp_path)
     store, result = tmp_path / "scene.zarr", tmp_path / "result.zarr"
     tilepipe.ingest(tif, store, tile_size=512, model=path, client=dask_client)
@@ -113,8 +105,7 @@ def test_an_input_rewritten_while_ingest_reads_it_fails_and_leaves_no_store(
 ) -> None:
     rng = np.random.default_rng(6)
     profile = {"crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 4000000)}
-    old, new = (np.where(rng.random((1, 96, 96)) < 0.3, rng.integers(1, 200, (1, 96, 96)), 0).astype(np.uint8)
-                for _ in range(2))
+    old, new = (sparse_scene(rng, (1, 96, 96), 0.3, high=200, dtype="uint8") for _ in range(2))
     first, tif, other = tmp_path / "first.tif", tmp_path / "scene.tif", tmp_path / "other.tif"
     write_geotiff(first, np.full((1, 96, 96), 3, np.uint8), **profile)
     write_geotiff(tif, old, **profile)
@@ -141,7 +132,7 @@ def test_an_input_touched_while_ingest_reads_it_is_still_the_same_scene(
 ) -> None:
     # The file's status moves (a copy of the same bytes over it) but its content does not: the hash decides.
     rng = np.random.default_rng(8)
-    data = np.where(rng.random((1, 64, 64)) < 0.3, rng.integers(1, 200, (1, 64, 64)), 0).astype(np.uint8)
+    data = sparse_scene(rng, (1, 64, 64), 0.3, high=200, dtype="uint8")
     tif, same = tmp_path / "scene.tif", tmp_path / "same.tif"
     write_geotiff(tif, data, crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0))
     shutil.copyfile(tif, same)
@@ -159,7 +150,7 @@ def test_every_empty_tile_border_class_on_a_scene_the_tile_divides(
 ) -> None:
     # 4 x 4 tiles of 16: four corners, four kinds of edge, the interior. Two 'same' layers with biases:
     # the response to zeros differs in each class, and is not constant inside a tile near a border.
-    model = _model(1, (3, 3, "same", "relu"), (2, 5, "same", None), seed=11)
+    model = conv_model(1, (3, 3, "same", "relu"), (2, 5, "same", None), seed=11)
     dense = np.zeros((64, 64, 1), np.float32)
     if busy:
         dense[30:34, 30:34, 0] = np.arange(16).reshape(4, 4) + 1.0
@@ -176,7 +167,7 @@ def test_every_empty_tile_border_class_on_a_scene_the_tile_divides(
 def test_valid_non_square_kernel_places_the_output_by_all_six_coefficients(
     tmp_path: Path, dask_client: Any, assert_exact: Checker
 ) -> None:
-    model = _model(1, (2, (3, 5), "valid", "tanh"), seed=5)
+    model = conv_model(1, (2, (3, 5), "valid", "tanh"), seed=5)
     rng = np.random.default_rng(5)
     dense = np.where(rng.random((50, 41, 1)) < 0.1, rng.random((50, 41, 1)), 0).astype(np.float32)
     transform = (2.0, 0.5, 1000.0, -0.25, -3.0, 9000.0)  # rotated and sheared: every coefficient counts
@@ -202,7 +193,7 @@ def test_nodata_other_than_zero_on_a_raster_made_here(tmp_path: Path, dask_clien
     data[0, 20, 20] = 7  # ... and a nodata pixel inside; real zeros stay zeros
     tif = tmp_path / "nd.tif"
     write_geotiff(tif, data, crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0), nodata=7)
-    model = _model(2, (2, 3, "same", "relu"), (1, 3, "same", None), seed=2)
+    model = conv_model(2, (2, 3, "same", "relu"), (1, 3, "same", None), seed=2)
     path = _save(model, tmp_path)
     tilepipe.ingest(tif, tmp_path / "s.zarr", tile_size=16, model=path)
     tilepipe.run(tmp_path / "s.zarr", path, tmp_path / "r.zarr", client=dask_client)

@@ -80,7 +80,7 @@ def _assert_store_equals(scene: SceneStore, ref: np.ndarray, tile: int = TILE, h
             if got is None:
                 assert not want.any(), (r, c)
                 continue
-            np.testing.assert_array_equal(got.to_dense(np.float64)[:, :, 0], want, err_msg=f"tile ({r}, {c})")
+            np.testing.assert_array_equal(got.to_dense(np.float64)[:, :, 0], want, err_msg=f"tile (row {r}, col {c})")
     assert scene.attrs["nnz_total"] == np.count_nonzero(ref)
 
 
@@ -139,7 +139,7 @@ def test_a_flipped_byte_in_a_tile_chunk_is_an_error_naming_the_tile(
     _flip_byte(path / "tiles" / "c" / str(r) / str(c))
     with pytest.raises(StoreError) as err:
         tilepipe.open_scene(path).read_tile(r, c)
-    assert str(err.value) == f"{path}: tile ({r}, {c}) is corrupt (checksum mismatch); ingest again"
+    assert str(err.value) == f"{path}: tile (row {r}, col {c}) is corrupt (checksum mismatch); ingest again"
     _assert_unchained_and_picklable(err.value)
 
 
@@ -193,7 +193,7 @@ def test_a_deleted_tile_chunk_of_an_occupied_tile_is_an_error_naming_the_tile(
     want = np.count_nonzero(ref[_window(r, c, ref.shape)])
     with pytest.raises(StoreError) as err:
         tilepipe.open_scene(path).read_tile(r, c)
-    assert str(err.value) == f"{path}: tile ({r}, {c}) is missing (its index says {want} entries); ingest again"
+    assert str(err.value) == f"{path}: tile (row {r}, col {c}) is missing (its index says {want} entries); ingest again"
     _assert_unchained_and_picklable(err.value)
 
 
@@ -202,7 +202,7 @@ def test_a_deleted_index_chunk_is_an_error_naming_the_block(scene: tuple[SceneSt
     (path / "nnz" / "c" / "1" / "2").unlink()  # block (1, 2): tiles rows 2-3, cols 4-5
     with pytest.raises(StoreError) as err:
         tilepipe.open_scene(path).index()
-    assert str(err.value) == f"{path}: index block (1, 2) (tile (2, 4)) is missing; ingest again"
+    assert str(err.value) == f"{path}: index block (1, 2) (tile (row 2, col 4)) is missing; ingest again"
 
 
 @pytest.mark.cluster
@@ -216,13 +216,13 @@ def test_a_run_over_a_damaged_store_fails_naming_the_tile(
     r, c = _occupied_tile(ref)
     if fault == "deleted tile":
         (path / "tiles" / "c" / str(r) / str(c)).unlink()
-        message = rf"tile \({r}, {c}\) is missing"
+        message = rf"tile \(row {r}, col {c}\) is missing"
     elif fault == "flipped tile":
         _flip_byte(path / "tiles" / "c" / str(r) / str(c))
-        message = rf"tile \({r}, {c}\) is corrupt \(checksum mismatch\)"
+        message = rf"tile \(row {r}, col {c}\) is corrupt \(checksum mismatch\)"
     else:
         (path / "nnz" / "c" / "0" / "1").unlink()
-        message = r"index block \(0, 1\) \(tile \(0, 2\)\) is missing"
+        message = r"index block \(0, 1\) \(tile \(row 0, col 2\)\) is missing"
     model = sequential(1, conv(1, 3, padding="same"), seed=0)
     # A damaged tile fails (the run ends incomplete, to resume once mended); a damaged index stops the run.
     with pytest.raises(TilepipeError, match=message):

@@ -105,7 +105,7 @@ def test_a_deleted_or_flipped_record_of_written_blocks_is_an_error(huge_scene: P
         shutil.copytree(huge_scene, path)
         if fault == "deleted block":
             (path / "nnz" / "c" / "3" / "0").unlink()
-            match = r"index block \(3, 0\) \(tile \(768, 0\)\) is missing"
+            match = r"index block \(3, 0\) \(tile \(row 768, col 0\)\) is missing"
         elif fault == "deleted record":
             for p in (path / "written" / "c").rglob("*"):
                 if p.is_file():

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rasterio.crs import CRS
-
 from tilepipe.errors import WrongStoreKindError
 from tilepipe.execute.cluster import connect
 from tilepipe.execute.ingest import ingest
 from tilepipe.execute.models import ModelFile
 from tilepipe.execute.run import RunReport, run_model
+from tilepipe.sources.georef import crs_name
 from tilepipe.store import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, STATUS_NOT_DONE, ResultStore, SceneStore
 
 __all__ = ["ModelFile", "RunReport", "connect", "info", "ingest", "open_result", "open_scene", "run"]
@@ -131,8 +130,5 @@ def _result_info(path: str) -> dict[str, Any]:
 
 
 def _crs_name(wkt: str | None) -> str | None:
-    if not wkt:
-        return None
-    crs = CRS.from_wkt(wkt)
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else wkt.split('"')[1] if '"' in wkt else wkt[:60]
+    """The CRS's short name (:func:`tilepipe.sources.crs_name`); None, not "none", where there is no CRS."""
+    return crs_name(wkt) if wkt else None

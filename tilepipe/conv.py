@@ -9,12 +9,12 @@ import numpy as np
 
 from tilepipe.errors import InputError, ModelError
 from tilepipe.execute.compute import compute_tiles, empty_core
-from tilepipe.geometry import Footprint, TileGrid, parse_tile_size
+from tilepipe.geometry import Footprint, TileGrid, parse_tile_size, stride_aligned
 from tilepipe.model.cache import compiled
 from tilepipe.model.loader import resolve_model
 from tilepipe.model.receptive import footprint_of
 from tilepipe.model.runner import CompiledModel
-from tilepipe.plan import plan_jobs
+from tilepipe.plan import DEFAULT_BATCH, plan_jobs
 from tilepipe.sources.coo import CooScene, TileBuckets, coo_from_arrays
 from tilepipe.store.codec import TileData
 
@@ -27,7 +27,7 @@ def conv_sparse(
     *,
     tile_size: int | tuple[int, int] = 512,
     halo: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH,
 ) -> np.ndarray:
     """Run ``model`` on the dense form of ``sparse_tensor`` without ever densifying it whole.
 
@@ -64,7 +64,7 @@ def conv_sparse(
     keras_model = resolve_model(model)
     footprint = footprint_of(keras_model, name=os.fspath(model) if isinstance(model, (str, os.PathLike)) else None)
     need = footprint.halo
-    tile = _aligned_tile(tile, footprint)
+    tile = stride_aligned(tile, footprint.step)  # a strided model's windows align to its stride
     if halo is not None and halo < need:
         raise InputError(f"halo {halo} is less than the {need} pixels the model needs")
     # Kept with the model object: a second call traces nothing it traced before.
@@ -74,7 +74,7 @@ def conv_sparse(
         values = np.asarray(sparse_tensor.values)
         shape = tuple(int(s) for s in np.asarray(sparse_tensor.dense_shape))
     except AttributeError as exc:
-        raise InputError(f"expected a tf.SparseTensor, got {type(sparse_tensor).__name__}") from exc
+        raise InputError(f"sparse_tensor: expected a tf.SparseTensor, got {type(sparse_tensor).__name__}") from exc
     if len(shape) == 4:
         images = []
         for n in range(shape[0]):
@@ -84,12 +84,6 @@ def conv_sparse(
         return np.stack(images)
     scene = coo_from_arrays(indices, values, shape, name="SparseTensor")
     return _run_scene(scene, model_fn, footprint, tile, max(need, halo or 0), batch_size)
-
-
-def _aligned_tile(tile: tuple[int, int], footprint: Footprint) -> tuple[int, int]:
-    """``tile`` rounded up to multiples of the model's stride (a strided model's windows align to it)."""
-    steps = footprint.step
-    return (-(-tile[0] // steps[0]) * steps[0], -(-tile[1] // steps[1]) * steps[1])
 
 
 def _run_scene(

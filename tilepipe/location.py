@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from tilepipe.errors import InputError, StoreError
 
-__all__ = ["Location", "existing_output", "has_scheme", "refuse_overlaps"]
+__all__ = ["Location", "already_exists", "existing_output", "has_scheme", "refuse_overlaps"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -129,6 +129,13 @@ class Location:
         return "is inside" if a.startswith(b.rstrip("/") + "/") else "contains"
 
 
+def already_exists(where: object, holds: str | None = None) -> str:
+    """What every refusal of an output that is there already says: ``"<where>: already exists
+    [and holds <holds>]; pass overwrite=True (--overwrite) to replace it"``."""
+    held = f" and holds {holds}" if holds else ""
+    return f"{where}: already exists{held}; pass overwrite=True (--overwrite) to replace it"
+
+
 def existing_output(
     location: Location, *, overwrite: bool, reusable: Callable[[], bool], holds: str
 ) -> Literal["create", "reuse", "replace"]:
@@ -145,9 +152,7 @@ def existing_output(
     if not overwrite:
         if reusable():
             return "reuse"
-        raise StoreError(
-            f"{location}: already exists and holds {holds}; pass overwrite=True (--overwrite) to replace it"
-        )
+        raise StoreError(already_exists(location, holds))
     return "replace"
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["NOTICE", "current_log_file", "route_process_logs", "to_file", "without_tensorflow_lines"]
+__all__ = ["NOTICE", "current_log_file", "native_stderr", "route_process_logs", "to_file", "without_tensorflow_lines"]
 
 _STATE: dict[str, str | None] = {"path": None}
 
@@ -90,6 +90,62 @@ def to_file(*, verbose: bool = False) -> str:
 def current_log_file() -> str | None:
     """The log file the CLI chose, or None when tilepipe runs as a library."""
     return _STATE["path"]
+
+
+# fd 2 belongs to the process, not the thread: one block collects from it at a time.
+_FD2 = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr(*, python_too: bool = False) -> Iterator[list[str]]:
+    """Collect what is printed onto file descriptor 2 inside the block: the lines of native code
+    (libtiff's "_tiffWriteProc: No space left on device.", absl's notes while TensorFlow starts),
+    which no Python handler sees. The one place tilepipe takes fd 2 over for a while.
+
+    The yielded list holds the non-blank lines once the block has ended, by an exception too.
+    Writes through ``sys.stderr`` (progress bars, warnings) still reach the terminal meanwhile
+    (it points there; a logging handler that holds the old stream object is collected too),
+    unless ``python_too``: then they are collected as well. A block entered while another is
+    open, in another thread, collects nothing. Where the process has no fd 2, nothing is collected.
+    """
+    lines: list[str] = []
+    if not _FD2.acquire(blocking=False):
+        yield lines
+        return
+    try:
+        python_stderr = sys.stderr
+        if python_stderr is not None:
+            python_stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all (a daemon): nothing to collect from
+            yield lines
+            return
+        terminal = None
+        try:
+            on_fd2 = not python_too and python_stderr is not None and python_stderr.fileno() == 2
+        except (OSError, ValueError):  # io.UnsupportedOperation: no file descriptor (notebooks, capture)
+            on_fd2 = False
+        if on_fd2:
+            terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+            sys.stderr = terminal
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                if python_too and sys.stderr is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        sys.stderr.flush()  # what Python wrote in the block lands in the sink, not after it
+                os.dup2(saved, 2)
+                os.close(saved)
+                if terminal is not None:
+                    sys.stderr = python_stderr
+                    terminal.close()
+                sink.seek(0)
+                lines.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+    finally:
+        _FD2.release()
 
 
 #: TensorFlow's native log lines: absl's (``I0000 00:00:1796227892.912074   21332 port.cc:153] oneDNN ...``),

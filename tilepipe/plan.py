@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from tilepipe.errors import InputError, StoreError
-from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window
+from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window, round_up
 from tilepipe.model.facts import ModelFacts
 from tilepipe.store.info import STATUS_FREE, STATUS_NOT_DONE, ResultInfo, SceneInfo
 
 __all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_BATCH_GPU",
     "EMPTY_BATCH",
     "RunPlan",
     "TileJob",
@@ -39,6 +41,10 @@ __all__ = [
     "shifted",
     "touches_border",
 ]
+
+#: Busy tiles per task, and whole tile windows per model call, where no batch size is given
+#: (:func:`tilepipe.run`, :func:`tilepipe.conv_sparse`): a GPU takes bigger batches.
+DEFAULT_BATCH, DEFAULT_BATCH_GPU = 8, 32
 
 #: Empty tiles per task at most: each costs a copied chunk (its class's bytes, compressed once per
 #: worker), a millisecond or so, so a task needs hundreds to be worth its ~1 ms of scheduling; a
@@ -108,7 +114,7 @@ def output_grid(scene_shape: tuple[int, int], tile_size: tuple[int, int], footpr
             raise StoreError(
                 f"the model's stride is {axis.step} px but the scene's tiles are {tile} px along {name}; "
                 f"ingest again with a tile size that is a multiple of {axis.step} "
-                f"(e.g. --tile-size {-(-tile // axis.step) * axis.step})"
+                f"(e.g. --tile-size {round_up(tile, axis.step)})"
             )
         out.append(int(tile * Fraction(axis.scale)))
     return (out[0], out[1])

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from tilepipe.errors import InputError, ModelError, StoreError
-from tilepipe.geometry import Footprint, Window
+from tilepipe.geometry import Footprint, Window, round_up, tile_name
 from tilepipe.location import Location
 from tilepipe.model.loader import model_sha256
 from tilepipe.plan import run_identity
+from tilepipe.sources.identity import short_identity
 from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_FREE, ResultStore
 from tilepipe.store.scene import SceneStore
 
@@ -128,8 +129,8 @@ class TileCheck:
 
     @property
     def name(self) -> str:
-        """``"tile (row R, col C)"``, as every tilepipe message names a tile."""
-        return f"tile (row {self.row}, col {self.col})"
+        """``"tile (row R, col C)"``, as every message names a tile (:func:`~tilepipe.geometry.tile_name`)."""
+        return tile_name(self.row, self.col)
 
     def describe(self) -> str:
         """One line: the tile, its relative difference, the window and ok / MISMATCH."""
@@ -272,9 +273,9 @@ def check_window(core: Window, footprint: Footprint, scene_shape: tuple[int, int
         (footprint.rows, footprint.cols), margin, strict=True,
     ):
         step, scale = axis.step, Fraction(axis.scale)
-        padded = -(-length // step) * step
+        padded = axis.padded(length)
         a = (int(start / scale) - grow) // step * step
-        b = -(-(-(-stop // scale) + grow) // step) * step  # ceil(stop / scale) + grow, rounded up to the step
+        b = round_up(-(-stop // scale) + grow, step)  # ceil(stop / scale) + grow, rounded up to the step
         a, b = max(a, 0), min(b, padded)
         if b - a < axis.min_length:  # both multiples of the step, as is min_length
             b = min(padded, a + axis.min_length)
@@ -342,10 +343,12 @@ def verify_result(
     InputError
         A bad argument.
     """
-    if (tiles is not None and tiles < 0) or border < 0:
-        raise InputError(f"Expected tiles >= 0 and border >= 0. Got tiles={tiles}, border={border} instead.")
+    if tiles is not None and tiles < 0:
+        raise InputError(f"tiles: expected an integer >= 0 (or None: every tile), got {tiles}")
+    if border < 0:
+        raise InputError(f"border: expected an integer >= 0, got {border}")
     if not tolerance >= 0:
-        raise InputError(f"Expected a tolerance >= 0. Got {tolerance} instead.")
+        raise InputError(f"tolerance: expected a number >= 0, got {tolerance}")
     result, scene_store, model_path, sha = _open_inputs(os.fspath(path), scene, model)
     # TensorFlow starts only now: a refusal above costs no model load.
     from tilepipe.model.cache import worker_model  # noqa: PLC0415 - TensorFlow only once the inputs are right
@@ -361,33 +364,66 @@ def verify_result(
                          f"gives {expected[0]} x {expected[1]} over the scene {scene_store.path}")
     status = result.status()
     picked = pick_tiles(result.info.grid_shape, status, tiles=tiles, seed=seed, border=border)
-    padded = footprint.padded_shape(info.shape)
-    whole_window = Window(0, padded[0], 0, padded[1])
     channels = max(compiled.max_channels, info.bands, result.info.shape[0])
-    whole_out = None
-    grow: tuple[int, int] | None = None
-    if _activation_bytes(whole_window, footprint, channels) <= memory:
-        whole_out = _recompute(keras_model, scene_store, whole_window, result.info.shape[0])
-    else:
-        grow = _margins(footprint, margin)
+    recompute = _recompute_strategy(keras_model, scene_store, footprint, result.info.shape[0], channels,
+                                    memory=memory, margin=margin)
     checks = []
     th, tw = result.info.tile_size
     _, rows, cols = result.info.shape
     for row, col, where in picked:
         core = Window(row * th, min((row + 1) * th, rows), col * tw, min((col + 1) * tw, cols))
-        if grow is None:
-            window, out = whole_window, whole_out
-        else:
-            window = check_window(core, footprint, info.shape, grow)
-            out = _recompute(keras_model, scene_store, window, result.info.shape[0])
-        assert out is not None
+        window, out = recompute.around(core)
         max_diff, max_ref, note = _compare(result, core, window, out, footprint)
         check = TileCheck(row, col, where, _STATUS_WORDS.get(int(status[row, col]), "unknown"), core, window,
-                          window == whole_window, max_diff, max_ref, tolerance, note)
+                          window == recompute.whole, max_diff, max_ref, tolerance, note)
         checks.append(check)
         if on_tile is not None:
             on_tile(check)
-    return VerifyReport(result.path, scene_store.path, model_path, tolerance, int(status.size), grow, tuple(checks))
+    return VerifyReport(result.path, scene_store.path, model_path, tolerance, int(status.size), recompute.margin,
+                        tuple(checks))
+
+
+@dataclass(frozen=True, slots=True)
+class _WholeScene:
+    """The model run once on the whole padded scene (``whole``): every tile is checked against
+    the exact reference, ``out``."""
+
+    whole: Window
+    out: np.ndarray
+    margin: None = None
+
+    def around(self, core: Window) -> tuple[Window, np.ndarray]:
+        """The window a tile's ``core`` is recomputed on, and the model's output there."""
+        return self.whole, self.out
+
+
+@dataclass(frozen=True, slots=True)
+class _PerTile:
+    """The model run once per tile, on the tile's :func:`check_window` grown by ``margin``
+    ``(rows, cols)`` input pixels past its core."""
+
+    model: Any
+    scene: SceneStore
+    footprint: Footprint
+    bands: int
+    whole: Window
+    margin: tuple[int, int]
+
+    def around(self, core: Window) -> tuple[Window, np.ndarray]:
+        """The window a tile's ``core`` is recomputed on, and the model's output there."""
+        window = check_window(core, self.footprint, self.scene.info.shape, self.margin)
+        return window, _recompute(self.model, self.scene, window, self.bands)
+
+
+def _recompute_strategy(model: Any, scene: SceneStore, footprint: Footprint, bands: int, channels: int, *,
+                        memory: int, margin: int | None) -> _WholeScene | _PerTile:
+    """How tiles are recomputed: the whole padded scene at once where its activations (``channels``
+    wide) fit ``memory`` bytes, else each tile on its own window (``margin``: see :func:`verify_result`)."""
+    padded = footprint.padded_shape(scene.info.shape)
+    whole = Window(0, padded[0], 0, padded[1])
+    if _activation_bytes(whole, footprint, channels) <= memory:
+        return _WholeScene(whole, _recompute(model, scene, whole, bands))
+    return _PerTile(model, scene, footprint, bands, whole, _margins(footprint, margin))
 
 
 def _open_inputs(
@@ -411,8 +447,8 @@ def _open_inputs(
                          "to tilepipe.run is saved only for the run); name the .keras file with --model")
     found = model_sha256(model_path)  # an unreadable file: a ModelError naming it
     if found != sha:
-        raise ModelError(f"{model_path}: not the model the result was made with (sha256 {found[:12]}..., the result "
-                         f"records {sha[:12]}...); name that model's file with --model")
+        raise ModelError(f"{model_path}: not the model the result was made with (sha256 {short_identity(found)}..., "
+                         f"the result records {short_identity(sha)}...); name that model's file with --model")
     scene_path = os.fspath(scene) if scene is not None else str(prov.get("scene_store") or "")
     if not scene_path:
         raise StoreError(f"{result.path}: the result records no scene store; name it with --scene")
@@ -433,7 +469,7 @@ def _margins(footprint: Footprint, margin: int | None) -> tuple[int, int]:
     out = []
     for axis in (footprint.rows, footprint.cols):
         grow = max(_HALOS * axis.radius, MIN_MARGIN) if margin is None else margin
-        out.append(-(-max(grow, 0) // axis.step) * axis.step)
+        out.append(round_up(max(grow, 0), axis.step))
     return (out[0], out[1])
 
 
@@ -466,8 +502,8 @@ def _dense(scene: SceneStore, window: Window) -> np.ndarray:
             if data is None:
                 continue
             if data.shape[:2] != tile.window.shape:
-                raise StoreError(f"{scene.path}: tile ({r}, {c}) holds a {data.shape[0]} x {data.shape[1]} window, "
-                                 f"expected {tile.window.height} x {tile.window.width}; ingest again")
+                raise StoreError(f"{scene.path}: {tile.name}: expected a {tile.window.height} x {tile.window.width} "
+                                 f"window, got {data.shape[0]} x {data.shape[1]}; ingest again")
             values = data.to_dense(np.float32)
             out[part.relative_to(window).slices] = values[part.relative_to(tile.window).slices]
     return out
@@ -486,7 +522,7 @@ def _recompute(model: Any, scene: SceneStore, window: Window, bands: int) -> np.
         out = out[0]
     values = np.asarray(out)
     if values.ndim != 4 or values.shape[-1] != bands:
-        raise ModelError(f"expected the model to return images of {bands} bands, it returned {values.shape}")
+        raise ModelError(f"model: expected images of {bands} bands out, got an output of shape {values.shape}")
     return values[0]
 
 

@@ -33,8 +33,10 @@ import yaml
 
 from tilepipe.errors import WorkflowError
 from tilepipe.export.products import Classes, Scale, Threshold
-from tilepipe.geometry.grid import parse_tile_size
+from tilepipe.geometry.grid import DEFAULT_TILE_SIZE, parse_tile_size
 from tilepipe.location import has_scheme
+from tilepipe.model.loader import is_model_file
+from tilepipe.sources.kinds import is_scene_store, is_stac_item
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -60,7 +62,6 @@ __all__ = [
 BUILTIN_MODELS: tuple[str, ...] = ("demo", "unet")
 #: Pixel types a synthetic scene can have.
 SYNTHETIC_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
-DEFAULT_TILE_SIZE = 1024
 #: Products of the float result a workflow's output may ask for, each a GeoTIFF of its own.
 PRODUCT_KEYS: tuple[str, ...] = ("classes", "threshold", "scale")
 #: What a scene workflow's output paths hold where the scene file's stem goes.
@@ -111,6 +112,11 @@ class InputSpec:
     def raster(self) -> str | tuple[str, ...] | None:
         """What ingest reads: the raster or STAC item path, the stack's paths, or None (synthetic)."""
         return self.stack if self.stack is not None else self.path
+
+    @property
+    def scene_store(self) -> str | None:
+        """``path`` where it names a scene store (used as it is, not ingested), else None."""
+        return self.path if self.path is not None and is_scene_store(self.path) else None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -433,7 +439,7 @@ def _parse_input(value: object, base_dir: Path) -> InputSpec:
                                                  "(a band stack: the list names the bands, in order)")
         return replace(spec, stack=_stack(given, sec.key_of("path"), base_dir))
     path = _location(given, sec.key_of("path"), base_dir)
-    stac = path.lower().endswith(".json")
+    stac = is_stac_item(path)
     if stac and not sec.has("assets"):
         raise _Invalid(sec.key_of("assets"), "missing required key 'assets' (the STAC item's asset keys to "
                                              "stack, in order, e.g. [B04, B03, B02])")
@@ -454,7 +460,7 @@ def _stack(value: list[object] | tuple[object, ...], key: str, base_dir: Path) -
     paths = []
     for i, item in enumerate(value):
         path = _location(item, f"{key}[{i}]", base_dir)
-        if path.rstrip("/").endswith(".zarr") or path.lower().endswith(".json"):
+        if is_scene_store(path) or is_stac_item(path):
             raise _Invalid(f"{key}[{i}]", f"expected a raster in a band stack (not a scene store or STAC item), "
                                           f"got {_show(item)}")
         if path in paths:
@@ -498,7 +504,7 @@ def _parse_model(value: object, base_dir: Path) -> ModelSpec:
             )
         return ModelSpec(path=None, builtin=name)
     path = _location(sec.require("path"), sec.key_of("path"), base_dir)
-    if not path.endswith(".keras"):
+    if not is_model_file(path):
         raise _Invalid(
             sec.key_of("path"), f"expected a Keras v3 .keras file, got {_show(sec.require('path'))}"
         )
@@ -616,8 +622,9 @@ def _parse_product(name: str, value: object, key: str, base_dir: Path) -> tuple[
                             band=None if band is None else _int(band, sec.key_of("band"), minimum=0,
                                                                 what="a zero-based band index (an integer >= 0)"))
     else:
-        low = _number(sec.get("min", 0.0), sec.key_of("min"))
-        high = _number(sec.get("max", 1.0), sec.key_of("max"))
+        default = Scale()
+        low = _number(sec.get("min", default.min), sec.key_of("min"))
+        high = _number(sec.get("max", default.max), sec.key_of("max"))
         if not low < high:
             raise _Invalid(sec.key_of("max"), f"expected a number > output.scale.min ({low:g}), got {_show(high)}")
         nodata = sec.get("nodata")

@@ -106,9 +106,9 @@ def _scene(wf: Workflow, model: ModelFile, client: Any, overwrite: bool, progres
            say: Callable[[str], Any]) -> str:
     """The scene store the run reads: the input where it is one, else the input ingested (on ``client``)."""
     src = wf.input
-    if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
-        say(f"scene: using the scene store {src.path}")
-        return src.path
+    if src.scene_store is not None:
+        say(f"scene: using the scene store {src.scene_store}")
+        return src.scene_store
     scene_path = wf.output.scene
     if src.synthetic is not None:
         spec = src.synthetic
@@ -133,8 +133,7 @@ def _scene(wf: Workflow, model: ModelFile, client: Any, overwrite: bool, progres
 
 def _refuse_overlaps(wf: Workflow) -> None:
     """No output may be, contain or lie inside an input or another output: ``--overwrite`` would destroy it."""
-    src = wf.input.path
-    ingests = src is None or not src.rstrip("/").endswith(".zarr")  # a scene store input is used as it is
+    ingests = wf.input.scene_store is None  # a scene store input is used as it is
     outputs = [wf.output.zarr, wf.output.scene if ingests else None, wf.output.geotiff, wf.output.quicklook,
                *(spec.path for _, spec in wf.output.products)]
     refuse_overlaps(outputs, [*wf.input.paths, wf.model.path])
@@ -166,8 +165,8 @@ def _raster_bands(wf: Workflow) -> int:
     src = wf.input
     if src.bands:
         return len(src.bands)
-    if src.path is not None and src.path.rstrip("/").endswith(".zarr"):
-        return api.open_scene(src.path).info.bands
+    if src.scene_store is not None:
+        return api.open_scene(src.scene_store).info.bands
     assert src.raster is not None
     return probe_stack(src.raster, assets=src.assets).bands
 

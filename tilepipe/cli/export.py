@@ -7,6 +7,9 @@ import click
 from tilepipe.cli import options
 from tilepipe.export import Classes, Product, Scale, Threshold, export_geotiff
 
+#: A scaled product's defaults (its range), shown by --help.
+_SCALE = Scale()
+
 
 @click.command("export")
 @click.argument("result")
@@ -16,7 +19,8 @@ from tilepipe.export import Classes, Product, Scale, Threshold, export_geotiff
 @click.option("--threshold", type=float, default=None, metavar="VALUE",
               help="Write a binary uint8 mask: band > VALUE (255 where NaN).")
 @click.option("--scale", "scaled", is_flag=True, help="Write uint8 codes with scale/offset (see --scale-range).")
-@click.option("--scale-range", nargs=2, type=float, default=(0.0, 1.0), show_default=True, metavar="MIN MAX",
+@click.option("--scale-range", nargs=2, type=float, default=(_SCALE.min, _SCALE.max), show_default=True,
+              metavar="MIN MAX",
               help="The values codes 0 and 255 stand for, with --scale.")
 @click.option("--scale-nodata", type=click.Choice(["0", "255"]), default=None,
               help="With --scale: the code kept for NaN, [MIN, MAX] spread over the other 255 "

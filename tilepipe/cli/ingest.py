@@ -8,13 +8,16 @@ from tilepipe.api import ingest
 from tilepipe.cli import options
 from tilepipe.errors import InputError
 from tilepipe.execute.cluster import connect
+from tilepipe.execute.ingest import DEFAULT_HALO
+from tilepipe.geometry import DEFAULT_TILE_SIZE
 
 
 @click.command("ingest")
 @click.argument("sources", nargs=-1, required=True)
 @click.argument("store")
-@click.option("--tile-size", type=int, default=1024, show_default=True, help="Tile core size in pixels.")
-@click.option("--halo", type=int, default=None, help="Overlap in pixels (default: what --model needs, else 16).")
+@click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True, help="Tile core size in pixels.")
+@click.option("--halo", type=int, default=None,
+              help=f"Overlap in pixels (default: what --model needs, else {DEFAULT_HALO}).")
 @click.option("--model", "model", default=None, help="A .keras model whose footprint sets the halo.")
 @click.option("--nodata", type=float, default=None, help="Override every band's nodata value.")
 @click.option("--mask/--ignore-mask", default=True, show_default=True,

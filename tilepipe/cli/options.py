@@ -12,4 +12,7 @@ scheduler = click.option(
     help="Dask scheduler address (tcp://host:8786). Default: the workflow's cluster.address, "
     "else $DASK_SCHEDULER_ADDRESS, else an embedded local cluster.",
 )
+gpu = click.option(
+    "--gpu/--no-gpu", default=None, help="Send model tasks to workers with the GPU resource (default: the workflow's)."
+)
 progress = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")

@@ -12,7 +12,7 @@ from tilepipe.workflow_runner import run_workflow
 @click.command("run")
 @click.argument("workflow", type=click.Path(dir_okay=False))
 @options.scheduler
-@click.option("--gpu/--no-gpu", default=None, help="Send model tasks to workers with the GPU resource.")
+@options.gpu
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Tiles per model call.")
 @options.overwrite
 @options.progress

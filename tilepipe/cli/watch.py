@@ -7,12 +7,15 @@ import json
 import click
 
 from tilepipe.cli import options
+from tilepipe.sources.identity import short_identity
+from tilepipe.store.info import utc_timestamp
 from tilepipe.watch import DEFAULT_PATTERNS, Inbox, Ledger, Outputs, SceneRecord, Watcher, WatchOptions
-from tilepipe.watch.ledger import iso, short_identity
 from tilepipe.watch.service import CLAIMS
 from tilepipe.workflow import load_scene_workflow
 
 _SECONDS = click.FloatRange(min=0)
+#: The watcher's own defaults, shown by --help: one place decides them (:class:`WatchOptions`).
+_DEFAULTS = WatchOptions()
 
 
 @click.command("watch")
@@ -20,23 +23,24 @@ _SECONDS = click.FloatRange(min=0)
 @click.option("--workflow", "workflow_path", required=True, type=click.Path(dir_okay=False), metavar="WORKFLOW",
               help="Workflow file without an 'input' section; its output paths hold {scene}, the scene's stem.")
 @click.option("--once", is_flag=True, help="One pass, then exit: 0 if every scene it took succeeded, else 1.")
-@click.option("--interval", type=_SECONDS, default=60.0, show_default=True, help="Seconds between passes.")
-@click.option("--settle", type=_SECONDS, default=5.0, show_default=True,
+@click.option("--interval", type=_SECONDS, default=_DEFAULTS.interval, show_default=True,
+              help="Seconds between passes.")
+@click.option("--settle", type=_SECONDS, default=_DEFAULTS.settle, show_default=True,
               help="Seconds a file must be left unchanged before it is taken.")
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=_DEFAULTS.max_concurrent, show_default=True,
               help="Scenes run at once on the cluster.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--max-attempts", type=click.IntRange(min=1), default=_DEFAULTS.max_attempts, show_default=True,
               help="Attempts before a failing scene is quarantined.")
-@click.option("--backoff", type=_SECONDS, default=60.0, show_default=True,
+@click.option("--backoff", type=_SECONDS, default=_DEFAULTS.backoff, show_default=True,
               help="Seconds before the first retry of a failed scene, doubled for each later one.")
-@click.option("--lease", type=click.FloatRange(min=1), default=120.0, show_default=True,
+@click.option("--lease", type=click.FloatRange(min=1), default=_DEFAULTS.lease, show_default=True,
               help="Seconds a claim lasts unless renewed (a watcher renews its claims while it runs).")
 @options.scheduler
-@click.option("--gpu/--no-gpu", default=None, help="Send model tasks to workers with the GPU resource.")
+@options.gpu
 @click.option("--ledger", "ledger_path", default=None, metavar="PATH",
               help="The SQLite ledger (default: .tilepipe-watch.sqlite beside the outputs). Keep it on a local disk.")
 @click.option("--work-dir", default=None, metavar="DIR", help="Where scenes run before their outputs are published.")
-@click.option("--claims", type=click.Choice(CLAIMS), default="auto", show_default=True,
+@click.option("--claims", type=click.Choice(CLAIMS), default=_DEFAULTS.claims, show_default=True,
               help="ledger: SQLite transactions (watchers on one machine); scheduler: also a lock on the shared "
               "Dask scheduler (watchers on several machines); auto: scheduler when --scheduler is used.")
 @click.option("--on-done", default=None, metavar="CMD",
@@ -124,5 +128,5 @@ def _row(r: SceneRecord) -> tuple[str, ...]:
     if r.status != "done" and r.error and r.result:
         last = r.error
     return (r.name, short_identity(r.identity), r.status, str(r.attempts),
-            iso(r.started) if r.started else "-", iso(r.ended) if r.ended else "-",
+            utc_timestamp(r.started) if r.started else "-", utc_timestamp(r.ended) if r.ended else "-",
             f"{r.wall:.1f} s" if r.wall is not None else "-", last or "-")

@@ -35,7 +35,7 @@ from tilepipe.geometry import Footprint, Window
 from tilepipe.geometry.support import affected, cover
 from tilepipe.model.responses import empty_response
 from tilepipe.model.runner import CompiledModel, densify
-from tilepipe.plan import TileJob
+from tilepipe.plan import DEFAULT_BATCH, TileJob
 from tilepipe.store.codec import TileData
 
 __all__ = ["DENSE_FRACTION", "PIECE_OVERHEAD", "Computed", "PiecePlan", "compute_tiles", "empty_core",
@@ -181,7 +181,7 @@ def plan_pieces(
     *,
     footprint: Footprint,
     scene_shape: tuple[int, int],
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH,
     dense_fraction: float = DENSE_FRACTION,
     coords: Sequence[tuple[np.ndarray, ...] | None] | None = None,
 ) -> PiecePlan:
@@ -220,7 +220,7 @@ def compute_tiles(
     *,
     footprint: Footprint,
     scene_shape: tuple[int, int],
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH,
     dense_fraction: float = DENSE_FRACTION,
 ) -> Computed:
     """Run the model over non-empty tiles; each core as ``(rows, cols, out_bands)``, exact.

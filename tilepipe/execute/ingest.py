@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from tilepipe.execute.executor import Task, execute
 from tilepipe.execute.models import facts_on_worker, model_file
 from tilepipe.execute.preflight import check_workers
 from tilepipe.execute.tasks import BlockDone, ingest_coo_block, ingest_raster_block
-from tilepipe.geometry import parse_tile_size
+from tilepipe.geometry import DEFAULT_TILE_SIZE, parse_tile_size, stride_aligned
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.logs import NOTICE
 from tilepipe.sources import RasterStack, TileBuckets, as_coo, parse_crs, parse_transform, probe_stack
@@ -30,6 +30,7 @@ __all__ = ["DEFAULT_HALO", "MIN_TILE", "ingest"]
 
 _notice = logging.getLogger(NOTICE)
 
+#: The halo stored where neither a halo nor a model is given, pixels.
 DEFAULT_HALO = 16
 
 #: The smallest tile side (px) worth its overhead: each tile costs a chunk file, an index
@@ -47,7 +48,7 @@ def ingest(
     source: Any,
     store: str | os.PathLike[str],
     *,
-    tile_size: int | tuple[int, int] = 1024,
+    tile_size: int | tuple[int, int] = DEFAULT_TILE_SIZE,
     halo: int | None = None,
     model: Any = None,
     nodata: float | None = None,
@@ -116,42 +117,74 @@ def ingest(
     tile = _aligned(tile, step)
     paths = _raster_paths(source)
     if paths is not None:
-        refuse_overlaps([str(location)], list(paths))  # before anything at the output is touched
-        raster = probe_stack(paths[0] if isinstance(source, (str, os.PathLike)) else paths,
-                             assets=None if assets is None else tuple(assets),
-                             bands=tuple(bands) if bands else None, nodata=nodata, mask=mask)
-        refuse_overlaps([str(location)], list(raster.paths) + list(raster.files))  # a STAC item's or VRT's rasters
-        if client is not None:
-            check_workers(client, inputs=list(raster.paths), outputs=[str(location)])
-        info = _raster_info(raster, _fit_tile(tile, raster.shape, tile_size), halo)
-        tiles = raster_tile_occupancy(raster, info)  # None: every tile must be read
-        by, bx = info.block
+        src = _raster_source(source, paths, location, tile, tile_size, halo, assets=assets, bands=bands,
+                             nodata=nodata, mask=mask, client=client)
+    else:
+        if assets is not None:
+            raise InputError("assets: only for a STAC item given by its path")
+        src = _points_source(source, tile, tile_size, halo, crs=crs, transform=transform)
+    return _write(location, src, overwrite, progress)
 
-        def raster_tasks(_store: SceneStore, blocks: Blocks) -> list[Task[BlockDone]]:
-            return [Task(ingest_raster_block, (raster, str(location), (r, c),
-                                               None if tiles is None else tiles[r * by : (r + 1) * by,
-                                                                                c * bx : (c + 1) * bx]))
-                    for r, c in blocks]
 
-        return _write(location, info, overwrite, client, progress, raster_tasks,
-                      occupied=None if tiles is None else occupied_blocks(tiles, info.block))
-    if assets is not None:
-        raise InputError("assets: only for a STAC item given by its path")
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """A scene as ingest writes it, whatever it came as: the store's description (``info``), the tasks
+    that write a list of its blocks into the store (``tasks``), the client they run on (None: local
+    threads), and which blocks may hold a value (``occupied``, a bool mask over the block grid; None:
+    the source cannot tell, and every block is read)."""
+
+    info: SceneInfo
+    tasks: Callable[[SceneStore, Blocks], list[Task[BlockDone]]]
+    client: Any
+    occupied: np.ndarray | None
+
+
+def _raster_source(
+    source: Any, paths: tuple[str, ...], location: Location, tile: tuple[int, int],
+    asked: int | tuple[int, int] | list[int], halo: int, *, assets: Any, bands: Any, nodata: float | None,
+    mask: bool, client: Any,
+) -> _Source:
+    """Rasters (one, a band stack, a STAC item's assets), refused before anything is written where they
+    cannot be one scene or overlap the store; their windows are read by tasks on ``client``, and only the
+    blocks whose tiles the files' block tables say may hold data."""
+    refuse_overlaps([str(location)], list(paths))  # before anything at the output is touched
+    raster = probe_stack(paths[0] if isinstance(source, (str, os.PathLike)) else paths,
+                         assets=None if assets is None else tuple(assets),
+                         bands=tuple(bands) if bands else None, nodata=nodata, mask=mask)
+    refuse_overlaps([str(location)], list(raster.paths) + list(raster.files))  # a STAC item's or VRT's rasters
+    if client is not None:
+        check_workers(client, inputs=list(raster.paths), outputs=[str(location)])
+    info = _raster_info(raster, _fit_tile(tile, raster.shape, asked), halo)
+    tiles = raster_tile_occupancy(raster, info)  # None: every tile must be read
+    by, bx = info.block
+
+    def tasks(_store: SceneStore, blocks: Blocks) -> list[Task[BlockDone]]:
+        return [Task(ingest_raster_block, (raster, str(location), (r, c),
+                                           None if tiles is None else tiles[r * by : (r + 1) * by,
+                                                                            c * bx : (c + 1) * bx]))
+                for r, c in blocks]
+
+    return _Source(info, tasks, client, None if tiles is None else occupied_blocks(tiles, info.block))
+
+
+def _points_source(source: Any, tile: tuple[int, int], asked: int | tuple[int, int] | list[int], halo: int, *,
+                   crs: Any, transform: Any) -> _Source:
+    """Points in memory (a SparseTensor, COO arrays, a CooScene): sorted by tile once, and written from
+    this process on local threads (shipping them to workers would copy the scene); only the blocks
+    that hold points, or lie within a halo of one."""
     scene = as_coo(source)
     info = SceneInfo(
         shape=scene.shape[:2], bands=scene.shape[2], dtype=str(scene.values.dtype),
-        tile_size=_fit_tile(tile, scene.shape[:2], tile_size), halo=halo,
+        tile_size=_fit_tile(tile, scene.shape[:2], asked), halo=halo,
         crs_wkt=parse_crs(crs), transform=parse_transform(transform),
         source={"kind": "coo", "sha256": scene.sha256()},
     )
 
-    def coo_tasks(store: SceneStore, blocks: Blocks) -> list[Task[BlockDone]]:
+    def tasks(store: SceneStore, blocks: Blocks) -> list[Task[BlockDone]]:
         buckets = TileBuckets(scene, info.grid, name="input")  # points sorted by tile once
         return [Task(ingest_coo_block, (buckets, store, b)) for b in blocks]
 
-    # Points in memory are written from here, on local threads: shipping them to workers would copy the scene.
-    return _write(location, info, overwrite, None, progress, coo_tasks,
-                  occupied=coo_block_occupancy(scene, info.grid, info.block))
+    return _Source(info, tasks, None, coo_block_occupancy(scene, info.grid, info.block))
 
 
 def _raster_paths(source: Any) -> tuple[str, ...] | None:
@@ -161,9 +194,9 @@ def _raster_paths(source: Any) -> tuple[str, ...] | None:
     if isinstance(source, list) or (isinstance(source, tuple) and source
                                     and all(isinstance(p, (str, os.PathLike)) for p in source)):
         if not all(isinstance(p, (str, os.PathLike)) for p in source):
-            raise InputError(f"expected a list of raster paths, got {source!r}"[:200])
+            raise InputError(f"source: expected a list of raster paths, got {source!r}"[:200])
         if not source:
-            raise InputError("expected at least one raster in the list of paths")
+            raise InputError("source: expected at least one raster in the list of paths, got []")
         return tuple(os.fspath(p) for p in source)
     return None
 
@@ -297,7 +330,7 @@ def _fit_tile(
 
 def _aligned(tile: tuple[int, int], step: tuple[int, int]) -> tuple[int, int]:
     """``tile`` rounded up to multiples of a strided model's total stride, saying so once."""
-    aligned = (-(-tile[0] // step[0]) * step[0], -(-tile[1] // step[1]) * step[1])
+    aligned = stride_aligned(tile, step)
     if aligned != tile:
         _notice.warning(
             "tile size %s rounded up to %s: a multiple of the model's total stride %s, to which windows align",
@@ -332,17 +365,14 @@ def _resolve_halo(halo: int | None, model: Any, client: Any) -> tuple[int, tuple
     return (need if halo is None else halo), footprint.step
 
 
-def _write(
-    location: Location, info: SceneInfo, overwrite: bool, client: Any, progress: bool,
-    make_tasks: Callable[[SceneStore, Blocks], list[Task[BlockDone]]], *, occupied: np.ndarray | None,
-) -> SceneStore:
+def _write(location: Location, src: _Source, overwrite: bool, progress: bool) -> SceneStore:
     """Reuse a complete store of the same scene, resume an unfinished one, or create one; write
     the blocks it lacks and mark it complete.
 
-    ``occupied``: the blocks whose tiles' windows may hold a value, a bool mask over the
-    block grid, or None where the source cannot tell (then every block is read). Only
-    they become tasks and are written: the cost follows the data, not the grid.
+    Only ``src.occupied`` blocks (every block where it is None) become tasks and are
+    written: the cost follows the data, not the grid.
     """
+    info, occupied = src.info, src.occupied
     with store_lock(location, by="ingest"):  # another writer of this store is refused, not raced
         existing, holds = _existing(location, info) if location.exists() else (None, "nothing")
         decision = existing_output(location, overwrite=overwrite, reusable=lambda: existing is not None, holds=holds)
@@ -361,7 +391,7 @@ def _write(
             store = SceneStore.create(location, info)
             blocks = store.blocks() if occupied is None else [(int(r), int(c)) for r, c in np.argwhere(occupied)]
         try:
-            execute(make_tasks(store, blocks), lambda _task, _done: None, client=client, name="ingest",
+            execute(src.tasks(store, blocks), lambda _task, _done: None, client=src.client, name="ingest",
                     progress=progress, unit="block")
             _check_unchanged(store.info.source)  # after the last read, before anything says "complete"
         except Exception:

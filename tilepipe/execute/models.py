@@ -13,7 +13,8 @@ from typing import Any
 
 from tilepipe.location import Location
 from tilepipe.model.facts import ModelFacts, model_facts
-from tilepipe.model.loader import file_sha256, model_sha256
+from tilepipe.model.loader import model_sha256
+from tilepipe.sources.identity import content_sha256
 
 __all__ = ["ModelFile", "facts_on_worker", "model_file"]
 
@@ -66,7 +67,7 @@ def model_file(model: Any) -> Iterator[ModelFile]:
     with tempfile.TemporaryDirectory(prefix="tilepipe-model-") as folder:
         path = os.path.join(folder, "model.keras")
         keras_model.save(path)
-        yield ModelFile(path, file_sha256(path))
+        yield ModelFile(path, content_sha256(path))
 
 
 # What workers said of models this process ran before, by (sha256, input bands).

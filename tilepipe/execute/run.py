@@ -29,8 +29,9 @@ from tilepipe.execute.preflight import check_workers
 from tilepipe.execute.tasks import BatchDone, RunSpec, run_tiles
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.model.facts import ModelFacts
-from tilepipe.plan import RunPlan, plan_result, plan_run
+from tilepipe.plan import DEFAULT_BATCH, DEFAULT_BATCH_GPU, RunPlan, plan_result, plan_run
 from tilepipe.store import remove_store
+from tilepipe.store.info import utc_timestamp
 from tilepipe.store.lock import store_lock
 from tilepipe.store.result import (
     STATUS_COMPUTED,
@@ -44,10 +45,6 @@ from tilepipe.store.result import (
 from tilepipe.store.scene import SceneStore
 
 __all__ = ["RunReport", "run_model"]
-
-#: Busy tiles per task by default: a GPU takes bigger batches.
-_BATCH_CPU, _BATCH_GPU = 8, 32
-
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
@@ -218,7 +215,7 @@ def run_model(
                 status=status,
                 # The store's own: a resumed format 2 store has band 0's for every band.
                 fill_values=result.fill_values,
-                batch_size=batch_size or (_BATCH_GPU if gpu else _BATCH_CPU),
+                batch_size=batch_size or (DEFAULT_BATCH_GPU if gpu else DEFAULT_BATCH),
                 workers=len(client.scheduler_info().get("workers", {})),
             )
             spec = RunSpec(scene_path, result_path, mf.path, mf.sha256, facts.footprint, scene.info.bands,
@@ -284,7 +281,7 @@ def _open_or_create(
     provenance = {
         **layout.provenance,
         "run_id": uuid.uuid4().hex,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
     }
     return ResultStore.create(location, replace(layout, provenance=provenance), fill_values=fills), False
 

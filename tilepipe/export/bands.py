@@ -1,7 +1,7 @@
 """Band names of a result: read from, and recorded into, the result store's band arrays.
 
 A name is the CF ``long_name`` attribute of the band's own Zarr array (``band_1``, ...,
-format 3 stores), which ``xarray.open_zarr`` shows and every export uses as the band's
+stores of format 3 and later), which ``xarray.open_zarr`` shows and every export uses as the band's
 description. Stores of the older one-array format keep the default names.
 """
 
@@ -28,15 +28,15 @@ def parse_band_names(names: Sequence[str] | None, count: int) -> tuple[str, ...]
     if names is None:
         return None
     if isinstance(names, (str, bytes)):
-        raise InputError(f"Expected band names as a sequence of strings. Got {names!r} instead.")
+        raise InputError(f"band_names: expected a sequence of strings, got {names!r}")
     chosen = tuple(names)
     if len(chosen) != count:
-        raise InputError(f"Expected {count} band names, one per band of the result. Got {len(chosen)} instead.")
+        raise InputError(f"band_names: expected {count} band names, one per band of the result, got {len(chosen)}")
     for name in chosen:
         if not isinstance(name, str) or not name.strip():
-            raise InputError(f"Expected band names to be non-empty strings. Got {name!r} instead.")
+            raise InputError(f"band_names: expected non-empty strings, got {name!r}")
     if len(set(chosen)) != len(chosen):
-        raise InputError(f"Expected distinct band names. Got {list(chosen)!r} instead.")
+        raise InputError(f"band_names: expected distinct names, got {list(chosen)!r}")
     return chosen
 
 
@@ -70,7 +70,7 @@ def record_band_names(result: str | os.PathLike[str], names: Sequence[str]) -> N
     for band in range(store.info.shape[0]):
         array, lead = store.data.array(band)
         if lead != ():
-            raise StoreError(f"{store.path}: band names need a store with one array per band (format 3); "
+            raise StoreError(f"{store.path}: band names need a store with one array per band (format 3 or later); "
                              "run the model again to rewrite it")
         arrays.append(array)
     try:

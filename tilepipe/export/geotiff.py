@@ -1,7 +1,8 @@
 """Export a finished result store to a tiled GeoTIFF or a Cloud-Optimized GeoTIFF.
 
-The result store is dense Zarr (``data``: float32, ``(band, y, x)``, one chunk per tile
-core). The export never holds the raster in memory: it walks the raster in square
+The result store is dense Zarr: one float32 ``(y, x)`` array per band, one chunk per tile
+core (older stores: one ``(band, y, x)`` array), read through :attr:`ResultStore.data` as
+``(band, y, x)``. The export never holds the raster in memory: it walks the raster in square
 windows whose sides are whole multiples of the GeoTIFF block size, so every compressed
 GeoTIFF tile is written exactly once (a window that cut a tile would make GDAL rewrite it,
 and a rewritten compressed tile leaves dead bytes in the file). Peak memory is one
@@ -10,8 +11,9 @@ window (about 16 MB) plus GDAL's block cache, whatever the scene size.
 Sparse results are mostly one constant (the fill value of free tiles). A block that
 holds nothing else is not written at all: GDAL fills every never-written block at close,
 compressing one such block once and reusing its bytes (see :func:`_write_tiled`), and a
-block inside free tiles is not even read. What readers see is unchanged: every block is
-in the file, with the exact values, and no nodata value is added to a float result.
+window inside free tiles is not even read (:func:`window_action` decides, per window and
+band: left out, filled with the constant, or read). What readers see is unchanged: every
+block is in the file, with the exact values, and no nodata value is added to a float result.
 
 Nothing half-written ever sits at the output's name: the file is built in a private
 folder beside it and moved onto the name only once it is proven whole. A COG goes
@@ -36,7 +38,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -46,15 +48,16 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from tilepipe.errors import InputError, StoreError, TilepipeError
-from tilepipe.export._publish import failure_reason, native_stderr, publish
+from tilepipe.export._publish import failure_reason, gdal_messages, publish
 from tilepipe.export.bands import band_names as stored_band_names
 from tilepipe.export.bands import parse_band_names
 from tilepipe.export.products import Layout, Product, layout
 from tilepipe.geometry import Window as CoreWindow
+from tilepipe.geometry import tile_name
 from tilepipe.progress import progress_bar
 from tilepipe.store.result import STATUS_FREE, ResultStore
 
-__all__ = ["export_geotiff", "open_result"]
+__all__ = ["WindowAction", "export_geotiff", "open_result", "window_action"]
 
 #: Side of a read/write window in pixels, rounded down to a multiple of the block size:
 #: 2048 x 2048 float32 is 16 MB, large enough that per-call overhead vanishes.
@@ -72,7 +75,7 @@ _MAX_TAG_CHARS = 1024
 
 
 def open_result(result: str | os.PathLike[str]) -> ResultStore:
-    """Open a result store read-only (its attributes checked against its ``data`` array)."""
+    """Open a result store read-only (its attributes checked against its band arrays)."""
     return ResultStore.open(result, mode="r")
 
 
@@ -91,7 +94,7 @@ def _check_whole(path: Path, count: int) -> None:
     size = path.stat().st_size
     with rasterio.open(path) as src:
         if src.count != count:
-            raise _NotWhole(f"it has {src.count} bands, expected {count}")
+            raise _NotWhole(f"expected {count} bands, got {src.count}")
         levels = len(src.overviews(1))
     for level in [None, *range(levels)]:
         where = "" if level is None else f" of overview {level + 1}"
@@ -104,7 +107,7 @@ def _check_whole(path: Path, count: int) -> None:
                         offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=bidx)
                         nbytes = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=bidx)
                         if not offset or not nbytes or int(offset) + int(nbytes) > size:
-                            raise _NotWhole(f"tile (row {y}, col {x}) of band {bidx}{where} is missing or cut short")
+                            raise _NotWhole(f"{tile_name(y, x)} of band {bidx}{where} is missing or cut short")
                 r0, c0 = (ny - 1) * block_rows, (nx - 1) * block_cols
                 src.read(bidx, window=Window(c0, r0, src.width - c0, src.height - r0))
 
@@ -112,16 +115,16 @@ def _check_whole(path: Path, count: int) -> None:
 def _parse_compress(compress: str) -> str:
     value = str(compress).lower()
     if value not in _COMPRESSIONS:
-        raise InputError(f"Expected compress to be one of {', '.join(_COMPRESSIONS)}. Got {compress!r} instead.")
+        raise InputError(f"compress: expected one of {', '.join(_COMPRESSIONS)}, got {compress!r}")
     return value
 
 
 def _parse_blocksize(blocksize: int) -> int:
     # TIFF tiles must be multiples of 16 pixels; beyond 4096 a tile is no longer a tile.
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or not 16 <= blocksize <= 4096:
-        raise InputError(f"Expected blocksize to be an integer from 16 to 4096 pixels. Got {blocksize!r} instead.")
+        raise InputError(f"blocksize: expected an integer from 16 to 4096 pixels, got {blocksize!r}")
     if blocksize % 16:
-        raise InputError(f"Expected blocksize to be a multiple of 16 pixels. Got {blocksize} instead.")
+        raise InputError(f"blocksize: expected a multiple of 16 pixels, got {blocksize}")
     return blocksize
 
 
@@ -129,13 +132,13 @@ def _parse_bands(bands: Sequence[int] | None, count: int) -> tuple[int, ...]:
     if bands is None:
         return tuple(range(count))
     if isinstance(bands, (str, bytes)):
-        raise InputError(f"Expected bands to be a sequence of band indices. Got {bands!r} instead.")
+        raise InputError(f"bands: expected a sequence of band indices, got {bands!r}")
     chosen = tuple(bands)
     if not chosen:
-        raise InputError("Expected at least one band index. Got an empty sequence instead.")
+        raise InputError("bands: expected at least one band index, got an empty sequence")
     for band in chosen:
         if isinstance(band, bool) or not isinstance(band, (int, np.integer)) or not 0 <= band < count:
-            raise InputError(f"Expected band indices from 0 to {count - 1} (zero-based). Got {band!r} instead.")
+            raise InputError(f"bands: expected band indices from 0 to {count - 1} (zero-based), got {band!r}")
     return tuple(int(band) for band in chosen)
 
 
@@ -229,6 +232,30 @@ def region_of(store: ResultStore, *, window: Sequence[int] | None = None,
     return whole
 
 
+#: What the export does with one window of one output band (:func:`window_action`).
+WindowAction = Literal["skip", "fill", "read"]
+
+
+def window_action(free: np.ndarray, window: tuple[int, int, int, int], blocksize: int, *,
+                  constant_is_skip: bool) -> WindowAction:
+    """Whether one window of one output band is left unwritten, filled with the band's constant or read; pure.
+
+    ``free``: which ``blocksize``-pixel blocks of the exported region lie wholly in free tiles,
+    ``(block_row, block_col)`` (:func:`_free_blocks`); ``window``: ``(row_off, col_off, height,
+    width)`` in the region, in whole blocks but at its bottom and right edges. A window whose
+    blocks are all free holds only the band's constant: ``"skip"`` where that constant is the
+    value never-written blocks get (``constant_is_skip``: GDAL fills them at close), else
+    ``"fill"`` (written from ``np.full``, nothing read). Any other window is ``"read"`` from the
+    store (and its blocks that hold only the skip value are still left out by the writer).
+    """
+    r0, c0, height, width = window
+    rows = slice(r0 // blocksize, -(-(r0 + height) // blocksize))
+    cols = slice(c0 // blocksize, -(-(c0 + width) // blocksize))
+    if not free[rows, cols].all():
+        return "read"
+    return "skip" if constant_is_skip else "fill"
+
+
 def _same_bits(pixels: np.ndarray, value: np.ndarray) -> bool:
     """Whether every pixel has exactly the bits of ``value`` (NaN payloads, -0.0 told apart)."""
     kind = f"u{pixels.dtype.itemsize}"
@@ -309,7 +336,6 @@ def _write_tiled(
     side = blocksize * max(1, _WINDOW_SIDE // blocksize)
     windows = list(_windows(rows, cols, side))
     free = _free_blocks(store, region, blocksize)
-    per_window = side // blocksize
     bar = progress_bar(len(windows) * len(plan.sources), "export", "window", enabled=progress)
     try:
         with rasterio.open(path, "w", **profile) as dst:
@@ -324,18 +350,14 @@ def _write_tiled(
                 value = np.asarray(constant, plan.dtype)
                 skip = value if _same_bits(value, np.asarray(skip_value, plan.dtype)) else None
                 for window in windows:
+                    action = window_action(free, window, blocksize, constant_is_skip=skip is not None)
                     r0, c0, height, width = window
-                    all_free = bool(free[r0 // blocksize : r0 // blocksize + per_window,
-                                         c0 // blocksize : c0 // blocksize + per_window].all())
-                    if all_free and skip is not None:
-                        bar.update(1)
-                        continue
-                    if all_free:
-                        pixels = np.full((height, width), value, plan.dtype)
-                    else:
+                    if action == "fill":
+                        _write_blocks(dst, index, np.full((height, width), value, plan.dtype), window, blocksize, skip)
+                    elif action == "read":
                         there = (r0 + region.row_start, c0 + region.col_start, height, width)
                         pixels = transform(np.stack([_read_window(store, b, there) for b in sources]))
-                    _write_blocks(dst, index, pixels, window, blocksize, skip)
+                        _write_blocks(dst, index, pixels, window, blocksize, skip)
                     bar.update(1)
         with rasterio.open(path, "r+") as dst:
             dst.nodata = plan.nodata
@@ -364,7 +386,7 @@ def _parse_resampling(resampling: str | None) -> str | None:
     allowed = ("nearest", "average", "bilinear", "cubic", "mode", "rms")
     value = str(resampling).lower()
     if value not in allowed:
-        raise InputError(f"Expected resampling to be one of {', '.join(allowed)}. Got {resampling!r} instead.")
+        raise InputError(f"resampling: expected one of {', '.join(allowed)}, got {resampling!r}")
     return value
 
 
@@ -476,7 +498,7 @@ def export_geotiff(
     with publish(out_path, overwrite=overwrite) as partial:
         native: list[str] = []
         try:
-            with native_stderr() as native:
+            with gdal_messages() as native:
                 if cog:
                     tiled = partial.with_name(f"{partial.stem}.tiled.tif")
                     _write_tiled(store, plan, tiled, compress, blocksize, progress, region)

@@ -138,13 +138,13 @@ def _colour(index: int) -> tuple[int, int, int]:
 
 def _classes_layout(product: Classes, count: int, fills: Sequence[float], names: Sequence[str]) -> Layout:
     if count < 2:
-        raise InputError(f"Expected a result with at least 2 bands for a class map. Got {count} band instead.")
+        raise InputError(f"classes: expected a result with at least 2 bands for a class map, got {count} band")
     classes = tuple(product.names) if product.names is not None else tuple(names)
     if len(classes) != count:
-        raise InputError(f"Expected {count} class names, one per band. Got {len(classes)} instead.")
+        raise InputError(f"classes: expected {count} class names, one per band, got {len(classes)}")
     colours = tuple(product.colors) if product.colors is not None else tuple(_colour(i) for i in range(count))
     if len(colours) != count:
-        raise InputError(f"Expected {count} class colours, one per band. Got {len(colours)} instead.")
+        raise InputError(f"classes: expected {count} class colours, one per band, got {len(colours)}")
     small = count <= 255
     nodata = 255 if small else 65535
     transform = _argmax(nodata, np.uint8 if small else np.uint16)
@@ -161,12 +161,12 @@ def _classes_layout(product: Classes, count: int, fills: Sequence[float], names:
 def _pick_band(band: int | None, count: int, what: str) -> int:
     if band is None:
         if count != 1:
-            raise InputError(f"Expected the band of a {what} (zero-based, 0 to {count - 1}) for a result of "
-                             f"{count} bands. Got none instead.")
+            raise InputError(f"{what}: expected the band of a {what} (zero-based, 0 to {count - 1}) for a result of "
+                             f"{count} bands, got none")
         return 0
     if not 0 <= band < count:
-        raise InputError(f"Expected the band of a {what} to be from 0 to {count - 1} (zero-based). "
-                         f"Got {band} instead.")
+        raise InputError(f"{what}: expected the band of a {what} to be from 0 to {count - 1} (zero-based), "
+                         f"got {band}")
     return band
 
 
@@ -174,7 +174,7 @@ def _threshold_layout(product: Threshold, count: int, fills: Sequence[float], na
     band = _pick_band(product.band, count, "threshold")
     value = np.float32(product.value)
     if not math.isfinite(float(value)):
-        raise InputError(f"Expected a finite threshold value. Got {product.value!r} instead.")
+        raise InputError(f"threshold: expected a finite threshold value, got {product.value!r}")
 
     def transform(window: np.ndarray) -> np.ndarray:
         out = (window[0] > value).astype(np.uint8)
@@ -197,9 +197,9 @@ def scale_codes(product: Scale) -> tuple[int, int, float, float]:
 
 def _scale_layout(product: Scale, bands: tuple[int, ...], fills: Sequence[float], names: Sequence[str]) -> Layout:
     if product.nodata not in (None, 0, 255):
-        raise InputError(f"Expected the scaled product's nodata to be 0, 255 or None. Got {product.nodata!r} instead.")
+        raise InputError(f"scale: expected the scaled product's nodata to be 0, 255 or None, got {product.nodata!r}")
     if not (math.isfinite(product.min) and math.isfinite(product.max) and product.min < product.max):
-        raise InputError(f"Expected a scale range with finite min < max. Got [{product.min}, {product.max}] instead.")
+        raise InputError(f"scale: expected a scale range with finite min < max, got [{product.min}, {product.max}]")
     low, high, step, offset = scale_codes(product)
     nodata = product.nodata
 

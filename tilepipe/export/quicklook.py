@@ -29,11 +29,12 @@ import numpy as np
 
 from tilepipe.errors import InputError, StoreError, TilepipeError
 from tilepipe.export._publish import check_output, publish
+from tilepipe.export.bands import band_names
 from tilepipe.export.geotiff import open_result
-from tilepipe.sources.stack import crs_name
+from tilepipe.sources.georef import crs_name, wkt_name
 from tilepipe.store.result import ResultStore
 
-__all__ = ["quicklook"]
+__all__ = ["DEFAULT_CMAP", "DEFAULT_MAX_SIZE", "MIN_SIZE", "quicklook"]
 
 #: Pixels per read when averaging: about 4 M float32 pixels (16 MB), in whole chunks.
 _READ_PIXELS = 1 << 22
@@ -53,7 +54,10 @@ _MIN_WIDTH, _MIN_CBAR = 256, 120
 _MIN_IMAGE = 256
 
 #: The picture cannot be smaller than this (pixels per side): below it nothing fits.
-_MIN_SIZE = 256
+MIN_SIZE = 256
+
+#: The picture's longest side where none is given (pixels), and its colour map.
+DEFAULT_MAX_SIZE, DEFAULT_CMAP = 1024, "viridis"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +160,7 @@ def _colour_limits(sample: np.ndarray, vmin: float | None, vmax: float | None) -
     probability map, whose few hot spots percentiles would hide), else the 2nd and 98th
     percentiles of the finite sample."""
     if vmin is not None and vmax is not None and not vmin < vmax:
-        raise InputError(f"Expected vmin < vmax. Got vmin={vmin}, vmax={vmax} instead.")
+        raise InputError(f"vmin, vmax: expected vmin < vmax, got vmin={vmin}, vmax={vmax}")
     finite = sample[np.isfinite(sample)]
     if finite.size and finite.min() >= 0 and finite.max() <= 1 and finite.min() < finite.max():
         low, high = 0.0, 1.0
@@ -179,14 +183,14 @@ def _colour_limits(sample: np.ndarray, vmin: float | None, vmax: float | None) -
 
 def _parse_band(band: int, count: int) -> int:
     if isinstance(band, bool) or not isinstance(band, (int, np.integer)) or not 0 <= band < count:
-        raise InputError(f"Expected band to be an index from 0 to {count - 1} (zero-based). Got {band!r} instead.")
+        raise InputError(f"band: expected an index from 0 to {count - 1} (zero-based), got {band!r}")
     return int(band)
 
 
 def _parse_max_size(max_size: int) -> int:
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < _MIN_SIZE:
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < MIN_SIZE:
         raise InputError(
-            f"Expected max_size to be an integer of at least {_MIN_SIZE} pixels. Got {max_size!r} instead."
+            f"max_size: expected an integer of at least {MIN_SIZE} pixels, got {max_size!r}"
         )
     return max_size
 
@@ -198,22 +202,30 @@ def _parse_cmap(cmap: str) -> Any:
         colormap = matplotlib.colormaps[cmap]
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError(
-            f"Expected cmap to be a matplotlib colour map name such as 'viridis'. Got {cmap!r} instead."
+            f"cmap: expected a matplotlib colour map name such as 'viridis', got {cmap!r}"
         ) from exc
     # NaN (a block with no finite value) shows as fully transparent.
     return colormap.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
 
 
 def _title(store: ResultStore, band: int, step: int) -> str:
-    name = store.location.name or store.path
-    if len(name) > 24:
-        name = name[:23] + "…"
+    name = _cut(store.location.name or store.path)
     bands, rows, cols = store.info.shape
-    line1 = f"{name}: band_{band + 1} of {bands}"  # band_N: the name export_geotiff gives it
+    # The band's name as the GeoTIFF export gives it: recorded in the store, else band_N.
+    shown = band_names(store)[band]
+    default = f"band_{band + 1}"
+    line1 = f"{name}: {default} of {bands}"
+    if shown != default:
+        line1 = f"{name}: {_cut(shown)} (band {band + 1} of {bands})"
     if not store.complete:
         line1 += " (INCOMPLETE)"
     line2 = f"{rows} x {cols} px" + (f", shown 1:{step} (mean)" if step > 1 else "")
     return f"{line1}\n{line2}"
+
+
+def _cut(text: str, most: int = 24) -> str:
+    """``text`` cut to ``most`` characters for a title line, an ellipsis saying so."""
+    return text if len(text) <= most else text[: most - 1].rstrip() + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +256,7 @@ def _axes(store: ResultStore, covered: tuple[int, int]) -> _Axes:
 
     crs = CRS.from_wkt(wkt)
     name = crs_name(wkt)
-    full = wkt.split('"')[1] if '"' in wkt else ""
+    full = wkt_name(wkt)
     shown = f"{name} ({full})" if full and full not in name else name
     if crs.is_geographic:
         return _Axes(extent, f"longitude (°), {shown}", f"latitude (°), {name}")
@@ -323,8 +335,8 @@ def quicklook(
     out_png: str | os.PathLike[str],
     *,
     band: int = 0,
-    max_size: int = 1024,
-    cmap: str = "viridis",
+    max_size: int = DEFAULT_MAX_SIZE,
+    cmap: str = DEFAULT_CMAP,
     overwrite: bool = False,
     vmin: float | None = None,
     vmax: float | None = None,
@@ -348,8 +360,9 @@ def quicklook(
     out_png : str or os.PathLike
         Local path of the PNG to create.
     band : int, default 0
-        Zero-based index of the band to draw (titled ``band_<band + 1>``, the name the
-        GeoTIFF export gives it).
+        Zero-based index of the band to draw, titled with the name the GeoTIFF export
+        gives it: the one recorded in the store (``record_band_names``, a workflow's
+        ``output.band_names``), else ``band_<band + 1>``.
     max_size : int, default 1024
         Largest width and height of the PNG in pixels, at least 256.
     cmap : str, default "viridis"
@@ -415,5 +428,5 @@ def _check_png(path: Path, layout: _Layout) -> None:
         if image.format != "PNG" or image.size != (layout.width, layout.height):
             width, height = image.size
             expected = f"{layout.width} x {layout.height}"
-            raise ValueError(f"expected a {expected} PNG, found a {width} x {height} {image.format}")
+            raise ValueError(f"expected a {expected} PNG, got a {width} x {height} {image.format}")
         image.load()

@@ -42,12 +42,18 @@ from math import ceil, floor
 
 from tilepipe.geometry.window import Window
 
-__all__ = ["AxisFootprint", "Footprint"]
+__all__ = ["AxisFootprint", "Footprint", "round_up", "stride_aligned"]
 
 
-def _up(value: int, step: int) -> int:
-    """``value`` rounded up to a multiple of ``step``."""
+def round_up(value: int, step: int) -> int:
+    """``value`` rounded up to a multiple of ``step`` (a length aligned to a model's stride)."""
     return -(-value // step) * step
+
+
+def stride_aligned(size: tuple[int, int], step: tuple[int, int]) -> tuple[int, int]:
+    """A tile size ``(rows, cols)`` rounded up to multiples of a model's total stride ``step``
+    (a strided model's windows start at, and are, multiples of it)."""
+    return (round_up(size[0], step[0]), round_up(size[1], step[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +77,7 @@ class AxisFootprint:
 
     def padded(self, length: int) -> int:
         """The scene length the reference model runs on: ``length`` rounded up to a multiple of ``step``."""
-        return _up(length, self.step)
+        return round_up(length, self.step)
 
     def output_length(self, length: int) -> int:
         """Output pixels for a scene of ``length`` input pixels: those of the padded scene that cover it."""
@@ -88,7 +94,7 @@ class AxisFootprint:
         a = floor(start / scale) - self.before
         b = ceil(stop / scale) + self.after
         a = max(0, min(a - a % step, padded - self.min_length))
-        b = min(padded, max(_up(b, step), a + self.min_length))
+        b = min(padded, max(round_up(b, step), a + self.min_length))
         return a, b
 
     def output_span(self, start: int, stop: int) -> tuple[int, int]:

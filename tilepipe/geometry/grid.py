@@ -7,13 +7,24 @@ from dataclasses import dataclass
 
 from tilepipe.geometry.window import Window
 
-__all__ = ["Tile", "TileGrid", "parse_tile_size"]
+__all__ = ["DEFAULT_TILE_SIZE", "Tile", "TileGrid", "parse_tile_size", "tile_name"]
+
+#: Tile core side in pixels where none is given (the API, the CLI and workflow files).
+DEFAULT_TILE_SIZE = 1024
+
+
+def tile_name(row: int, col: int) -> str:
+    """``"tile (row R, col C)"``: how every tilepipe message names tile ``(row, col)`` of a grid."""
+    return f"tile (row {row}, col {col})"
 
 
 def parse_tile_size(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Parse a tile size given as one int or ``(rows, cols)`` into ``(rows, cols)``."""
+    """Parse a tile size given as one int or ``(rows, cols)`` into ``(rows, cols)``.
+
+    Raises ``ValueError("expected ..., got ...")``; the caller names the value (``tile_size: ...``).
+    """
     if isinstance(value, bool):
-        raise ValueError(f"Expected a tile size as a positive int. Got {value!r} instead.")
+        raise ValueError(f"expected a tile size as a positive int, got {value!r}")
     if isinstance(value, int):
         pair = (value, value)
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -21,9 +32,9 @@ def parse_tile_size(value: int | tuple[int, int] | list[int]) -> tuple[int, int]
     ):
         pair = (int(value[0]), int(value[1]))
     else:
-        raise ValueError(f"Expected a tile size as a positive int or (rows, cols). Got {value!r} instead.")
+        raise ValueError(f"expected a tile size as a positive int or (rows, cols), got {value!r}")
     if pair[0] <= 0 or pair[1] <= 0:
-        raise ValueError(f"Expected a tile size > 0. Got {value!r} instead.")
+        raise ValueError(f"expected a tile size > 0, got {value!r}")
     return pair
 
 
@@ -45,6 +56,11 @@ class Tile:
     def index(self) -> tuple[int, int]:
         """``(row, col)`` of the tile in the grid."""
         return (self.row, self.col)
+
+    @property
+    def name(self) -> str:
+        """``"tile (row R, col C)"``, as messages name it (:func:`tile_name`)."""
+        return tile_name(self.row, self.col)
 
 
 @dataclass(frozen=True, slots=True)

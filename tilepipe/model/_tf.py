@@ -12,12 +12,12 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from tilepipe._worker import worker_threads
+from tilepipe.logs import native_stderr
 
 __all__ = ["start"]  # and, on first access, the modules ``tf`` and ``keras``
 
@@ -28,26 +28,21 @@ _STARTED: dict[str, Any] = {}
 
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """Hide what native code prints on fd 2 while TensorFlow starts (absl notes printed
-    before its log level applies: oneDNN, "could not find cuda drivers", cuInit);
-    show it all if the start fails. ``TILEPIPE_TF_VERBOSE=1`` keeps it visible."""
+    """Hide what is printed on fd 2 while TensorFlow starts (absl notes printed before its log
+    level applies: oneDNN, "could not find cuda drivers", cuInit; collected by
+    :func:`tilepipe.logs.native_stderr`); show it all if the start fails.
+    ``TILEPIPE_TF_VERBOSE=1`` keeps it visible."""
     if os.environ.get("TILEPIPE_TF_VERBOSE"):
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
+    printed: list[str] = []
+    try:
+        with native_stderr(python_too=True) as printed:
             yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    except BaseException:
+        if sys.stderr is not None:
+            sys.stderr.write("".join(f"{line}\n" for line in printed))
+        raise
 
 
 def _size_threads(tf: Any, threads: int) -> None:

@@ -13,8 +13,9 @@ from collections import OrderedDict
 from typing import Any
 
 from tilepipe.errors import ModelError
-from tilepipe.model.loader import file_sha256, load_keras_model
+from tilepipe.model.loader import load_keras_model
 from tilepipe.model.runner import CompiledModel
+from tilepipe.sources.identity import content_sha256, short_identity
 
 __all__ = ["compiled", "worker_model"]
 
@@ -33,9 +34,10 @@ def worker_model(path: str, sha256: str) -> CompiledModel:
         if model is not None:
             _BY_SHA.move_to_end(sha256)
             return model
-        found = file_sha256(path)
+        found = content_sha256(path)
         if found != sha256:
-            raise ModelError(f"{path}: the model file changed since the run started (sha256 {found[:12]}...)")
+            raise ModelError(f"{path}: the model file changed since the run started "
+                             f"(sha256 {short_identity(found)}...)")
         model = CompiledModel(load_keras_model(path))
         _BY_SHA[sha256] = model
         while len(_BY_SHA) > MAX_MODELS:

@@ -2,41 +2,41 @@
 
 Only Keras v3 ``.keras`` files, loaded with ``safe_mode=True`` (no pickled
 Python, no Lambda layers); never ``.h5``. Files are identified by their sha256
-(:mod:`tilepipe.model.cache` keeps one loaded model per sha256 and process).
+(:func:`tilepipe.sources.identity.content_sha256`; :mod:`tilepipe.model.cache` keeps one
+loaded model per sha256 and process).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import zipfile
 from typing import Any
 
 from tilepipe.errors import ModelError
+from tilepipe.sources.identity import content_sha256
 
-__all__ = ["file_sha256", "load_keras_model", "model_sha256", "resolve_model"]
+__all__ = ["MODEL_SUFFIX", "is_model_file", "load_keras_model", "model_sha256", "resolve_model"]
+
+#: The one kind of model file tilepipe loads: Keras v3.
+MODEL_SUFFIX = ".keras"
 
 _LOCK = threading.Lock()
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def is_model_file(path: str) -> bool:
+    """Whether ``path`` names a Keras v3 model file by its suffix (:data:`MODEL_SUFFIX`); nothing is opened."""
+    return path.endswith(MODEL_SUFFIX)
 
 
 def model_sha256(path: str) -> str:
     """sha256 of a model file, after checking it is a readable ``.keras`` file."""
     _check_model_file(path)
-    return file_sha256(path)
+    return content_sha256(path)
 
 
 def _check_model_file(path: str) -> None:
-    if not path.endswith(".keras"):
+    if not is_model_file(path):
         raise ModelError(f"{path}: expected a Keras v3 .keras file (.h5 and SavedModel are not accepted)")
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such model file")
@@ -65,5 +65,5 @@ def resolve_model(model: Any) -> Any:
     if isinstance(model, (str, os.PathLike)):
         return load_keras_model(os.fspath(model))
     if not hasattr(model, "layers"):
-        raise ModelError(f"expected a keras.Model or a .keras path, got {type(model).__name__}")
+        raise ModelError(f"model: expected a keras.Model or a .keras path, got {type(model).__name__}")
     return model

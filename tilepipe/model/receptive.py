@@ -37,6 +37,7 @@ public API for walking a graph backwards from its outputs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from math import ceil, lcm
@@ -227,17 +228,6 @@ _BUILTIN_ACTIVATIONS = {
     None,
     *(fn for name, fn in vars(keras.activations).items() if callable(fn) and not name.startswith("_")),
 }
-_KNOWN = {
-    *_WINDOWED_CONV,
-    *_WINDOWED_POOL,
-    kl.ZeroPadding2D,
-    kl.Cropping2D,
-    kl.UpSampling2D,
-    kl.Conv2DTranspose,
-    *_POINTWISE,
-    kl.PReLU,
-    *_BAND_AXIS_ONLY,
-}
 
 
 def footprint_of(model: keras.Model, *, name: str | None = None) -> Footprint:
@@ -279,7 +269,7 @@ def footprint_of(model: keras.Model, *, name: str | None = None) -> Footprint:
 
 def _footprint(model: keras.Model) -> Footprint:
     if not isinstance(model, keras.Model):
-        raise ModelError(f"Expected a keras.Model. Got {type(model).__name__} instead.")
+        raise ModelError(f"model: expected a keras.Model, got {type(model).__name__}")
     _check_visible(model)
     try:
         inputs, outputs = list(model.inputs), list(model.outputs)
@@ -383,45 +373,64 @@ def _apply(op: Any, states: list[_State]) -> list[_State]:
         _refuse(op, _REFUSED[kind.__name__])
     if kind in _MERGES:
         return [_merge(op, states)]
-    if kind not in _KNOWN:
+    handler = _HANDLERS.get(kind)
+    if handler is None:
         _refuse(op, "is not one tilepipe knows how to tile")
     if len(states) != 1:
         _refuse(op, f"takes {len(states)} inputs; only merge layers may take several")
-    (state,) = states
     if getattr(op, "data_format", "channels_last") != "channels_last":
         _refuse(op, "is channels_first: tilepipe tiles channels_last (rows, cols, bands) images")
     if getattr(op, "activation", None) not in _BUILTIN_ACTIVATIONS:
         # A custom activation is arbitrary code, as a Lambda is; Keras's own act
         # element-wise or along the last (band) axis.
         _refuse(op, "has a custom activation that tilepipe cannot inspect")
-    if kind is kl.Rescaling and max(np.ndim(op.scale), np.ndim(op.offset)) > 1:
+    return [handler(op, states[0])]
+
+
+# -- one handler per kind of layer: the state after it, given the state before (or a refusal)
+
+
+def _conv(op: Any, state: _State) -> _State:
+    return _windowed(op, state, tuple(op.kernel_size), tuple(op.dilation_rate))
+
+
+def _pool(op: Any, state: _State) -> _State:
+    return _windowed(op, state, tuple(op.pool_size), (1, 1))
+
+
+def _padded(op: Any, state: _State) -> _State:
+    (top, bottom), (left, right) = op.padding
+    return (state[0].pad(top, bottom), state[1].pad(left, right))
+
+
+def _cropped(op: Any, state: _State) -> _State:
+    (top, bottom), (left, right) = op.cropping
+    return (state[0].crop(top, bottom), state[1].crop(left, right))
+
+
+def _pointwise(op: Any, state: _State) -> _State:
+    return state
+
+
+def _rescaled(op: Any, state: _State) -> _State:
+    if max(np.ndim(op.scale), np.ndim(op.offset)) > 1:
         _refuse(op, _NOT_LOCAL + "its scale or offset varies with position")
-    if kind in _WINDOWED_CONV:
-        return [_windowed(op, state, tuple(op.kernel_size), tuple(op.dilation_rate))]
-    if kind in _WINDOWED_POOL:
-        return [_windowed(op, state, tuple(op.pool_size), (1, 1))]
-    if kind is kl.Conv2DTranspose:
-        return [_transposed(op, state)]
-    if kind is kl.UpSampling2D:
-        return [_upsampled(op, state)]
-    if kind is kl.ZeroPadding2D:
-        (top, bottom), (left, right) = op.padding
-        return [(state[0].pad(top, bottom), state[1].pad(left, right))]
-    if kind is kl.Cropping2D:
-        (top, bottom), (left, right) = op.cropping
-        return [(state[0].crop(top, bottom), state[1].crop(left, right))]
-    if kind in _POINTWISE:
-        return [state]
-    if kind is kl.PReLU:
-        # Without shared spatial axes, alpha has one value per pixel position.
-        if {1, 2} <= {a % 4 for a in (op.shared_axes or ())}:
-            return [state]
-        _refuse(op, _NOT_LOCAL + "its alpha varies with position; use shared_axes=[1, 2]")
-    # What is left of _KNOWN: the layers that must act along the band axis only.
+    return state
+
+
+def _prelu(op: Any, state: _State) -> _State:
+    # Without shared spatial axes, alpha has one value per pixel position.
+    if {1, 2} <= {a % 4 for a in (op.shared_axes or ())}:
+        return state
+    _refuse(op, _NOT_LOCAL + "its alpha varies with position; use shared_axes=[1, 2]")
+
+
+def _band_axis(op: Any, state: _State) -> _State:
+    """Layers that reduce over, or keep statistics along, their ``axis``: local where it is the band axis only."""
     axes = () if op.axis is None else (op.axis,) if isinstance(op.axis, int) else tuple(op.axis)
     if any(a % 4 != 3 for a in axes):
         _refuse(op, f"{_NOT_LOCAL}it works over axis {axes}, which includes rows or cols{_NO_TILING}")
-    return [state]
+    return state
 
 
 def _padding(op: Any) -> bool:
@@ -477,3 +486,19 @@ def _merge(op: Any, states: list[_State]) -> _State:
             )
         )
     return (merged[0], merged[1])
+
+
+#: How each layer tilepipe knows changes the state (exact types, as above; merges apart). A layer
+#: not here is refused.
+_HANDLERS: dict[type, Callable[[Any, _State], _State]] = {
+    **dict.fromkeys(_WINDOWED_CONV, _conv),
+    **dict.fromkeys(_WINDOWED_POOL, _pool),
+    kl.Conv2DTranspose: _transposed,
+    kl.UpSampling2D: _upsampled,
+    kl.ZeroPadding2D: _padded,
+    kl.Cropping2D: _cropped,
+    **dict.fromkeys(_POINTWISE, _pointwise),
+    kl.Rescaling: _rescaled,  # pointwise where its scale and offset are one value per band
+    kl.PReLU: _prelu,
+    **dict.fromkeys(_BAND_AXIS_ONLY, _band_axis),
+}

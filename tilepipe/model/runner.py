@@ -58,7 +58,7 @@ class CompiledModel:
         if inputs:
             shape = tuple(inputs[0].shape)
             if len(shape) != 4:
-                raise ModelError(f"expected a model taking images (N, H, W, C), it takes {shape}")
+                raise ModelError(f"model: expected a model taking images (N, H, W, C), got one taking {shape}")
             self.in_channels = None if shape[-1] is None else int(shape[-1])
         self.max_channels = _widest(model, self.in_channels or 1)
 
@@ -95,7 +95,7 @@ class CompiledModel:
             out = out[0]
         out = np.asarray(out)
         if out.ndim != 4:
-            raise ModelError(f"expected the model to return images (N, H, W, C), it returned {out.shape}")
+            raise ModelError(f"model: expected images (N, H, W, C) out, got an output of shape {out.shape}")
         return out
 
 

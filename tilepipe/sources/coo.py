@@ -172,5 +172,5 @@ def as_coo(source: Any) -> CooScene:
     if hasattr(source, "indices") and hasattr(source, "dense_shape"):
         return coo_from_sparse_tensor(source)
     raise InputError(
-        f"expected a raster path, a tf.SparseTensor or (indices, values, shape), got {type(source).__name__}"
+        f"source: expected a raster path, a tf.SparseTensor or (indices, values, shape), got {type(source).__name__}"
     )

@@ -21,10 +21,14 @@ import hashlib
 import os
 from typing import Any
 
-__all__ = ["file_identity", "quick_identity", "unchanged"]
+__all__ = ["SHORT_IDENTITY", "content_sha256", "file_identity", "quick_identity", "short_identity", "unchanged"]
 
 #: Fields of the cheap check, all from one ``os.stat``.
 _QUICK = ("size", "mtime_ns", "ctime_ns", "inode")
+
+#: Hex characters of an identity or a sha256 shown to people (a scene's key, a model file's
+#: sha256 in a message): 48 bits, short enough to read and type, long enough to tell files apart.
+SHORT_IDENTITY = 12
 
 
 def quick_identity(path: str) -> dict[str, Any]:
@@ -40,9 +44,15 @@ def quick_identity(path: str) -> dict[str, Any]:
 
 
 def content_sha256(path: str) -> str:
-    """sha256 of the whole file, hex."""
+    """sha256 of the whole file, hex: the one way tilepipe hashes a file (scenes and model files)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def short_identity(identity: str) -> str:
+    """The first :data:`SHORT_IDENTITY` hex characters of an identity or sha256, its scheme prefix
+    (``etag:``) dropped: how messages, keys and listings show it."""
+    return identity.rsplit(":", 1)[-1][:SHORT_IDENTITY]
 
 
 def file_identity(path: str) -> dict[str, Any]:

@@ -24,10 +24,12 @@ from rasterio.errors import CRSError
 from tilepipe.errors import InputError
 from tilepipe.geometry import Window
 from tilepipe.location import Location
+from tilepipe.sources.georef import crs_name
 from tilepipe.sources.geotiff import GeoTiffSource, probe_geotiff, read_window
+from tilepipe.sources.kinds import is_stac_item
 from tilepipe.sources.stac import stac_asset_paths
 
-__all__ = ["RasterStack", "crs_name", "is_stac_item", "probe_stack", "read_stack_entries"]
+__all__ = ["RasterStack", "probe_stack", "read_stack_entries"]
 
 Transform = tuple[float, float, float, float, float, float]
 
@@ -91,11 +93,6 @@ class RasterStack:
         return tuple(seen)
 
 
-def is_stac_item(path: str) -> bool:
-    """Whether ``path`` names a STAC item (a ``.json`` file) rather than a raster."""
-    return path.lower().endswith(".json")
-
-
 def probe_stack(
     source: str | Sequence[str],
     *,
@@ -137,7 +134,7 @@ def probe_stack(
         if assets is not None:
             raise InputError("assets are only for a STAC item, not for a list of rasters")
         if not paths:
-            raise InputError("expected at least one raster in the list")
+            raise InputError("source: expected at least one raster in the list, got []")
         name = paths[0] if len(paths) == 1 else f"{paths[0]} + {len(paths) - 1} more"
     if bands is not None and (len(paths) > 1 or assets is not None):
         raise InputError(f"{name}: bands: not valid with a band stack (the list or the assets name the bands)")
@@ -193,19 +190,6 @@ def _same_transform(a: Transform, b: Transform) -> bool:
 
 def _shown(t: Transform) -> str:
     return "(" + ", ".join(f"{v:.10g}" for v in t) + ")"
-
-
-def crs_name(wkt: str | None) -> str:
-    """A short name for a CRS: ``EPSG:32618`` where it has a code, else its WKT name; "none" for None."""
-    if not wkt:
-        return "none"
-    try:
-        epsg = CRS.from_wkt(wkt).to_epsg()
-    except CRSError:
-        epsg = None
-    if epsg:
-        return f"EPSG:{epsg}"
-    return wkt.split('"')[1] if '"' in wkt else wkt[:60]
 
 
 def read_stack_entries(stack: RasterStack, window: Window, datasets: Sequence[object] | None = None):  # type: ignore[no-untyped-def]

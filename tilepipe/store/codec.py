@@ -104,11 +104,11 @@ def decode_tile(blob: bytes, dtype: np.dtype | str) -> TileData:
     """Unpack a tile written by :func:`encode_tile`; ``dtype`` is the scene's value dtype."""
     dtype = np.dtype(dtype)
     if len(blob) < 8 * _HEADER.itemsize:
-        raise StoreError(f"Expected a tilepipe tile of at least 64 bytes. Got {len(blob)} bytes instead.")
+        raise StoreError(f"expected a tilepipe tile of at least 64 bytes, got {len(blob)} bytes")
     header = np.frombuffer(blob, dtype=_HEADER, count=8)
     magic, version, encoding, rows, cols, bands, nnz, itemsize = (int(v) for v in header)
     if magic != _MAGIC or version != _VERSION:
-        raise StoreError("Expected a tilepipe tile (magic TPT1, version 1). Got other bytes instead.")
+        raise StoreError("expected a tilepipe tile (magic TPT1, version 1), got other bytes")
     shape = (rows, cols, bands)
     offset = 8 * _HEADER.itemsize
     if encoding == _SPARSE:
@@ -119,4 +119,4 @@ def decode_tile(blob: bytes, dtype: np.dtype | str) -> TileData:
     if encoding == _DENSE:
         values = np.frombuffer(blob, dtype=dtype, count=rows * cols * bands, offset=offset)
         return TileData(shape, values.reshape(shape))
-    raise StoreError(f"Expected tile encoding 0 (sparse) or 1 (dense). Got {encoding} instead.")
+    raise StoreError(f"expected tile encoding 0 (sparse) or 1 (dense), got {encoding}")

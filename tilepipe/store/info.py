@@ -7,11 +7,12 @@ write these values (``to_attrs`` / ``from_attrs``) in their Zarr groups.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tilepipe.errors import StoreError
-from tilepipe.geometry import TileGrid
+from tilepipe.geometry import TileGrid, tile_name
 
 __all__ = [
     "FORMAT_VERSION",
@@ -25,6 +26,7 @@ __all__ = [
     "SceneInfo",
     "TileDamage",
     "block_size_for",
+    "utc_timestamp",
 ]
 
 #: The result store format this version writes (one array per band, each with its own fill value;
@@ -33,6 +35,12 @@ FORMAT_VERSION = 4
 
 #: Index entry of a tile whose block was never written (the ``nnz`` fill value).
 NOT_WRITTEN = -1
+
+def utc_timestamp(seconds: float | None = None) -> str:
+    """``seconds`` since the epoch (default: now) as ISO 8601, UTC, to the second (``2026-01-01T12:00:00Z``):
+    how every record tilepipe writes (a store's provenance, a lock, the watch ledger) says when."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
 
 # Pixels per side that one ingest task (one index chunk) covers: big enough
 # that tasks are few, small enough that a task's working set (one tile at a
@@ -135,7 +143,7 @@ class TileDamage:
 
     def describe(self) -> str:
         """The problem in words, naming the tile (row, col) and band."""
-        tile = f"tile (row {self.row}, col {self.col})"
+        tile = tile_name(self.row, self.col)
         if self.problem == "missing":
             return (f"{tile} band {self.band}: its data chunk is missing, though the store records the tile "
                     f"{_STATUS_WORDS.get(self.status, 'done')}")
@@ -165,7 +173,7 @@ class ResultInfo:
     crs_wkt : str or None
         The scene's CRS as WKT.
     tile_size : tuple of int
-        ``(rows, cols)`` of a tile core, pixels: the data array's chunk.
+        ``(rows, cols)`` of a tile core, pixels: the band arrays' chunk.
     identity : dict
         What makes two runs the same run (scene source and tiling, model sha256).
     provenance : dict
@@ -210,7 +218,8 @@ class ResultInfo:
 
     @classmethod
     def from_attrs(cls, d: dict[str, Any], *, path: str = "", chunks: tuple[int, ...] | None = None) -> ResultInfo:
-        """Inverse of :meth:`to_attrs`; ``chunks`` of the data array stand in for a missing tile size.
+        """Inverse of :meth:`to_attrs`; ``chunks`` of a format 2 store's ``(band, y, x)`` array ``data``
+        stand in for a missing tile size.
 
         Raises :class:`StoreError` naming ``path`` where a value is missing or malformed.
         """

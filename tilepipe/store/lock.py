@@ -49,6 +49,7 @@ import psutil
 
 from tilepipe.errors import StoreError
 from tilepipe.location import Location
+from tilepipe.store.info import utc_timestamp
 
 __all__ = ["LockHolder", "lock_path", "store_lock"]
 
@@ -79,11 +80,15 @@ class LockHolder:
         return cls(
             pid=os.getpid(),
             host=socket.gethostname(),
-            since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            since=utc_timestamp(),
             started=psutil.Process().create_time(),
             pid_namespace=_pid_namespace(),
             token=uuid.uuid4().hex,
         )
+
+    def to_json(self) -> str:
+        """What a lock file (or an export's staging folder) holds: this holder as JSON, read by :meth:`parse`."""
+        return json.dumps(asdict(self))
 
     @classmethod
     def parse(cls, text: str) -> LockHolder | None:
@@ -96,7 +101,8 @@ class LockHolder:
             return None
 
     def is_gone(self) -> bool:
-        """Whether this holder is known to be dead (False wherever that cannot be told)."""
+        """Whether this holder is known to be dead (False wherever that cannot be told): the one test
+        of "is that writer dead" for store locks, the watch ledger's leases and export staging folders."""
         if self.host != socket.gethostname() or self.pid_namespace != _pid_namespace():
             return False  # another machine or container: its pid means nothing here
         try:
@@ -192,7 +198,7 @@ def _create(loc: Location, path: str, me: LockHolder) -> bool:
         raise StoreError(f"{loc}: cannot create the lock file {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(asdict(me), fh)
+            fh.write(me.to_json())
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:

@@ -1,6 +1,6 @@
 """The result store: the model's output as a dense, georeferenced Zarr v3 group.
 
-Layout (format 3)
+Layout (format 4)
 -----------------
 ``zarr.json`` attributes, key ``"tilepipe"``
     Format version, ``shape = (bands, rows, cols)``, CRS (WKT), affine
@@ -34,9 +34,10 @@ Layout (format 3)
     ``rio.crs``, ``rio.transform()`` (rioxarray) and ``odc.geobox`` (odc-geo)
     are the result's grid.
 
-Format 2 stores (one ``(band, y, x)`` array ``data`` with band 0's fill value
-for every band, and a ``band`` coordinate) are still read, verified, exported
-and resumed; a run writes format 3.
+Format 3 stores (status chunks of free tiles written too, status fill "not done")
+and format 2 stores (one ``(band, y, x)`` array ``data`` with band 0's fill value
+for every band, and a ``band`` coordinate) are still read, verified, exported and
+resumed; a run writes format 4 (:data:`~tilepipe.store.info.FORMAT_VERSION`).
 
 An absent chunk, and why it is never ambiguous
 ----------------------------------------------
@@ -67,7 +68,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from zarr.core.sync import sync
 
 from tilepipe.errors import StoreError
-from tilepipe.geometry import Window
+from tilepipe.geometry import Window, tile_name
 from tilepipe.location import Location
 from tilepipe.store import _cf
 from tilepipe.store._zarr import FORMAT_VERSION, chunk_problem, compressors, create_group, open_group
@@ -132,7 +133,8 @@ def _decode_chunk_key(encoding: Any, key: str) -> tuple[int, ...]:
 
 
 def band_array_name(band: int) -> str:
-    """The name of the Zarr array of zero-based ``band`` in a format 3 store: ``band_1``, ``band_2``, ..."""
+    """The name of the Zarr array of zero-based ``band`` in a store of one array per band (format 3 and
+    later): ``band_1``, ``band_2``, ..."""
     return f"band_{band + 1}"
 
 
@@ -141,7 +143,7 @@ class BandStack:
 
     ``stack[b, rows, cols]`` reads band ``b`` (an int) or a slice of bands
     (stacked), ``rows`` and ``cols`` being ints or slices; assigning to
-    ``stack[b, rows, cols]`` writes band ``b``. A format 3 store keeps band ``b`` in
+    ``stack[b, rows, cols]`` writes band ``b``. A format 3 or 4 store keeps band ``b`` in
     an array of its own (its own fill value), a format 2 store at index ``b`` of
     one ``(band, y, x)`` array: each band is a ``(zarr array, leading index)`` pair.
     ``shape`` and ``chunks`` are those of the ``(band, y, x)`` view.
@@ -398,7 +400,7 @@ class ResultStore:
                 key = self._chunk_key(band, *source)
                 data = await store.get(key, prototype=default_buffer_prototype())
                 if data is None:
-                    raise StoreError(f"{self.path}: tile (row {source[0]}, col {source[1]}) band {band}: its chunk "
+                    raise StoreError(f"{self.path}: {tile_name(*source)} band {band}: its chunk "
                                      "is missing right after it was written; was the store removed while in use?")
                 await asyncio.gather(*(store.set(self._chunk_key(band, r, c), data) for r, c in targets))
 
@@ -664,7 +666,7 @@ class ResultStore:
                     self.data[band, r * th : (r + 1) * th, c * tw : (c + 1) * tw]
                 except Exception as tile_exc:  # noqa: BLE001 - zarr and its codecs raise many types
                     return StoreError(
-                        f"{self.path}: tile (row {r}, col {c}) band {band}: its data chunk "
+                        f"{self.path}: {tile_name(r, c)} band {band}: its data chunk "
                         f"{chunk_problem(tile_exc)}; run again with overwrite (--overwrite) to recompute the result"
                     )
         return StoreError(

@@ -60,6 +60,7 @@ import numpy as np
 import zarr
 
 from tilepipe.errors import StoreError
+from tilepipe.geometry import tile_name
 from tilepipe.location import Location
 from tilepipe.store._zarr import (
     SCENE_FORMAT_VERSION,
@@ -167,7 +168,7 @@ class SceneStore:
         except OSError as exc:  # a full disk, a folder made read-only: the user's to mend
             problem = exc.strerror or str(exc)
         if problem is not None:  # unchained, as in read_tile
-            raise StoreError(f"{self.path}: cannot write tile ({row}, {col}): {problem}")
+            raise StoreError(f"{self.path}: cannot write {tile_name(row, col)}: {problem}")
 
     def read_tile(self, row: int, col: int) -> TileData | None:
         """One tile's window values, or None if the tile is empty.
@@ -184,7 +185,7 @@ class SceneStore:
         except Exception as exc:  # noqa: BLE001 - any failure to read or decode a chunk is a damaged store
             problem = f"is corrupt ({exc})" if isinstance(exc, StoreError) else chunk_problem(exc)
         if problem is not None:  # raised here, unchained: zarr's and numcodecs' errors need not unpickle on a client
-            raise StoreError(f"{self.path}: tile ({row}, {col}) {problem}; ingest again")
+            raise StoreError(f"{self.path}: {tile_name(row, col)} {problem}; ingest again")
         if tile is not None:
             return tile
         expected = self._index_entry(row, col)
@@ -192,9 +193,9 @@ class SceneStore:
             return None
         if expected > 0:
             raise StoreError(
-                f"{self.path}: tile ({row}, {col}) is missing (its index says {expected} entries); ingest again"
+                f"{self.path}: {tile_name(row, col)} is missing (its index says {expected} entries); ingest again"
             )
-        raise StoreError(f"{self.path}: index block {self._block_of(row, col)} (tile ({row}, {col})) is missing; "
+        raise StoreError(f"{self.path}: index block {self._block_of(row, col)} ({tile_name(row, col)}) is missing; "
                          "ingest again")
 
     def write_index_block(self, block_row: int, block_col: int, counts: np.ndarray, entries: int) -> None:
@@ -231,7 +232,7 @@ class SceneStore:
             nnz = self._read_index()
         if self._attrs.get("complete") and (nnz < 0).any():
             row, col = (int(v) for v in np.argwhere(nnz < 0)[0])
-            raise StoreError(f"{self.path}: index block {self._block_of(row, col)} (tile ({row}, {col})) is "
+            raise StoreError(f"{self.path}: index block {self._block_of(row, col)} ({tile_name(row, col)}) is "
                              "missing; ingest again")
         return nnz
 
@@ -335,7 +336,7 @@ class SceneStore:
             problem = chunk_problem(exc)
         else:
             if (counts < 0).any():
-                problem = f"(tile ({br * by}, {bc * bx})) is missing"
+                problem = f"({tile_name(br * by, bc * bx)}) is missing"
         if problem is not None:  # unchained, as in read_tile
             raise StoreError(f"{self.path}: index block ({br}, {bc}) {problem}; ingest again")
         return counts

@@ -42,9 +42,11 @@ from enum import StrEnum
 from typing import Any
 
 from tilepipe.errors import InputError, StoreError
+from tilepipe.sources.identity import SHORT_IDENTITY, short_identity
+from tilepipe.store.info import utc_timestamp
 from tilepipe.store.lock import LockHolder
 
-__all__ = ["STATES", "Ledger", "RetryPolicy", "SceneRecord", "SceneState"]
+__all__ = ["DEFAULT_BACKOFF", "DEFAULT_MAX_ATTEMPTS", "STATES", "Ledger", "RetryPolicy", "SceneRecord", "SceneState"]
 
 
 class SceneState(StrEnum):
@@ -69,6 +71,11 @@ STATES: tuple[SceneState, ...] = tuple(SceneState)
 _RETRIABLE = (SceneState.FAILED, SceneState.QUARANTINED)
 
 
+#: The first retry's delay, seconds, and the attempts before quarantine, where none are given
+#: (:class:`RetryPolicy`, :class:`~tilepipe.watch.service.WatchOptions`, ``tilepipe watch``).
+DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS = 60.0, 3
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """When a failed scene is tried again, and when it is given up on (quarantined).
@@ -77,19 +84,19 @@ class RetryPolicy:
     later; after ``max_attempts`` failed attempts the scene is quarantined instead.
     """
 
-    base: float = 60.0
+    base: float = DEFAULT_BACKOFF
     """The delay after the first failure, in seconds."""
     factor: float = 2.0
     """What each later delay is multiplied by."""
     cap: float = math.inf
     """The longest delay, in seconds."""
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
     def __post_init__(self) -> None:
         for name, value, least in (("base", self.base, 0.0), ("factor", self.factor, 1.0), ("cap", self.cap, 0.0),
                                    ("max_attempts", self.max_attempts, 1)):
             if not value >= least:  # NaN fails too
-                raise InputError(f"Expected a retry policy's {name} of at least {least}. Got {value!r} instead.")
+                raise InputError(f"retry policy: {name}: expected at least {least}, got {value!r}")
 
     def delay(self, attempts: int) -> float:
         """Seconds from the end of failed attempt number ``attempts`` (1 for the first) to the next."""
@@ -178,7 +185,8 @@ class SceneRecord:
 
     @property
     def key(self) -> str:
-        """A short, unique, printable name: ``<stem>@<first 12 characters of the identity>``."""
+        """A short, unique, printable name: ``<stem>@<short identity>``
+        (:func:`~tilepipe.sources.identity.short_identity`)."""
         return f"{self.stem}@{short_identity(self.identity)}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,20 +196,10 @@ class SceneRecord:
         d["key"] = self.key
         d["status"] = self.status.value
         for name in ("started", "ended", "discovered", "next_try", "lease_until"):
-            d[name] = iso(d[name]) if d[name] else None
+            d[name] = utc_timestamp(d[name]) if d[name] else None
         d["report"] = json.loads(self.report) if self.report else None
         d["owner"] = json.loads(self.owner) if self.owner else None
         return d
-
-
-def short_identity(identity: str) -> str:
-    """The first 12 hex characters of an identity (its scheme prefix, e.g. ``etag:``, dropped)."""
-    return identity.rsplit(":", 1)[-1][:12]
-
-
-def iso(seconds: float) -> str:
-    """``seconds`` since the epoch as ISO 8601, UTC, to the second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 class Ledger:
@@ -445,7 +443,7 @@ class Ledger:
         with self._connect(write=False) as conn:
             rows = conn.execute("SELECT name, location, first_seen, waiting FROM sightings WHERE waiting IS NOT NULL "
                                 "ORDER BY first_seen, name").fetchall()
-        return [{"name": r["name"], "location": r["location"], "first_seen": iso(r["first_seen"]),
+        return [{"name": r["name"], "location": r["location"], "first_seen": utc_timestamp(r["first_seen"]),
                  "why": r["waiting"]} for r in rows]
 
     def _update_claimed(self, record: SceneRecord, assignments: str, values: tuple[Any, ...]) -> bool:
@@ -488,7 +486,7 @@ def _takeable(record: SceneRecord, now: float) -> bool:
 
 def _names(record: SceneRecord, scene: str) -> bool:
     return scene in (record.name, record.stem, record.key, record.location) or (
-        len(scene) >= 6 and short_identity(record.identity).startswith(scene[:12])
+        len(scene) >= 6 and short_identity(record.identity).startswith(scene[:SHORT_IDENTITY])
         and record.identity.rsplit(":", 1)[-1].startswith(scene))
 
 
@@ -498,6 +496,6 @@ def _record(row: sqlite3.Row) -> SceneRecord:
     try:
         values["status"] = SceneState(values["status"])
     except ValueError:
-        raise StoreError(f"scene {row['name']!r}: expected a state of {', '.join(STATES)} in the watch ledger. "
-                         f"Got {values['status']!r} instead.") from None
+        raise StoreError(f"scene {row['name']!r}: expected a state of {', '.join(STATES)} in the watch ledger, "
+                         f"got {values['status']!r}") from None
     return SceneRecord(**values)

@@ -75,14 +75,21 @@ def outputs_root(template: str) -> Location:
     return loc
 
 
+#: Hex characters of the sha256 in a :func:`name_key`: 64 bits, so two names meet only by a hash
+#: collision. Not :data:`~tilepipe.sources.identity.SHORT_IDENTITY` (12, for people to read and
+#: type): a key is never typed, and a shorter one would rename existing markers and staging folders.
+NAME_KEY_HEX = 16
+
+
 def name_key(text: str) -> str:
-    """A file name that stands for ``text`` alone: a readable prefix and 16 hex characters of its sha256.
+    """A file name that stands for ``text`` alone: a readable prefix and :data:`NAME_KEY_HEX` hex
+    characters of its sha256.
 
     Injective in practice (two names would need a 64-bit hash collision), unlike
     replacing characters (``a b`` and ``a_b``, ``東京`` and ``大阪`` would meet).
     """
     readable = re.sub(r"[^A-Za-z0-9._@-]", "_", text)[:48].lstrip(".")
-    return f"{readable}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
+    return f"{readable}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:NAME_KEY_HEX]}"
 
 
 def output_paths(out: OutputSpec) -> list[tuple[str, str]]:

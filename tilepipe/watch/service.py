@@ -38,7 +38,14 @@ from tilepipe.model.loader import model_sha256
 from tilepipe.store.lock import LockHolder
 from tilepipe.watch.claims import SchedulerClaim
 from tilepipe.watch.inbox import Entry, Inbox, remove_tree
-from tilepipe.watch.ledger import Ledger, RetryPolicy, SceneRecord, SceneState
+from tilepipe.watch.ledger import (
+    DEFAULT_BACKOFF,
+    DEFAULT_MAX_ATTEMPTS,
+    Ledger,
+    RetryPolicy,
+    SceneRecord,
+    SceneState,
+)
 from tilepipe.watch.outputs import Outputs, clashes, final_paths
 from tilepipe.workflow import SceneWorkflow, Workflow
 
@@ -54,7 +61,7 @@ CLAIMS: tuple[str, ...] = ("auto", "ledger", "scheduler")
 
 @dataclass(frozen=True, slots=True)
 class WatchOptions:
-    """How a watcher behaves. Times in seconds.
+    """How a watcher behaves. Times in seconds. Its defaults are ``tilepipe watch``'s.
 
     ``settle``: a scene must have been left alone this long; ``interval``: between
     passes of the service; ``lease``: how long a claim lasts without renewal (renewed
@@ -66,8 +73,8 @@ class WatchOptions:
     settle: float = 5.0
     interval: float = 60.0
     max_concurrent: int = 1
-    max_attempts: int = 3
-    backoff: float = 60.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff: float = DEFAULT_BACKOFF
     lease: float = 120.0
     on_done: str | None = None
     claims: str = "auto"
