@@ -273,3 +273,39 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@contextlib.contextmanager
+def moto_s3(logs: Path, *, recording: Path | None = None) -> Iterator[str]:
+    """moto's S3 server in its own process at 127.0.0.1, the environment pointing botocore, s3fs
+    and (through tilepipe) GDAL at it; yields its endpoint. ``recording``: where moto records requests."""
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, **({"MOTO_RECORDER_FILEPATH": str(recording)} if recording else {})}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=open(logs / "moto.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    endpoint = f"http://127.0.0.1:{port}"
+    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (logs / "moto.log").read_text()
+                assert time.monotonic() < deadline, "moto's server did not start"
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -14,10 +14,8 @@ and moto's S3 server, whose request recorder says which ranges GDAL asked for.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import free_port
+from helpers import moto_s3
 
 N, BLOCK = 8192, 256  # 32 x 32 blocks of 256 px, uint16
 HELD = 10  # blocks that hold data: 1 %
@@ -240,36 +238,10 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     GDAL is not told about it: tilepipe passes ``AWS_ENDPOINT_URL`` on to GDAL's ``/vsis3/``.
     """
     pytest.importorskip("moto.server")
-    port = free_port()
     logs = tmp_path_factory.mktemp("moto")
     recording = logs / "requests.jsonl"
-    env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=open(logs / "moto.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    endpoint = f"http://127.0.0.1:{port}"
-    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (logs / "moto.log").read_text()
-                assert time.monotonic() < deadline, "moto's server did not start"
-                time.sleep(0.2)
+    with moto_s3(logs, recording=recording) as endpoint:
         yield endpoint, recording
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_s3_cog_is_read_by_range(cog: Cog, s3_endpoint: tuple[str, Path], local_store: Any, tmp_path: Path,

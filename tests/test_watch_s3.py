@@ -8,10 +8,6 @@ whole-scene model, and a second pass must run nothing.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import conv, free_port, patches, reference, run_tilepipe, sequential, write_geotiff
+from helpers import conv, moto_s3, patches, reference, run_tilepipe, sequential, write_geotiff
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -31,36 +27,8 @@ CRS, TRANSFORM = "EPSG:32618", (10.0, 0.0, 500000.0, 0.0, -10.0, 4600000.0)
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server in its own process; the environment points s3fs (and botocore) at it."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("moto")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=open(logs / "moto.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
-    try:
-        import urllib.request
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (logs / "moto.log").read_text()
-                assert time.monotonic() < deadline, "moto's server did not start"
-                time.sleep(0.2)
+    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _fs() -> Any:
