@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from keras import layers as kl
 
@@ -109,6 +109,11 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=cases(), data_seed=st.integers(0, 2**31 - 1))
+@example(case={"form": "NxHxWxC", "in_channels": 1,
+               "layers": ((3, 1, "same", "tanh", 1), (2, 1, "same", "relu", 1), (1, 4, "valid", "linear", 1),
+                          (1, 5, "same", "relu", 1)),
+               "rows": 5, "cols": 8, "n": 2, "tile": 4, "density": 0.0, "patch": False, "batch_size": 1, "seed": 3},
+         data_seed=0)  # outputs of 3e-3 from activations of about 1 (CI, 2026-12-02)
 def test_tiled_equals_whole_scene(case: dict[str, Any], data_seed: int, assert_exact: Callable[..., float]) -> None:
     model = _model(case["in_channels"], *case["layers"], seed=case["seed"])
     rng = np.random.default_rng(data_seed)
@@ -124,7 +129,10 @@ def test_tiled_equals_whole_scene(case: dict[str, Any], data_seed: int, assert_e
         ref = predict(model, dense)
     got = _conv_sparse(st_, model, tile_size=case["tile"], batch_size=case["batch_size"])
     assert got.dtype == np.float32
-    assert_exact(got, ref, f"conv_sparse {case}")
+    # Random layers can end in outputs of 1e-3 computed from activations of about 1: their
+    # round-off (1e-7 absolute, windows of other shapes sum in another order) is measured
+    # against the activations' scale. A tiling bug's error is of the outputs' own size.
+    assert_exact(got, ref, f"conv_sparse {case}", floor=1.0)
 
 
 # -- named cases the property may not hit every run -------------------------------------------------
