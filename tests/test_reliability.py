@@ -84,7 +84,7 @@ def _rewrite_after_the_first_block(monkeypatch: pytest.MonkeyPatch, target: Path
     """
     from tilepipe.execute import ingest as ingest_module
 
-    real = ingest_module.ingest_raster_block
+    real = ingest_module.ingest_raster_blocks
     done, lock = threading.Event(), threading.Lock()
 
     def block_then_rewrite(*args: Any) -> Any:
@@ -95,7 +95,7 @@ def _rewrite_after_the_first_block(monkeypatch: pytest.MonkeyPatch, target: Path
                 done.set()
         return result
 
-    monkeypatch.setattr(ingest_module, "ingest_raster_block", block_then_rewrite)
+    monkeypatch.setattr(ingest_module, "ingest_raster_blocks", block_then_rewrite)
     return done
 
 

@@ -218,6 +218,11 @@ def test_not_a_geotiff_cannot_tell(tmp_path: Path) -> None:
 # -- ingest -------------------------------------------------------------------------------------
 
 
+def _clip(a: Window, b: Window) -> Window:
+    return Window(max(a.row_start, b.row_start), min(a.row_stop, b.row_stop),
+                  max(a.col_start, b.col_start), min(a.col_stop, b.col_stop))
+
+
 def _tiles(store: Any) -> dict[tuple[int, int], tuple[np.ndarray, ...]]:
     ny, nx = store.info.grid.grid_shape
     out = {}
@@ -227,6 +232,61 @@ def _tiles(store: Any) -> dict[tuple[int, int], tuple[np.ndarray, ...]]:
             if tile is not None:
                 out[(r, c)] = tile.coords()
     return out
+
+
+def write_random_sparse(path: Path, held: set[tuple[int, int]], rng: np.random.Generator, *, bands: int,
+                        interleave: str, block: int, nodata: int | None, shape: tuple[int, int] = SHAPE) -> np.ndarray:
+    """A sparse GeoTIFF whose held blocks hold random values, a third of them 0 and some nodata; returns
+    the scene ``(band, y, x)`` as written (left-out blocks: nodata, or 0)."""
+    dense = np.full((bands, *shape), nodata or 0, dtype="int16")
+    with rasterio.open(path, "w", driver="GTiff", width=shape[1], height=shape[0], count=bands, dtype="int16",
+                       nodata=nodata, interleave=interleave, tiled=True, blockxsize=block, blockysize=block,
+                       SPARSE_OK=True) as dst:
+        for i, j in held:
+            rows = slice(i * block, min((i + 1) * block, shape[0]))
+            cols = slice(j * block, min((j + 1) * block, shape[1]))
+            part = rng.integers(-5, 6, (bands, rows.stop - rows.start, cols.stop - cols.start)).astype("int16")
+            part[rng.random(part.shape) < 0.3] = 0
+            dense[:, rows, cols] = part
+            dst.write(part, window=RioWindow(cols.start, rows.start, cols.stop - cols.start,  # type: ignore[call-arg]
+                                             rows.stop - rows.start))
+    return dense
+
+
+@pytest.mark.parametrize("interleave", ["band", "pixel"])
+@pytest.mark.parametrize("nodata", [None, 3])
+def test_held_block_reads_give_every_entry_of_the_window(tmp_path: Path, interleave: str, nodata: int | None) -> None:
+    """:func:`read_held_entries` against the scene written, by numpy: windows that meet held blocks by a strip,
+    a corner, across several, not at all, and whole; a stack of two files with their own blocks and block sizes."""
+    from tilepipe.sources import occupancy
+    from tilepipe.sources.geotiff import open_raster
+
+    rng = np.random.default_rng(5)
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    scene_a = write_random_sparse(a, {(0, 0), (1, 2), (2, 3)}, rng, bands=2, interleave=interleave, block=256,
+                                  nodata=nodata)
+    scene_b = write_random_sparse(b, {(3, 1), (0, 7)}, rng, bands=1, interleave=interleave, block=128, nodata=None)
+    stack = probe_stack([str(a), str(b)])
+    scene = np.concatenate([scene_a, scene_b])  # (band, y, x)
+    nd = np.array([nodata, nodata, None], dtype=object)
+    absent = scene == 0
+    for band in range(3):
+        if nd[band] is not None:
+            absent[band] |= scene[band] == nd[band]
+    windows = [Window(250, 262, 500, 520), Window(0, 700, 0, 1000), Window(300, 400, 0, 100),
+               Window(384, 520, 100, 300), Window(508, 580, 764, 836), Window(0, 40, 890, 1000)]
+    for _ in range(40):
+        r0, c0 = int(rng.integers(0, SHAPE[0])), int(rng.integers(0, SHAPE[1]))
+        windows.append(Window(r0, int(rng.integers(r0 + 1, SHAPE[0] + 1)), c0, int(rng.integers(c0 + 1, SHAPE[1] + 1))))
+    with open_raster(str(a)) as da, open_raster(str(b)) as db:
+        for w in windows:
+            shape, flat, values = occupancy.read_held_entries(stack, w, [da, db])
+            part = np.moveaxis(scene[:, w.row_start : w.row_stop, w.col_start : w.col_stop], 0, -1)
+            want = np.flatnonzero(~np.moveaxis(absent[:, w.row_start : w.row_stop, w.col_start : w.col_stop], 0, -1))
+            assert shape == part.shape, w
+            np.testing.assert_array_equal(flat, want, err_msg=str(w))
+            np.testing.assert_array_equal(values, part.reshape(-1)[want], err_msg=str(w))
+            assert values.dtype == np.dtype(stack.dtype)
 
 
 def test_ingest_of_a_sparse_file_equals_the_dense_file(tmp_path: Path) -> None:
@@ -254,20 +314,34 @@ def test_ingest_of_a_sparse_file_equals_the_dense_file(tmp_path: Path) -> None:
 
 
 def test_ingest_reads_only_the_occupied_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every window ingest reads lies in an index block that meets a block the file holds; no other is read."""
+    """Every window ingest reads lies in an index block that meets a block the file holds; no other is read,
+    and of each such window only the part inside the held block reaches GDAL."""
     from tilepipe.execute import tasks
     from tilepipe.execute.ingest import ingest
+    from tilepipe.sources import occupancy
 
     path = tmp_path / "sparse.tif"
     write_sparse(path, {(1, 1): 3}, shape=(4096, 4096))  # 1 of 256 file blocks; 4 x 4 index blocks of 1024 px
     read: list[Window] = []
-    real = tasks.read_stack_entries
+    pieces: list[Window] = []
+    whole: list[Window] = []
+    real, real_piece, real_whole = tasks.read_held_entries, occupancy.read_window, occupancy.read_stack_entries
 
     def counted(stack: Any, window: Window, datasets: Any = None) -> Any:
         read.append(window)
         return real(stack, window, datasets)
 
-    monkeypatch.setattr(tasks, "read_stack_entries", counted)  # local threads: this very module
+    def piece(layer: Any, window: Window, dataset: Any = None) -> Any:
+        pieces.append(window)
+        return real_piece(layer, window, dataset)
+
+    def at_once(stack: Any, window: Window, datasets: Any = None) -> Any:
+        whole.append(window)
+        return real_whole(stack, window, datasets)
+
+    monkeypatch.setattr(tasks, "read_held_entries", counted)  # local threads: this very module
+    monkeypatch.setattr(occupancy, "read_window", piece)
+    monkeypatch.setattr(occupancy, "read_stack_entries", at_once)
     store = ingest(str(path), tmp_path / "s.zarr", tile_size=64, halo=4)
     grid, (by, bx) = store.info.grid, store.info.block
     ny, nx = grid.grid_shape
@@ -277,5 +351,14 @@ def test_ingest_reads_only_the_occupied_blocks(tmp_path: Path, monkeypatch: pyte
     tiles = {(r, c) for r in range(3, 9) for c in range(3, 9)}
     assert sorted(read, key=lambda w: (w.row_start, w.col_start)) == [grid.tile(r, c).window for r, c in sorted(tiles)]
     assert all(occupied[r // by, c // bx] for r, c in tiles) and (ny, nx) == (64, 64)
+    # The 20 tiles on the ring (row or col 3 or 8) meet the held block by a 4-px strip: each reads only the
+    # strip (tile 3's window [188, 260) reads rows [256, 260)). The 16 inside are (68 / 72)^2 held: each is
+    # read whole, in one call.
+    ring = {t for t in tiles if 3 in t or 8 in t}
+    held = Window(256, 512, 256, 512)
+    by_place = {"key": lambda w: (w.row_start, w.col_start, w.row_stop, w.col_stop)}
+    assert sorted(pieces, **by_place) == sorted([_clip(grid.tile(r, c).window, held) for r, c in ring], **by_place)
+    assert sorted(whole, **by_place) == sorted([grid.tile(r, c).window for r, c in tiles - ring], **by_place)
+    assert Window(256, 260, 256, 260) in pieces  # tile (3, 3): the held block's corner, 4 x 4 px
     np.testing.assert_array_equal(store.written_blocks(), occupied)
     assert store.entries_total() == BLOCK * BLOCK

@@ -46,10 +46,12 @@ __all__ = [
 #: (:func:`tilepipe.run`, :func:`tilepipe.conv_sparse`): a GPU takes bigger batches.
 DEFAULT_BATCH, DEFAULT_BATCH_GPU = 8, 32
 
-#: Empty tiles per task at most: each costs a copied chunk (its class's bytes, compressed once per
-#: worker), a millisecond or so, so a task needs hundreds to be worth its ~1 ms of scheduling; a
-#: grid's perimeter (16,000 tiles on a 2^22 px grid) then makes tens of tasks, not thousands.
-EMPTY_BATCH = 512
+#: Empty tiles per task at most. Each costs a copied chunk (its class's bytes, compressed once per
+#: worker), a millisecond or so. Empty tiles are spread over about two tasks per worker, whatever
+#: their number, so that a grid's perimeter (16,380 border tiles on a 2^22 px grid of 1024-px tiles)
+#: makes as many tasks as a small grid's: the task count follows the busy tiles, not the grid. This
+#: bound only keeps one task to seconds (and a retried one cheap) on grids past 2^24 px a side.
+EMPTY_BATCH = 8192
 
 #: Empty tiles per task at least, where there are few: spread over the workers like busy ones.
 _EMPTY_MIN = 16

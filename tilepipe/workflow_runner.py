@@ -16,6 +16,7 @@ from typing import Any
 from tilepipe import api
 from tilepipe.api import ModelFile, RunReport
 from tilepipe.demo import DEMO_CRS, DEMO_TRANSFORM, builtin_model_path
+from tilepipe.execute.cluster import worker_count
 from tilepipe.export import export_geotiff, quicklook, record_band_names
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.sources import probe_stack, synthetic_scene
@@ -69,7 +70,7 @@ def run_workflow(
     with api.connect(wf.cluster.address, client=client, n_workers=wf.cluster.n_workers,
                      threads_per_worker=wf.cluster.threads_per_worker, gpu=wf.cluster.gpu) as active:
         dashboard = getattr(active, "dashboard_link", None) if _has_dashboard(active) else None
-        say(f"cluster: {active.scheduler.address} ({len(active.scheduler_info()['workers'])} workers)"
+        say(f"cluster: {active.scheduler.address} ({worker_count(active)} workers)"
             + (f", dashboard {dashboard}" if dashboard else ""))
         model = model or ModelFile.of(_builtin_model(wf, active))
         scene_path = _scene(wf, model, active, overwrite, progress, say)

@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 from tilepipe.errors import ClusterError
 from tilepipe.logs import current_log_file, route_process_logs, without_tensorflow_lines
 
-__all__ = ["connect", "resolve_address"]
+__all__ = ["connect", "resolve_address", "worker_count"]
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -112,6 +112,13 @@ def connect(
             own.close()
     finally:
         cluster.close()
+
+
+def worker_count(client: Any) -> int:
+    """Worker processes on ``client``'s cluster now; None: this machine's cores (tasks on local threads)."""
+    if client is None:
+        return os.cpu_count() or 1
+    return len(client.scheduler_info().get("workers", {}))
 
 
 def _has_bokeh() -> bool:

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from tilepipe.errors import InputError, StoreError, WrongStoreKindError
+from tilepipe.execute.cluster import worker_count
 from tilepipe.execute.executor import Task, execute
 from tilepipe.execute.models import facts_on_worker, model_file
 from tilepipe.execute.preflight import check_workers
-from tilepipe.execute.tasks import BlockDone, ingest_coo_block, ingest_raster_block
+from tilepipe.execute.tasks import BlockDone, ingest_coo_block, ingest_raster_blocks
 from tilepipe.geometry import DEFAULT_TILE_SIZE, parse_tile_size, stride_aligned
 from tilepipe.location import Location, existing_output, refuse_overlaps
 from tilepipe.logs import NOTICE
@@ -40,6 +41,10 @@ MIN_TILE = 16
 # Grids up to this many tiles take any tile size: they cost nothing however small their tiles
 # (tiny scenes, tests that want many tiles), while a 400 x 400 scene in 1 px tiles is 160,000.
 _ANY_TILE_UP_TO = 1024
+
+#: Index blocks per ingest task at most. A block of a sparse raster may cost a few milliseconds
+#: (one held file block, its tiles' chunks and its index chunk), about what a task costs to schedule.
+BLOCKS_PER_TASK = 8
 
 Blocks = list[tuple[int, int]]
 
@@ -159,12 +164,21 @@ def _raster_source(
     by, bx = info.block
 
     def tasks(_store: SceneStore, blocks: Blocks) -> list[Task[BlockDone]]:
-        return [Task(ingest_raster_block, (raster, str(location), (r, c),
-                                           None if tiles is None else tiles[r * by : (r + 1) * by,
-                                                                            c * bx : (c + 1) * bx]))
-                for r, c in blocks]
+        def tile_mask(r: int, c: int) -> np.ndarray | None:
+            return None if tiles is None else tiles[r * by : (r + 1) * by, c * bx : (c + 1) * bx]
+
+        return [Task(ingest_raster_blocks, (raster, str(location), tuple(((r, c), tile_mask(r, c)) for r, c in group)),
+                     weight=len(group))
+                for group in _grouped(blocks, worker_count(client))]
 
     return _Source(info, tasks, client, None if tiles is None else occupied_blocks(tiles, info.block))
+
+
+def _grouped(blocks: Blocks, workers: int) -> list[Blocks]:
+    """``blocks`` cut into tasks, neighbours together: about four tasks per worker, at most
+    :data:`BLOCKS_PER_TASK` blocks each (a task's overhead is paid per task, not per block)."""
+    size = max(1, min(BLOCKS_PER_TASK, -(-len(blocks) // (4 * max(workers, 1)))))
+    return [blocks[i : i + size] for i in range(0, len(blocks), size)]
 
 
 def _points_source(source: Any, tile: tuple[int, int], asked: int | tuple[int, int] | list[int], halo: int, *,
@@ -398,10 +412,10 @@ def _write(location: Location, src: _Source, overwrite: bool, progress: bool) ->
             remove_store(location)  # a failed ingest leaves nothing behind (a stopped one stays, to resume)
             raise
         written = occupied if store.sparse_index else None
-        left = store.unfinished_blocks(written)
+        left, total = store.finished(written)
         if left:  # every task reported success: a block missing now was lost after its write
             raise StoreError(f"{location}: index block {left[0]} is missing after ingest; ingest again")
-        store.mark_complete(written, nnz_total=store.entries_total(written))
+        store.mark_complete(written, nnz_total=total)
         return SceneStore.open(location)
 
 

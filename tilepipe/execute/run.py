@@ -23,6 +23,7 @@ import numpy as np
 
 from tilepipe._version import __version__
 from tilepipe.errors import IncompleteRunError, StoreError
+from tilepipe.execute.cluster import worker_count
 from tilepipe.execute.executor import Task, execute
 from tilepipe.execute.models import ModelFile, facts_on_worker, model_file
 from tilepipe.execute.preflight import check_workers
@@ -216,7 +217,7 @@ def run_model(
                 # The store's own: a resumed format 2 store has band 0's for every band.
                 fill_values=result.fill_values,
                 batch_size=batch_size or (DEFAULT_BATCH_GPU if gpu else DEFAULT_BATCH),
-                workers=len(client.scheduler_info().get("workers", {})),
+                workers=worker_count(client),
             )
             spec = RunSpec(scene_path, result_path, mf.path, mf.sha256, facts.footprint, scene.info.bands,
                            batch_size or 0, str(result.info.provenance.get("run_id", "")))

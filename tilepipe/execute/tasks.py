@@ -19,11 +19,12 @@ from tilepipe.geometry import Footprint, Tile
 from tilepipe.plan import TileJob
 from tilepipe.sources.coo import TileBuckets
 from tilepipe.sources.geotiff import open_raster
+from tilepipe.sources.occupancy import read_held_entries
 from tilepipe.sources.stack import RasterStack, read_stack_entries
 from tilepipe.store.result import ResultStore
 from tilepipe.store.scene import SceneStore
 
-__all__ = ["BatchDone", "BlockDone", "RunSpec", "TileFailed", "ingest_coo_block", "ingest_raster_block", "run_tiles"]
+__all__ = ["BatchDone", "BlockDone", "RunSpec", "TileFailed", "ingest_coo_block", "ingest_raster_blocks", "run_tiles"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,34 +154,60 @@ def _core_count(tile: Tile, shape: tuple[int, int, int], flat: np.ndarray) -> in
     return int(np.count_nonzero(inside))
 
 
-def ingest_raster_block(
-    source: RasterStack, store_path: str, block: tuple[int, int], occupied: np.ndarray | None = None
+def ingest_raster_blocks(
+    source: RasterStack, store_path: str, blocks: tuple[tuple[tuple[int, int], np.ndarray | None], ...]
 ) -> BlockDone:
-    """Read, pack and write the tiles of one block and its index chunk (nothing else).
+    """Read, pack and write the tiles of some blocks, each block's index chunk after its tiles (nothing else).
 
-    Every raster of the stack is opened once per block and read one tile window at a
-    time. Memory: one tile window of the stacked bands. ``occupied``: the block's tiles
-    whose windows may hold data (``(rows, cols)`` booleans, from the file's block table);
-    the others are empty without a read.
+    ``blocks``: ``(block, occupied)`` pairs, where ``occupied`` holds the block's tiles whose
+    windows may hold data (``(rows, cols)`` booleans, from the files' block tables; the
+    others are empty without a read) and is None where the files cannot tell (every tile
+    is then read whole). Every raster of the stack is opened once per task, and tiles are
+    read one window at a time, only the held file blocks of it where the tables are known
+    (:func:`~tilepipe.sources.occupancy.read_held_entries`). A block's tile chunks are
+    written together, then its index chunk. Memory: one tile window of the stacked
+    bands, and up to ``_WRITE_AT`` entries read and not yet written.
     """
     store = SceneStore.open(store_path, require_complete=False, mode="r+")
+    entries = 0
+    with contextlib.ExitStack() as opened:
+        datasets = [opened.enter_context(open_raster(path)) for path in source.paths]
+        for block, occupied in blocks:
+            entries += _ingest_raster_block(source, store, datasets, block, occupied)
+    return BlockDone(entries)
+
+
+#: Entries of read tiles held before their chunks are written together (a few tens of MB at most).
+_WRITE_AT = 1 << 22
+
+
+def _ingest_raster_block(
+    source: RasterStack, store: SceneStore, datasets: list[object], block: tuple[int, int],
+    occupied: np.ndarray | None,
+) -> int:
+    """One block of :func:`ingest_raster_blocks`; returns the values in its tiles' cores."""
     rows, cols = _block_tiles(store, block)
     counts = np.zeros((len(rows), len(cols)), dtype=np.int64)
     grid = store.info.grid
     entries = 0
-    with contextlib.ExitStack() as opened:
-        datasets = [opened.enter_context(open_raster(path)) for path in source.paths]
-        for i, r in enumerate(rows):
-            for j, c in enumerate(cols):
-                if occupied is not None and not occupied[i, j]:
-                    continue  # its window meets only blocks the file leaves out: no entries
-                tile = grid.tile(r, c)
+    read = []
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if occupied is not None and not occupied[i, j]:
+                continue  # its window meets only blocks the files leave out: no entries
+            tile = grid.tile(r, c)
+            if occupied is None:
                 shape, flat, values = read_stack_entries(source, tile.window, datasets)
-                store.write_tile(r, c, shape, flat, values)
-                counts[i, j] = flat.size
-                entries += _core_count(tile, shape, flat)
-    store.write_index_block(*block, counts, entries)  # last: the block is done once this is written
-    return BlockDone(entries)
+            else:
+                shape, flat, values = read_held_entries(source, tile.window, datasets)
+            read.append((r, c, shape, flat, values))
+            counts[i, j] = flat.size
+            entries += _core_count(tile, shape, flat)
+            if sum(t[3].size for t in read) >= _WRITE_AT:
+                store.write_tiles(read)
+                read = []
+    store.write_tiles(read, index=(block, counts, entries))  # the index last: the block is done once it is written
+    return entries
 
 
 def ingest_coo_block(buckets: TileBuckets, store: SceneStore, block: tuple[int, int]) -> BlockDone:

@@ -21,11 +21,12 @@ import numpy as np
 from rasterio.enums import Interleaving
 from rasterio.errors import RasterBlockError
 
-from tilepipe.sources.geotiff import GeoTiffSource, open_raster
-from tilepipe.sources.stack import RasterStack
+from tilepipe.geometry import Window
+from tilepipe.sources.geotiff import GeoTiffSource, open_raster, read_window
+from tilepipe.sources.stack import RasterStack, read_stack_entries
 from tilepipe.store.info import SceneInfo
 
-__all__ = ["occupied_blocks", "raster_block_occupancy", "raster_tile_occupancy"]
+__all__ = ["occupied_blocks", "raster_block_occupancy", "raster_tile_occupancy", "read_held_entries"]
 
 
 def raster_block_occupancy(raster: RasterStack, info: SceneInfo) -> np.ndarray | None:
@@ -166,3 +167,51 @@ def _omitted_blocks_are_absent(layer: GeoTiffSource, src) -> bool:  # type: igno
             continue
         return False
     return True
+
+
+def read_held_entries(stack: RasterStack, window: Window, datasets: list[object]):  # type: ignore[no-untyped-def]
+    """:func:`~tilepipe.sources.stack.read_stack_entries` of ``window``, reading only the file blocks the files hold.
+
+    Only for a raster whose left-out blocks hold no entry (:func:`raster_tile_occupancy`
+    gave an answer for it). Each layer's held blocks that meet the window are read, the
+    part of each inside it, and nothing else: a tile window that meets a held block by a
+    halo's strip reads the strip. Where the held blocks cover at least half of the window,
+    the window is read whole, in one call (a dense file's way). Each band's entries are
+    its own (zero, NaN and its nodata are absent), so the layers' entries are merged as
+    they are: ``(shape, flat, values)`` are the very arrays the whole read gives.
+    """
+    h, w = window.shape
+    pieces = [_held_pieces(layer, window, ds) for layer, ds in zip(stack.layers, datasets, strict=True)]
+    if all(sum(p.size for p in held) * 2 >= window.size for held in pieces):
+        return read_stack_entries(stack, window, datasets)
+    bands = stack.bands
+    flats, values = [], []
+    offset = 0
+    for layer, ds, held in zip(stack.layers, datasets, pieces, strict=True):
+        for piece in held:
+            data, present = read_window(layer, piece, ds)
+            local = np.flatnonzero(present)  # (row, col, band) of the piece, in C order
+            pixel, band = np.divmod(local, present.shape[2])
+            r, c = np.divmod(pixel, present.shape[1])
+            flats.append(((r + (piece.row_start - window.row_start)) * w
+                          + (c + (piece.col_start - window.col_start))) * bands + band + offset)
+            values.append(data.reshape(-1)[local].astype(stack.dtype, copy=False))
+        offset += len(layer.bands)
+    if not flats:
+        return (h, w, bands), np.zeros(0, np.int64), np.zeros(0, stack.dtype)
+    flat, value = np.concatenate(flats).astype(np.int64, copy=False), np.concatenate(values)
+    order = np.argsort(flat, kind="stable")
+    return (h, w, bands), flat[order], value[order]
+
+
+def _held_pieces(layer: GeoTiffSource, window: Window, dataset) -> list[Window]:  # type: ignore[no-untyped-def]
+    """The parts of ``window`` that lie in a block ``layer``'s file holds, one per such block."""
+    bh, bw = dataset.block_shapes[layer.bands[0] - 1]
+    bands = layer.bands[:1] if dataset.interleaving is not Interleaving.band else layer.bands
+    pieces = []
+    for i in range(window.row_start // bh, -(-window.row_stop // bh)):
+        for j in range(window.col_start // bw, -(-window.col_stop // bw)):
+            if any(_held(dataset, band, i, j) for band in bands):
+                pieces.append(Window(max(i * bh, window.row_start), min((i + 1) * bh, window.row_stop),
+                                     max(j * bw, window.col_start), min((j + 1) * bw, window.col_stop)))
+    return pieces

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ from typing import Any
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.dtype import VariableLengthBytes
+from zarr.core.sync import sync
 
 from tilepipe.errors import StoreError, WrongStoreKindError
 from tilepipe.location import Location
@@ -29,10 +31,12 @@ __all__ = [
     "create_group",
     "open_group",
     "quiet_vlen",
+    "read_many",
     "remove_partial_writes",
     "remove_store",
     "store_exists",
     "vlen_bytes_dtype",
+    "write_many",
 ]
 
 #: Format of result stores written now (:data:`tilepipe.store.info.FORMAT_VERSION`). 2: every chunk
@@ -193,3 +197,47 @@ def vlen_bytes_dtype() -> Any:
     """Zarr's variable-length bytes dtype."""
     with quiet_vlen():
         return VariableLengthBytes()
+
+
+#: Selections read or written at once by :func:`read_many` and :func:`write_many`: each holds a file
+#: open while it runs, and a sparse grid may list thousands.
+_AT_ONCE = 64
+
+
+def read_many(array: Any, selections: list[Any]) -> list[Any]:
+    """``array[selection]`` for each selection, read concurrently on zarr's event loop.
+
+    One zarr call costs about a millisecond of Python however small its chunk; a sparse
+    store's blocks are read one selection each, so they go together. Each item is the
+    values (a numpy array), or the exception its read raised: the caller says which
+    chunk was damaged, as it would for one read.
+    """
+    async def batch(part: list[Any]) -> list[Any]:
+        return list(await asyncio.gather(*(array.async_array.getitem(sel) for sel in part), return_exceptions=True))
+
+    out: list[Any] = []
+    for i in range(0, len(selections), _AT_ONCE):
+        out.extend(sync(batch(selections[i : i + _AT_ONCE])))
+    return out
+
+
+def write_many(*steps: list[tuple[Any, Any, Any]]) -> BaseException | None:
+    """``array[selection] = value`` for each ``(array, selection, value)`` of each step, on zarr's event loop.
+
+    A step's writes run concurrently, and every one of them is awaited, failed or not;
+    the next step starts only once the step before was written whole (an index written
+    after the chunks it counts). Returns the first failure (no later step is begun),
+    None where everything was written.
+    """
+    async def run() -> BaseException | None:
+        for step in steps:
+            for i in range(0, len(step), _AT_ONCE):
+                done = await asyncio.gather(*(array.async_array.setitem(sel, value)
+                                              for array, sel, value in step[i : i + _AT_ONCE]),
+                                            return_exceptions=True)
+                failed = next((d for d in done if isinstance(d, BaseException)), None)
+                if failed is not None:
+                    return failed
+        return None
+
+    return sync(run())

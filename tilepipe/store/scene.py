@@ -69,12 +69,17 @@ from tilepipe.store._zarr import (
     create_group,
     open_group,
     quiet_vlen,
+    read_many,
     vlen_bytes_dtype,
+    write_many,
 )
 from tilepipe.store.codec import TileData, decode_tile, encode_tile
 from tilepipe.store.info import NOT_WRITTEN, SceneInfo, block_size_for
 
-__all__ = ["NOT_WRITTEN", "SceneInfo", "SceneStore", "block_size_for"]
+__all__ = ["NOT_WRITTEN", "SceneInfo", "SceneStore", "TileEntries", "block_size_for"]
+
+#: One tile's window entries as ingest writes them: ``(row, col, shape, flat, values)``.
+TileEntries = tuple[int, int, tuple[int, int, int], np.ndarray, np.ndarray]
 
 class SceneStore:
     """A scene store on disk (or at a URL). Cheap to open; nothing is read eagerly."""
@@ -170,6 +175,27 @@ class SceneStore:
         if problem is not None:  # unchained, as in read_tile
             raise StoreError(f"{self.path}: cannot write {tile_name(row, col)}: {problem}")
 
+    def write_tiles(self, tiles: list[TileEntries], index: tuple[tuple[int, int], np.ndarray, int] | None = None
+                    ) -> None:
+        """:meth:`write_tile` for each ``(row, col, shape, flat, values)``, the chunks written concurrently; then,
+        where given, ``index`` as :meth:`write_index_block` takes it: ``(block, counts, entries)``."""
+        cells = []
+        for row, col, shape, flat, values in tiles:
+            if flat.size:
+                cell = np.empty((1, 1), dtype=object)
+                cell[0, 0] = encode_tile(shape, flat, values.astype(self.info.dtype, copy=False))
+                cells.append((self._tile_array(), (slice(row, row + 1), slice(col, col + 1)), cell))
+        last = [] if index is None else self._index_writes(*index)
+        failed = write_many(cells, last)
+        if failed is None:
+            return
+        if not isinstance(failed, OSError):
+            raise failed
+        problem = failed.strerror or str(failed)  # as in write_tile
+        if index is not None:
+            raise StoreError(f"{self.path}: cannot write index block {index[0]} or its tiles: {problem}")
+        raise StoreError(f"{self.path}: cannot write {len(cells)} tiles from {tile_name(*tiles[0][:2])}: {problem}")
+
     def read_tile(self, row: int, col: int) -> TileData | None:
         """One tile's window values, or None if the tile is empty.
 
@@ -203,16 +229,19 @@ class SceneStore:
 
         The counts are exactly one index chunk, written last: once it is there, the block is done.
         """
-        by, bx = self.info.block
-        r0, c0 = block_row * by, block_col * bx
-        problem = None
-        try:
-            self._array("entries")[block_row, block_col] = entries
-            self._array("nnz")[r0 : r0 + counts.shape[0], c0 : c0 + counts.shape[1]] = counts
-        except OSError as exc:  # as in write_tile
-            problem = exc.strerror or str(exc)
-        if problem is not None:
+        failed = write_many(self._index_writes((block_row, block_col), counts, entries))
+        if isinstance(failed, OSError):  # as in write_tile
+            problem = failed.strerror or str(failed)
             raise StoreError(f"{self.path}: cannot write index block ({block_row}, {block_col}): {problem}")
+        if failed is not None:
+            raise failed
+
+    def _index_writes(self, block: tuple[int, int], counts: np.ndarray, entries: int) -> list[tuple[Any, Any, Any]]:
+        """The writes of one block's index: its entry count and its tiles' counts (one chunk each)."""
+        by, bx = self.info.block
+        r0, c0 = block[0] * by, block[1] * bx
+        return [(self._array("entries"), block, np.int64(entries)),
+                (self._array("nnz"), (slice(r0, r0 + counts.shape[0]), slice(c0, c0 + counts.shape[1])), counts)]
 
     def index(self) -> np.ndarray:
         """Non-zero entries per tile window, ``(tile_rows, tile_cols)`` int64.
@@ -225,9 +254,9 @@ class SceneStore:
         if self.sparse_index and self._attrs.get("complete"):
             nnz = np.zeros(self.info.grid.grid_shape, np.int64)
             by, bx = self.info.block
-            for br, bc in np.argwhere(self.written_blocks()):
-                rows, cols = slice(br * by, (br + 1) * by), slice(bc * bx, (bc + 1) * bx)
-                nnz[rows, cols] = self._read_block(int(br), int(bc))
+            listed = [(int(br), int(bc)) for br, bc in np.argwhere(self.written_blocks())]
+            for (br, bc), counts in zip(listed, self._read_blocks(listed), strict=True):
+                nnz[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx] = counts
         else:
             nnz = self._read_index()
         if self._attrs.get("complete") and (nnz < 0).any():
@@ -275,28 +304,33 @@ class SceneStore:
         chunk reads; otherwise each block is judged on its own chunks (a damaged chunk
         is written again like an absent one), reading nothing of the other blocks.
         """
+        return self.finished(occupied)[0]
+
+    def finished(self, occupied: np.ndarray | None = None) -> tuple[list[tuple[int, int]], int]:
+        """:meth:`unfinished_blocks`, and the values in the finished blocks' cores, from one read of each chunk."""
         by, bx = self.info.block
         if occupied is None or bool(np.all(occupied)):
             # The usual dense case: every chunk reads, and two whole-array reads say it all. Where
             # some chunk is damaged, each block is judged on its own below.
             with contextlib.suppress(Exception):
                 entries, nnz = np.asarray(self._array("entries")[...]), np.asarray(self._array("nnz")[...])
-                return [(br, bc) for br, bc in self.blocks()
+                left = [(br, bc) for br, bc in self.blocks()
                         if entries[br, bc] < 0 or (nnz[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx] < 0).any()]
+                return left, int(entries[entries > 0].sum())
             candidates = self.blocks()
         else:
             candidates = [(int(r), int(c)) for r, c in np.argwhere(occupied)]
-        todo = []
-        for br, bc in candidates:
-            try:
-                written = int(self._array("entries")[br, bc])
-                counts = np.asarray(self._array("nnz")[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx])
-            except Exception:  # noqa: BLE001 - a damaged chunk of an unfinished ingest is written again
-                todo.append((br, bc))
-                continue
-            if written < 0 or (counts < 0).any():
-                todo.append((br, bc))
-        return todo
+        totals = read_many(self._array("entries"), [(br, bc) for br, bc in candidates])
+        counts = read_many(self._array("nnz"), [self._block_slices(br, bc) for br, bc in candidates])
+        left, total = [], 0
+        for block, written, nnz in zip(candidates, totals, counts, strict=True):
+            # A damaged chunk of an unfinished ingest is written again, as an absent one is.
+            if isinstance(written, BaseException) or isinstance(nnz, BaseException) or int(written) < 0 \
+                    or (np.asarray(nnz) < 0).any():
+                left.append(block)
+            else:
+                total += int(written)
+        return left, total
 
     def entries_total(self, occupied: np.ndarray | None = None) -> int:
         """Values in the scene (each counted in the one core that holds it), over the finished blocks
@@ -304,9 +338,13 @@ class SceneStore:
         if occupied is None:
             entries = self._block_entries()
             return int(entries[entries > 0].sum())
+        listed = [(int(br), int(bc)) for br, bc in np.argwhere(occupied)]
         total = 0
-        for br, bc in np.argwhere(occupied):
-            total += max(self._block_entry(int(br), int(bc)), 0)
+        for (br, bc), entry in zip(listed, read_many(self._array("entries"), listed), strict=True):
+            if isinstance(entry, BaseException):
+                raise StoreError(f"{self.path}: the entry count of block ({br}, {bc}) {chunk_problem(entry)}; "
+                                 "ingest again")
+            total += max(int(entry), 0)
         return total
 
     # -- index internals ----------------------------------------------------
@@ -326,28 +364,23 @@ class SceneStore:
             raise StoreError(f"{self.path}: index block {self._block_of(row, col)} {problem}; ingest again")
         return value
 
-    def _read_block(self, br: int, bc: int) -> np.ndarray:
-        """One block's index chunk; raises :class:`StoreError` naming it where it is absent or damaged."""
+    def _block_slices(self, br: int, bc: int) -> tuple[slice, slice]:
         by, bx = self.info.block
-        problem = None
-        try:
-            counts = np.asarray(self._array("nnz")[br * by : (br + 1) * by, bc * bx : (bc + 1) * bx])
-        except Exception as exc:  # noqa: BLE001 - a chunk that cannot be read is a damaged store
-            problem = chunk_problem(exc)
-        else:
-            if (counts < 0).any():
-                problem = f"({tile_name(br * by, bc * bx)}) is missing"
-        if problem is not None:  # unchained, as in read_tile
-            raise StoreError(f"{self.path}: index block ({br}, {bc}) {problem}; ingest again")
-        return counts
+        return slice(br * by, (br + 1) * by), slice(bc * bx, (bc + 1) * bx)
 
-    def _block_entry(self, br: int, bc: int) -> int:
-        problem = None
-        try:
-            return int(self._array("entries")[br, bc])
-        except Exception as exc:  # noqa: BLE001 - a chunk that cannot be read is a damaged store
-            problem = chunk_problem(exc)
-        raise StoreError(f"{self.path}: the entry count of block ({br}, {bc}) {problem}; ingest again")
+    def _read_blocks(self, blocks: list[tuple[int, int]]) -> list[np.ndarray]:
+        """:meth:`_read_block` of each block, read concurrently; raises for the first absent or damaged one."""
+        counts = read_many(self._array("nnz"), [self._block_slices(br, bc) for br, bc in blocks])
+        by, bx = self.info.block
+        for (br, bc), got in zip(blocks, counts, strict=True):
+            problem = None
+            if isinstance(got, BaseException):
+                problem = chunk_problem(got)
+            elif (np.asarray(got) < 0).any():
+                problem = f"({tile_name(br * by, bc * bx)}) is missing"
+            if problem is not None:  # unchained, as in read_tile
+                raise StoreError(f"{self.path}: index block ({br}, {bc}) {problem}; ingest again")
+        return [np.asarray(c) for c in counts]
 
     def _read_index(self) -> np.ndarray:
         with contextlib.suppress(Exception):  # some chunk is damaged: find it below, and name it
