@@ -229,15 +229,17 @@ def write_many(*steps: list[tuple[Any, Any, Any]]) -> BaseException | None:
     after the chunks it counts). Returns the first failure (no later step is begun),
     None where everything was written.
     """
-    async def run() -> BaseException | None:
+    async def run() -> list[BaseException]:
         for step in steps:
             for i in range(0, len(step), _AT_ONCE):
                 done = await asyncio.gather(*(array.async_array.setitem(sel, value)
                                               for array, sel, value in step[i : i + _AT_ONCE]),
                                             return_exceptions=True)
-                failed = next((d for d in done if isinstance(d, BaseException)), None)
-                if failed is not None:
-                    return failed
-        return None
+                failed = [d for d in done if isinstance(d, BaseException)]
+                if failed:
+                    return failed[:1]
+        return []
 
-    return sync(run())
+    # In a list: zarr's sync() raises an exception that a coroutine returns.
+    failures = sync(run())
+    return failures[0] if failures else None
