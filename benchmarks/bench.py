@@ -187,7 +187,7 @@ def _support_floor(compiled: Any, jobs: list[Any], tiles: list[Any], windows: li
     except (ImportError, AttributeError) as exc:  # a tilepipe from before plan_pieces
         return {"error": f"not in this tilepipe ({type(exc).__name__}: {exc})"}
     # a piece's window lies inside its tile's (``need``)
-    batches = [np.stack([windows[p.tile][p.window.relative_to(jobs[p.tile].need).slices] for p in call])
+    batches = [call.stack([windows[p.tile][p.window.relative_to(jobs[p.tile].need).slices] for p in call.pieces])
                for call in plan.calls]
     # A floor is the model's time, not a trace cache's: CompiledModel keeps MAX_TRACES traced shapes
     # (least recently used dropped), and cycling through more shapes than that re-traces every call.
@@ -931,7 +931,7 @@ def count_pieces(scene_path: str, keras_model: Any, workers: int = 2) -> dict[st
         got["affected_pixels"] += plan.affected_pixels
         got["pieces"] += plan.pieces
         got["calls"] += len(plan.calls)
-        shapes |= {call[0].window.shape for call in plan.calls}
+        shapes |= {call.shape for call in plan.calls}
     got["window_shapes"] = len(shapes)
     got["model_over_affected"] = _ratio(got["model_pixels"], got["affected_pixels"])
     return got

@@ -32,7 +32,8 @@ from tilepipe.store.codec import TileData
 TOLERANCE = 1e-5
 
 
-def tiled(model: keras.Model, dense: np.ndarray, tile: int, *, dense_fraction: float = 0.5) -> tuple[np.ndarray, Any]:
+def tiled(model: keras.Model, dense: np.ndarray, tile: int, *, dense_fraction: float = 0.5,
+          mosaic: bool | None = None) -> tuple[np.ndarray, Any]:
     """The scene through the planner and ``compute_tiles`` as a run does it: ``(output, stats of the busy tiles)``."""
     fp = footprint_of(model)
     fn = CompiledModel(model)
@@ -51,7 +52,7 @@ def tiled(model: keras.Model, dense: np.ndarray, tile: int, *, dense_fraction: f
         else:
             empty.append(job)
     done = compute_tiles(fn, busy, data, bands, footprint=fp, scene_shape=(rows, cols), batch_size=4,
-                         dense_fraction=dense_fraction)
+                         dense_fraction=dense_fraction, mosaic=mosaic)
     out_rows, out_cols = fp.output_shape((rows, cols))
     out = np.full((out_rows, out_cols, done.cores[0].shape[2] if done.cores else 1), np.nan, np.float32)
     for job, core in zip(busy, done.cores, strict=True):
@@ -235,6 +236,8 @@ def test_supports_at_block_tile_and_scene_edges_are_exact(kind: str, data: st.Da
     forced, done = tiled(model, dense, tile, dense_fraction=1e9)  # rectangles in every busy tile
     assert relative_error(forced, ref) <= TOLERANCE
     assert done.sparse_tiles >= 1  # computed by rectangles, not whole windows
+    laid, _ = tiled(model, dense, tile, dense_fraction=1e9, mosaic=True)  # small free pieces side by side
+    assert relative_error(laid, ref) <= TOLERANCE
 
 
 def test_one_detection_costs_a_small_window_not_a_tile_and_its_neighbours() -> None:
@@ -278,9 +281,13 @@ def test_random_unets_are_exact_by_rectangles(spec: dict[str, Any], seed: int, d
     x = data.draw(st.integers(0, shape[1] - 1))
     dense[y, x, 0] = 1.5
     dense[max(y - 7, 0) : y + 1, x, 0] = -0.75
+    dense[min(y + 9, shape[0] - 1), max(x - 11, 0), 0] = 0.5  # another small piece, perhaps in another tile
+    ref = _reference(model, dense)
     got, done = tiled(model, dense, tile, dense_fraction=1e9)
-    assert relative_error(got, _reference(model, dense)) <= TOLERANCE, (spec, shape, tile, y, x)
+    assert relative_error(got, ref) <= TOLERANCE, (spec, shape, tile, y, x)
     assert done.sparse_tiles >= 1
+    laid, _ = tiled(model, dense, tile, dense_fraction=1e9, mosaic=True)
+    assert relative_error(laid, ref) <= TOLERANCE, (spec, shape, tile, y, x)
 
 
 def test_the_unet_bench_footprint_is_exact_by_rectangles() -> None:
@@ -293,6 +300,26 @@ def test_the_unet_bench_footprint_is_exact_by_rectangles() -> None:
     got, done = tiled(model, dense, 256, dense_fraction=1e9)  # rectangles in every busy tile
     assert relative_error(got, _reference(model, dense)) <= TOLERANCE
     assert done.sparse_tiles >= 3
+
+
+@pytest.mark.parametrize("kind", ["same", "valid", "transpose", "unet"])
+def test_small_pieces_laid_side_by_side_are_exact(kind: str) -> None:
+    """Scattered points and short lines inside the scene: their pieces are free, and go through the model
+    laid side by side in a few calls (mosaics), each at a multiple of the stride."""
+    from tilepipe.demo import build_unet_model
+
+    model = build_unet_model(bands=2) if kind == "unet" else stride_one(2, kind)
+    rng = np.random.default_rng(11)
+    rows, cols, tile = (1400, 1344, 640) if kind == "unet" else (700, 640, 320)  # the U-Net's halo is 92 px
+    dense = np.zeros((rows, cols, 2), np.float32)
+    for _ in range(40):
+        y, x = int(rng.integers(0, rows)), int(rng.integers(0, cols))
+        dense[y : y + int(rng.integers(1, 4)), x : x + int(rng.integers(1, 30)), int(rng.integers(0, 2))] = 1.25
+    ref = _reference(model, dense)
+    got, done = tiled(model, dense, tile, dense_fraction=1e9, mosaic=True)
+    assert relative_error(got, ref) <= TOLERANCE
+    assert 1 <= done.mosaic_calls < done.model_calls  # some pieces laid together, the clipped ones alone
+    assert done.model_calls < 40  # not one call per piece
 
 
 @pytest.mark.parametrize("kind", ["same", "transpose"])

@@ -19,12 +19,20 @@ task, go through the model together, ``batch_size`` a call (:func:`plan_pieces`)
 rectangles' windows, each counted with
 a fixed overhead (:data:`PIECE_OVERHEAD`), add up to more than the tile's window, the
 whole window is cheaper and is computed as before.
+
+Many small pieces of many shapes (thin lines, scattered points: a piece each) would each
+cost a call. Those whose windows nothing clipped (away from the scene's borders) are laid
+side by side in one input instead, a mosaic, each at a multiple of the model's total
+stride: an output pixel depends only on the input within its footprint, which is inside
+its piece's window, so what lies beside the window cannot change it; and the stride's
+phase is the piece's own. A task lays its small pieces in mosaics where that costs fewer
+pixels than their calls would (each call counted :data:`PIECE_OVERHEAD` pixels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from math import ceil
 from typing import Any
@@ -74,6 +82,7 @@ class Computed:
     affected_pixels: int
     sparse_tiles: int
     model_calls: int = 0
+    mosaic_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,33 @@ class _Piece:
     window: Window  # scene input pixels
     take: Window  # output pixels to keep, relative to the model's output on ``window``
     put: Window  # where they go, relative to the tile's core
+    free: bool = False  # nothing clipped ``window``: its kept output does not depend on what lies around it
+    at: tuple[int, int] = (0, 0)  # where ``window`` lies in its call's input (a mosaic's), input pixels
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One model call: ``pieces`` stacked (``shape`` is their window's), or laid side by side in one
+    input of ``shape`` (a mosaic: each at its ``at``)."""
+
+    pieces: tuple[_Piece, ...]
+    shape: tuple[int, int]
+    mosaic: bool = False
+
+    @property
+    def pixels(self) -> int:
+        """Input pixels the model runs on."""
+        return (1 if self.mosaic else len(self.pieces)) * self.shape[0] * self.shape[1]
+
+    def stack(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """The call's input from its pieces' windows ``(rows, cols, bands)`` each, in order:
+        ``(n, rows, cols, bands)``."""
+        if not self.mosaic:
+            return np.stack(windows)
+        out = np.zeros((1, *self.shape, windows[0].shape[-1]), dtype=np.float32)
+        for piece, window in zip(self.pieces, windows, strict=True):
+            out[0, piece.at[0] : piece.at[0] + window.shape[0], piece.at[1] : piece.at[1] + window.shape[1]] = window
+        return out
 
 
 def _entries(coords: tuple[np.ndarray, ...], stored: Window, window: Window) -> tuple[np.ndarray, ...]:
@@ -140,7 +176,8 @@ def _plan_tile(
         if not job.need.contains(window):
             return whole, count, False  # a rectangle lengthened past the tile's window: compute it whole
         cost += window.size + PIECE_OVERHEAD
-        pieces.append(_Piece(i, window, out.relative_to(footprint.output_window(window)), rect))
+        pieces.append(_Piece(i, window, out.relative_to(footprint.output_window(window)), rect,
+                             free=window == footprint.free_window(out)))
     if cost > dense_fraction * job.need.size:
         return whole, count, False
     return pieces, count, True
@@ -155,24 +192,24 @@ class PiecePlan:
     holds a value.
     """
 
-    calls: tuple[tuple[_Piece, ...], ...]
+    calls: tuple[_Call, ...]
     sparse: frozenset[int]
     affected_pixels: int
 
     @property
     def pieces(self) -> int:
         """Model inputs: rectangles' windows and whole tile windows."""
-        return sum(len(call) for call in self.calls)
+        return sum(len(call.pieces) for call in self.calls)
 
     @property
     def model_pixels(self) -> int:
-        """Input pixels the model runs on."""
-        return sum(p.window.size for call in self.calls for p in call)
+        """Input pixels the model runs on (a mosaic's gaps included)."""
+        return sum(call.pixels for call in self.calls)
 
     @property
     def window_shapes(self) -> int:
         """Distinct input shapes (each traced once per worker)."""
-        return len({call[0].window.shape for call in self.calls})
+        return len({call.shape for call in self.calls})
 
 
 def plan_pieces(
@@ -184,13 +221,16 @@ def plan_pieces(
     batch_size: int = DEFAULT_BATCH,
     dense_fraction: float = DENSE_FRACTION,
     coords: Sequence[tuple[np.ndarray, ...] | None] | None = None,
+    mosaic: bool | None = None,
 ) -> PiecePlan:
     """The pieces that compute non-empty tiles, grouped into model calls; pure (no model, no I/O).
 
     Pieces of one window shape, from every tile, share calls of up to ``batch_size`` pieces.
     (Filling a call with as many small pieces as fit in ``batch_size`` whole windows' pixels
     was tried: 2-8x fewer calls, but 35-45 % slower runs on CPU workers, 5 % and 100 % of the
-    demo scene alike, ``bench.py`` on 2026-12-02.)
+    demo scene alike, ``bench.py`` on 2026-12-02.) Small pieces whose windows nothing clipped
+    go in mosaics instead (see the module docstring) where that is cheaper; ``mosaic``: True
+    lays them so always, False never.
     """
     if coords is None:
         coords = [None if d.is_dense else d.coords() for d in data]
@@ -203,13 +243,117 @@ def plan_pieces(
         if by_parts:
             sparse.add(i)
         pieces.extend(planned)
+    canvas = (max(j.need.height for j in jobs), max(j.need.width for j in jobs)) if jobs else (0, 0)
+    small = [p for p in pieces if p.free and p.tile in sparse and 2 * p.window.size <= canvas[0] * canvas[1]]
+    calls = _mosaics(small, canvas, footprint) if len(small) > 1 and mosaic is not False else []
+    if calls and mosaic is None and _cost(calls) >= _cost(_batched(small, batch_size)):
+        calls = []  # the gaps between the pieces cost more than the calls they save
+    placed = {(p.tile, p.put) for call in calls for p in call.pieces}  # a piece's output is its own
+    calls.extend(_batched([p for p in pieces if (p.tile, p.put) not in placed], batch_size))
+    return PiecePlan(tuple(calls), frozenset(sparse), counted)
+
+
+def _batched(pieces: list[_Piece], batch_size: int) -> list[_Call]:
+    """Pieces of one window shape stacked, ``batch_size`` a call."""
     groups: dict[tuple[int, int], list[_Piece]] = {}
     for piece in pieces:
         groups.setdefault(piece.window.shape, []).append(piece)
-    calls: list[tuple[_Piece, ...]] = []
-    for members in groups.values():
-        calls.extend(tuple(members[k : k + batch_size]) for k in range(0, len(members), batch_size))
-    return PiecePlan(tuple(calls), frozenset(sparse), counted)
+    return [_Call(tuple(members[k : k + batch_size]), shape)
+            for shape, members in groups.items() for k in range(0, len(members), batch_size)]
+
+
+def _cost(calls: list[_Call]) -> int:
+    """What ``calls`` cost, in input pixels: their pixels, and :data:`PIECE_OVERHEAD` each."""
+    return sum(call.pixels + PIECE_OVERHEAD for call in calls)
+
+
+#: A mosaic's sides are rounded up to a multiple of this (and of the model's total stride), so
+#: that few input shapes are traced.
+MOSAIC_QUANTUM = 64
+
+
+def _mosaics(pieces: list[_Piece], canvas: tuple[int, int], footprint: Footprint) -> list[_Call]:
+    """Small pieces laid side by side in inputs of at most ``canvas`` pixels: one model call runs many.
+
+    Exact because each piece is free (nothing clipped its window, so its kept output depends
+    on its window alone) and lies at a multiple of the total stride (the stride's phase is
+    the one it has in the scene; every window's sides are multiples of it already). Laid
+    tallest first, each where its top edge ends highest-up, then leftmost (a skyline); a
+    mosaic is cut to the rows and columns it fills, rounded up to :data:`MOSAIC_QUANTUM`.
+    """
+    step_r, step_c = footprint.step
+    quantum = (ceil(MOSAIC_QUANTUM / step_r) * step_r, ceil(MOSAIC_QUANTUM / step_c) * step_c)
+    height, width = canvas[0] - canvas[0] % step_r, canvas[1] - canvas[1] % step_c
+    ordered = sorted(pieces, key=lambda p: (-p.window.height, -p.window.width))
+    widest = max(p.window.width for p in pieces)
+    # The narrowest mosaics that fill fewest pixels: a few tall pieces beside many small ones
+    # fill a narrow, tall mosaic better than a wide one.
+    tried = [_laid(ordered, (height, w), quantum) for w in range(round_up_to(widest, quantum[1]), width, quantum[1])]
+    tried.append(_laid(ordered, (height, width), quantum))
+    return min(tried, key=lambda calls: (sum(c.pixels for c in calls), len(calls)))
+
+
+def _laid(ordered: list[_Piece], canvas: tuple[int, int], quantum: tuple[int, int]) -> list[_Call]:
+    """``ordered`` laid in mosaics of at most ``canvas``, in that order, each where its top ends highest-up."""
+    height, width = canvas
+    calls: list[_Call] = []
+    placed: list[_Piece] = []
+    skyline = _Skyline(width)
+    for piece in ordered:
+        at = skyline.place(*piece.window.shape, height)
+        if at is None:
+            calls.append(_mosaic(placed, canvas, quantum))
+            placed, skyline = [], _Skyline(width)
+            at = skyline.place(*piece.window.shape, height)
+            assert at is not None  # a small piece fits an empty canvas
+        placed.append(replace(piece, at=at))
+    if placed:
+        calls.append(_mosaic(placed, canvas, quantum))
+    return calls
+
+
+def _mosaic(placed: list[_Piece], canvas: tuple[int, int], quantum: tuple[int, int]) -> _Call:
+    """One mosaic of ``placed``, cut to what it fills (rounded up to ``quantum``, within ``canvas``)."""
+    rows = max(p.at[0] + p.window.height for p in placed)
+    cols = max(p.at[1] + p.window.width for p in placed)
+    shape = (max(rows, min(canvas[0], round_up_to(rows, quantum[0]))),
+             max(cols, min(canvas[1], round_up_to(cols, quantum[1]))))
+    return _Call(tuple(placed), shape, mosaic=True)
+
+
+class _Skyline:
+    """The top edge of what a mosaic holds: ``(col, row)`` steps, the row below which each span is filled."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.steps: list[tuple[int, int]] = [(0, 0)]  # (first col, filled rows) of each span, left to right
+
+    def place(self, h: int, w: int, height: int) -> tuple[int, int] | None:
+        """Where a ``h`` x ``w`` piece goes ``(row, col)``, taken from the skyline; None where it does not fit."""
+        best: tuple[int, int, int] | None = None
+        for i, (col, _) in enumerate(self.steps):
+            if col + w > self.width:
+                break
+            top = max(r for c, r in self.steps[i:] if c < col + w)
+            if top + h <= height and (best is None or (top + h, col) < (best[0] + h, best[1])):
+                best = (top, col, i)
+        if best is None:
+            return None
+        top, col, _ = best
+        self._raise(col, col + w, top + h)
+        return top, col
+
+    def _raise(self, start: int, stop: int, row: int) -> None:
+        """Columns ``[start, stop)`` filled down to ``row``."""
+        steps = [(c, r) for c, r in self.steps if c < start] + [(start, row)]
+        if stop < self.width:
+            steps.append((stop, next(r for c, r in reversed(self.steps) if c <= stop)))
+        steps += [(c, r) for c, r in self.steps if c > stop]
+        self.steps = [step for k, step in enumerate(steps) if k == 0 or steps[k - 1][1] != step[1]]
+
+
+def round_up_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def compute_tiles(
@@ -222,6 +366,7 @@ def compute_tiles(
     scene_shape: tuple[int, int],
     batch_size: int = DEFAULT_BATCH,
     dense_fraction: float = DENSE_FRACTION,
+    mosaic: bool | None = None,
 ) -> Computed:
     """Run the model over non-empty tiles; each core as ``(rows, cols, out_bands)``, exact.
 
@@ -233,16 +378,16 @@ def compute_tiles(
     """
     coords = [None if d.is_dense else d.coords() for d in data]  # unpacked once per tile
     plan = plan_pieces(jobs, data, footprint=footprint, scene_shape=scene_shape, batch_size=batch_size,
-                       dense_fraction=dense_fraction, coords=coords)
+                       dense_fraction=dense_fraction, coords=coords, mosaic=mosaic)
     cores: list[np.ndarray | None] = [None] * len(jobs)
     for i in plan.sparse:
         job = jobs[i]
         # The tile's class response: exact wherever no rectangle is pasted.
         cores[i] = np.array(empty_response(model, job.need.shape, job.core_in_output, bands, footprint))
-    for chunk in plan.calls:
-        out = model(_batch(chunk, jobs, data, coords, chunk[0].window.shape, bands))
-        for k, piece in enumerate(chunk):
-            got = out[k][piece.take.slices]
+    for call in plan.calls:
+        out = model(_batch(call, jobs, data, coords, bands))
+        for k, piece in enumerate(call.pieces):
+            got = out[0 if call.mosaic else k][_kept(piece, footprint).slices]
             core = cores[piece.tile]
             if core is None:  # a tile computed whole: its window's output is the core
                 cores[piece.tile] = got
@@ -250,23 +395,35 @@ def compute_tiles(
                 core[piece.put.slices] = got
     done = [c for c in cores if c is not None]
     assert len(done) == len(jobs)
-    return Computed(done, plan.model_pixels, plan.affected_pixels, len(plan.sparse), len(plan.calls))
+    return Computed(done, plan.model_pixels, plan.affected_pixels, len(plan.sparse), len(plan.calls),
+                    sum(call.mosaic for call in plan.calls))
 
 
-def _batch(chunk: Sequence[_Piece], jobs: Sequence[TileJob], data: Sequence[TileData],
-           coords: Sequence[tuple[np.ndarray, ...] | None], shape: tuple[int, int], bands: int) -> Any:
-    """The dense model input of ``chunk``: ``(n, rows, cols, bands)``, from COO through one SparseTensor
-    (tiles stored dense go in as they are, beside the densified ones)."""
+def _kept(piece: _Piece, footprint: Footprint) -> Window:
+    """The piece's kept output pixels in its call's output: ``take``, moved by where its window lies there."""
+    rows, cols = (at * Fraction(axis.scale) for at, axis in zip(piece.at, (footprint.rows, footprint.cols),
+                                                                  strict=True))
+    assert rows.denominator == cols.denominator == 1  # a mosaic places windows at multiples of the stride
+    return Window(piece.take.row_start + int(rows), piece.take.row_stop + int(rows),
+                  piece.take.col_start + int(cols), piece.take.col_stop + int(cols))
+
+
+def _batch(call: _Call, jobs: Sequence[TileJob], data: Sequence[TileData],
+           coords: Sequence[tuple[np.ndarray, ...] | None], bands: int) -> Any:
+    """The dense model input of ``call``: ``(n, rows, cols, bands)``, from COO through one SparseTensor
+    (tiles stored dense go in as they are, beside the densified ones; a mosaic holds none)."""
     idx_parts, val_parts, dense = [], [], []
-    for k, piece in enumerate(chunk):
+    for k, piece in enumerate(call.pieces):
         unpacked = coords[piece.tile]
         if unpacked is None:
             dense.append((k, piece))
             continue
         r, c, b, v = _entries(unpacked, jobs[piece.tile].stored, piece.window)
-        idx_parts.append(np.stack([np.full(r.size, k), r, c, b], axis=1))
+        n = 0 if call.mosaic else k
+        idx_parts.append(np.stack([np.full(r.size, n), r + piece.at[0], c + piece.at[1], b], axis=1))
         val_parts.append(v)
-    full_shape = (len(chunk), shape[0], shape[1], bands)
+    shape = call.shape
+    full_shape = (1 if call.mosaic else len(call.pieces), shape[0], shape[1], bands)
     batch: Any
     if idx_parts and sum(p.size for p in val_parts):
         indices = np.concatenate(idx_parts).astype(np.int64, copy=False)

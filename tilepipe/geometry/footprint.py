@@ -97,6 +97,14 @@ class AxisFootprint:
         b = min(padded, max(round_up(b, step), a + self.min_length))
         return a, b
 
+    def free_span(self, start: int, stop: int) -> tuple[int, int]:
+        """:meth:`span` in a scene without ends: the window that nothing clipped. Where ``span`` gives
+        the same, the outputs ``[start, stop)`` of a model run on it do not depend on what lies around it."""
+        scale, step = Fraction(self.scale), self.step
+        a = floor(start / scale) - self.before
+        a -= a % step
+        return a, max(round_up(ceil(stop / scale) + self.after, step), a + self.min_length)
+
     def output_span(self, start: int, stop: int) -> tuple[int, int]:
         """The output pixels a model run on input ``[start, stop)`` produces (``start`` aligned to ``step``)."""
         scale = Fraction(self.scale)
@@ -162,6 +170,12 @@ class Footprint:
         """
         r0, r1 = self.rows.span(out_core.row_start, out_core.row_stop, scene_shape[0])
         c0, c1 = self.cols.span(out_core.col_start, out_core.col_stop, scene_shape[1])
+        return Window(r0, r1, c0, c1)
+
+    def free_window(self, out_core: Window) -> Window:
+        """:meth:`input_window` in a scene without borders (see :meth:`AxisFootprint.free_span`)."""
+        r0, r1 = self.rows.free_span(out_core.row_start, out_core.row_stop)
+        c0, c1 = self.cols.free_span(out_core.col_start, out_core.col_stop)
         return Window(r0, r1, c0, c1)
 
     def output_window(self, in_window: Window) -> Window:
