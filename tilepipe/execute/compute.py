@@ -25,8 +25,9 @@ cost a call. Those whose windows nothing clipped (away from the scene's borders)
 side by side in one input instead, a mosaic, each at a multiple of the model's total
 stride: an output pixel depends only on the input within its footprint, which is inside
 its piece's window, so what lies beside the window cannot change it; and the stride's
-phase is the piece's own. A task lays its small pieces in mosaics where that costs fewer
-pixels than their calls would (each call counted :data:`PIECE_OVERHEAD` pixels).
+phase is the piece's own. A task lays its small pieces on sheets the shape of a tile window
+(their rows cut to :data:`MOSAIC_ROWS`), where that costs fewer pixels than their calls
+would (each call counted :data:`PIECE_OVERHEAD` pixels).
 """
 
 from __future__ import annotations
@@ -94,31 +95,42 @@ class _Piece:
     take: Window  # output pixels to keep, relative to the model's output on ``window``
     put: Window  # where they go, relative to the tile's core
     free: bool = False  # nothing clipped ``window``: its kept output does not depend on what lies around it
-    at: tuple[int, int] = (0, 0)  # where ``window`` lies in its call's input (a mosaic's), input pixels
+    at: tuple[int, int] = (0, 0)  # where ``window`` lies in its mosaic sheet, input pixels
+    sheet: int = 0  # which sheet of its call's mosaic holds it
 
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """One model call: ``pieces`` stacked (``shape`` is their window's), or laid side by side in one
-    input of ``shape`` (a mosaic: each at its ``at``)."""
+    """One model call: ``pieces`` stacked (``shape`` is their window's), or laid side by side on
+    ``sheets`` inputs of ``shape`` (a mosaic: each piece at its ``at`` on its ``sheet``)."""
 
     pieces: tuple[_Piece, ...]
     shape: tuple[int, int]
-    mosaic: bool = False
+    sheets: int = 0  # 0: not a mosaic
+
+    @property
+    def mosaic(self) -> bool:
+        return self.sheets > 0
+
+    @property
+    def inputs(self) -> int:
+        """Inputs stacked on the batch axis."""
+        return self.sheets or len(self.pieces)
 
     @property
     def pixels(self) -> int:
         """Input pixels the model runs on."""
-        return (1 if self.mosaic else len(self.pieces)) * self.shape[0] * self.shape[1]
+        return self.inputs * self.shape[0] * self.shape[1]
 
     def stack(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """The call's input from its pieces' windows ``(rows, cols, bands)`` each, in order:
         ``(n, rows, cols, bands)``."""
         if not self.mosaic:
             return np.stack(windows)
-        out = np.zeros((1, *self.shape, windows[0].shape[-1]), dtype=np.float32)
+        out = np.zeros((self.sheets, *self.shape, windows[0].shape[-1]), dtype=np.float32)
         for piece, window in zip(self.pieces, windows, strict=True):
-            out[0, piece.at[0] : piece.at[0] + window.shape[0], piece.at[1] : piece.at[1] + window.shape[1]] = window
+            (r, c), (h, w) = piece.at, window.shape[:2]
+            out[piece.sheet, r : r + h, c : c + w] = window
         return out
 
 
@@ -243,11 +255,15 @@ def plan_pieces(
         if by_parts:
             sparse.add(i)
         pieces.extend(planned)
-    canvas = (max(j.need.height for j in jobs), max(j.need.width for j in jobs)) if jobs else (0, 0)
-    small = [p for p in pieces if p.free and p.tile in sparse and 2 * p.window.size <= canvas[0] * canvas[1]]
-    calls = _mosaics(small, canvas, footprint) if len(small) > 1 and mosaic is not False else []
+    window = (max(j.need.height for j in jobs), max(j.need.width for j in jobs)) if jobs else (1, 1)
+    sheet = _sheet(window, footprint)
+    small = [p for p in pieces if p.free and p.tile in sparse and p.window.height <= sheet[0]
+             and p.window.width <= sheet[1] and 2 * p.window.size <= sheet[0] * sheet[1]]
+    # Sheets per call: as many as the pixels of ``batch_size`` whole tile windows.
+    per_call = max(1, batch_size * window[0] * window[1] // (sheet[0] * sheet[1]))
+    calls = _mosaics(small, sheet, per_call, footprint.step) if len(small) > 1 and mosaic is not False else []
     if calls and mosaic is None and _cost(calls) >= _cost(_batched(small, batch_size)):
-        calls = []  # the gaps between the pieces cost more than the calls they save
+        calls = []  # the sheets' gaps cost more than the calls they save
     placed = {(p.tile, p.put) for call in calls for p in call.pieces}  # a piece's output is its own
     calls.extend(_batched([p for p in pieces if (p.tile, p.put) not in placed], batch_size))
     return PiecePlan(tuple(calls), frozenset(sparse), counted)
@@ -267,58 +283,58 @@ def _cost(calls: list[_Call]) -> int:
     return sum(call.pixels + PIECE_OVERHEAD for call in calls)
 
 
-#: A mosaic's sides are rounded up to a multiple of this (and of the model's total stride), so
-#: that few input shapes are traced.
-MOSAIC_QUANTUM = 64
+#: A mosaic sheet is at most a tile window (the shape whole busy tiles run in), its rows cut to
+#: what it holds, rounded up to a multiple of this: a run has a few mosaic shapes (four widths,
+#: four heights of a 1024-px tile's window), each traced once per worker for all its tasks and runs.
+MOSAIC_ROWS = 256
 
 
-def _mosaics(pieces: list[_Piece], canvas: tuple[int, int], footprint: Footprint) -> list[_Call]:
-    """Small pieces laid side by side in inputs of at most ``canvas`` pixels: one model call runs many.
+def _sheet(window: tuple[int, int], footprint: Footprint) -> tuple[int, int]:
+    """The shape of a mosaic's sheets, for tiles whose windows are ``window``: the window, on the stride."""
+    return tuple(  # type: ignore[return-value]
+        max(step, side // step * step) for side, step in zip(window, footprint.step, strict=True)
+    )
+
+
+def _mosaics(pieces: list[_Piece], sheet: tuple[int, int], per_call: int, step: tuple[int, int]) -> list[_Call]:
+    """Small pieces laid side by side on sheets of at most ``sheet`` pixels, ``per_call`` sheets a model call.
 
     Exact because each piece is free (nothing clipped its window, so its kept output depends
-    on its window alone) and lies at a multiple of the total stride (the stride's phase is
-    the one it has in the scene; every window's sides are multiples of it already). Laid
-    tallest first, each where its top edge ends highest-up, then leftmost (a skyline); a
-    mosaic is cut to the rows and columns it fills, rounded up to :data:`MOSAIC_QUANTUM`.
+    on its window alone) and lies at a multiple of the total stride ``step`` (the stride's
+    phase is the one it has in the scene; every window's sides, and the sheet's, are
+    multiples of it). Laid tallest first, each where its top edge ends highest-up, then
+    leftmost (a skyline), on sheets a quarter, a half, three quarters or all of ``sheet``
+    wide, whichever fills fewest pixels (a few tall pieces beside many small ones fill a
+    narrow sheet better); a sheet's rows are cut to what it holds, rounded up to
+    :data:`MOSAIC_ROWS`. So a run has a few sheet shapes, each traced once per worker.
     """
-    step_r, step_c = footprint.step
-    quantum = (ceil(MOSAIC_QUANTUM / step_r) * step_r, ceil(MOSAIC_QUANTUM / step_c) * step_c)
-    height, width = canvas[0] - canvas[0] % step_r, canvas[1] - canvas[1] % step_c
     ordered = sorted(pieces, key=lambda p: (-p.window.height, -p.window.width))
     widest = max(p.window.width for p in pieces)
-    # The narrowest mosaics that fill fewest pixels: a few tall pieces beside many small ones
-    # fill a narrow, tall mosaic better than a wide one.
-    tried = [_laid(ordered, (height, w), quantum) for w in range(round_up_to(widest, quantum[1]), width, quantum[1])]
-    tried.append(_laid(ordered, (height, width), quantum))
+    widths = sorted({max(step[1], sheet[1] * k // 4 // step[1] * step[1]) for k in (1, 2, 3, 4)})
+    tried = [_laid(ordered, (sheet[0], w), per_call, step[0]) for w in widths if w >= widest]
     return min(tried, key=lambda calls: (sum(c.pixels for c in calls), len(calls)))
 
 
-def _laid(ordered: list[_Piece], canvas: tuple[int, int], quantum: tuple[int, int]) -> list[_Call]:
-    """``ordered`` laid in mosaics of at most ``canvas``, in that order, each where its top ends highest-up."""
-    height, width = canvas
-    calls: list[_Call] = []
-    placed: list[_Piece] = []
-    skyline = _Skyline(width)
+def _laid(ordered: list[_Piece], sheet: tuple[int, int], per_call: int, step: int) -> list[_Call]:
+    """``ordered`` laid in that order on sheets of ``sheet`` pixels, ``per_call`` a call (see :func:`_mosaics`)."""
+    laid: list[_Piece] = []
+    sheets = 0
+    skyline = _Skyline(sheet[1])
     for piece in ordered:
-        at = skyline.place(*piece.window.shape, height)
-        if at is None:
-            calls.append(_mosaic(placed, canvas, quantum))
-            placed, skyline = [], _Skyline(width)
-            at = skyline.place(*piece.window.shape, height)
-            assert at is not None  # a small piece fits an empty canvas
-        placed.append(replace(piece, at=at))
-    if placed:
-        calls.append(_mosaic(placed, canvas, quantum))
+        at = skyline.place(*piece.window.shape, sheet[0])
+        if at is None:  # this sheet is full: the next one
+            sheets, skyline = sheets + 1, _Skyline(sheet[1])
+            at = skyline.place(*piece.window.shape, sheet[0])
+            assert at is not None  # a small piece fits an empty sheet
+        laid.append(replace(piece, at=at, sheet=sheets))
+    calls = []
+    quantum = ceil(MOSAIC_ROWS / step) * step
+    for first in range(0, sheets + 1, per_call):
+        members = tuple(replace(p, sheet=p.sheet - first) for p in laid if first <= p.sheet < first + per_call)
+        rows = max(p.at[0] + p.window.height for p in members)
+        shape = (min(sheet[0], -(-rows // quantum) * quantum), sheet[1])
+        calls.append(_Call(members, shape, sheets=min(per_call, sheets + 1 - first)))
     return calls
-
-
-def _mosaic(placed: list[_Piece], canvas: tuple[int, int], quantum: tuple[int, int]) -> _Call:
-    """One mosaic of ``placed``, cut to what it fills (rounded up to ``quantum``, within ``canvas``)."""
-    rows = max(p.at[0] + p.window.height for p in placed)
-    cols = max(p.at[1] + p.window.width for p in placed)
-    shape = (max(rows, min(canvas[0], round_up_to(rows, quantum[0]))),
-             max(cols, min(canvas[1], round_up_to(cols, quantum[1]))))
-    return _Call(tuple(placed), shape, mosaic=True)
 
 
 class _Skyline:
@@ -330,18 +346,21 @@ class _Skyline:
 
     def place(self, h: int, w: int, height: int) -> tuple[int, int] | None:
         """Where a ``h`` x ``w`` piece goes ``(row, col)``, taken from the skyline; None where it does not fit."""
-        best: tuple[int, int, int] | None = None
+        best: tuple[int, int] | None = None
         for i, (col, _) in enumerate(self.steps):
             if col + w > self.width:
                 break
-            top = max(r for c, r in self.steps[i:] if c < col + w)
-            if top + h <= height and (best is None or (top + h, col) < (best[0] + h, best[1])):
-                best = (top, col, i)
+            top = 0
+            for c, r in self.steps[i:]:
+                if c >= col + w:
+                    break
+                top = max(top, r)
+            if top + h <= height and (best is None or top < best[0]):  # leftmost among the highest
+                best = (top, col)
         if best is None:
             return None
-        top, col, _ = best
-        self._raise(col, col + w, top + h)
-        return top, col
+        self._raise(best[1], best[1] + w, best[0] + h)
+        return best
 
     def _raise(self, start: int, stop: int, row: int) -> None:
         """Columns ``[start, stop)`` filled down to ``row``."""
@@ -350,10 +369,6 @@ class _Skyline:
             steps.append((stop, next(r for c, r in reversed(self.steps) if c <= stop)))
         steps += [(c, r) for c, r in self.steps if c > stop]
         self.steps = [step for k, step in enumerate(steps) if k == 0 or steps[k - 1][1] != step[1]]
-
-
-def round_up_to(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def compute_tiles(
@@ -387,7 +402,7 @@ def compute_tiles(
     for call in plan.calls:
         out = model(_batch(call, jobs, data, coords, bands))
         for k, piece in enumerate(call.pieces):
-            got = out[0 if call.mosaic else k][_kept(piece, footprint).slices]
+            got = out[piece.sheet if call.mosaic else k][_kept(piece, footprint).slices]
             core = cores[piece.tile]
             if core is None:  # a tile computed whole: its window's output is the core
                 cores[piece.tile] = got
@@ -419,11 +434,10 @@ def _batch(call: _Call, jobs: Sequence[TileJob], data: Sequence[TileData],
             dense.append((k, piece))
             continue
         r, c, b, v = _entries(unpacked, jobs[piece.tile].stored, piece.window)
-        n = 0 if call.mosaic else k
+        n = piece.sheet if call.mosaic else k
         idx_parts.append(np.stack([np.full(r.size, n), r + piece.at[0], c + piece.at[1], b], axis=1))
         val_parts.append(v)
-    shape = call.shape
-    full_shape = (1 if call.mosaic else len(call.pieces), shape[0], shape[1], bands)
+    full_shape = (call.inputs, call.shape[0], call.shape[1], bands)
     batch: Any
     if idx_parts and sum(p.size for p in val_parts):
         indices = np.concatenate(idx_parts).astype(np.int64, copy=False)
