@@ -319,6 +319,39 @@ def test_an_unfinished_ingest_of_points_in_memory_resumes_its_unfinished_block(t
     assert changed == {"nnz/c/1/2", "entries/c/1/2", *(f"tiles/c/{r}/{c}" for r in (2, 3) for c in (4, 5))}
     assert not list(path.rglob("*.partial"))
     _assert_store_equals(store, dense[:, :, 0].astype(np.float64))
+    # The total: the finished blocks' counts read back, the resumed block's as its task reported it.
+    assert store.attrs["nnz_total"] == store.entries_total() == int(np.count_nonzero(dense))
+
+
+def test_an_index_block_lost_after_its_write_fails_the_ingest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every task reports success, but one block's index chunk is gone by the end: the store is not complete."""
+    from tilepipe.execute import ingest as ingest_module
+
+    rng = np.random.default_rng(9)
+    dense = rng.normal(size=(100, 90, 1)).astype(np.float32)
+    dense[rng.random(dense.shape) > 0.3] = 0
+    points = (np.argwhere(dense), dense[dense != 0], dense.shape)
+    path = tmp_path / "s.zarr"
+    real = ingest_module.ingest_coo_block
+    lost: list[tuple[int, int]] = []
+    which = ["nnz"]  # the array whose chunk of block (1, 2) goes
+
+    def write_then_lose(buckets: Any, store: Any, block: tuple[int, int]) -> Any:
+        done = real(buckets, store, block)
+        if block == (1, 2):
+            (path / which[0] / "c" / "1" / "2").unlink()  # after the write: a disk or another hand lost it
+            lost.append(block)
+        return done
+
+    monkeypatch.setattr(ingest_module, "ingest_coo_block", write_then_lose)
+    for array in ("nnz", "entries"):
+        which[0] = array
+        with pytest.raises(StoreError) as err:
+            tilepipe.ingest(points, path, tile_size=TILE, halo=HALO, overwrite=True)
+        assert str(err.value) == f"{path}: index block (1, 2) is missing after ingest; ingest again"
+        attrs = json.loads((path / "zarr.json").read_text())["attributes"]["tilepipe"]
+        assert attrs["complete"] is False
+    assert lost == [(1, 2), (1, 2)]
 
 
 def test_an_unfinished_ingest_of_another_source_is_not_resumed(tmp_path: Path) -> None:

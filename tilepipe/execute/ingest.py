@@ -396,7 +396,7 @@ def _write(location: Location, src: _Source, overwrite: bool, progress: bool) ->
             # An ingest of this very scene that was stopped: its finished blocks stay.
             remove_partial_writes(location)
             store = SceneStore.open(location, require_complete=False, mode="r+")
-            blocks = store.unfinished_blocks(occupied if store.sparse_index else None)
+            blocks, earlier = store.finished(occupied if store.sparse_index else None)
         else:
             if decision == "replace":
                 remove_store(location)
@@ -404,15 +404,24 @@ def _write(location: Location, src: _Source, overwrite: bool, progress: bool) ->
             info = replace(info, source=_with_content(info.source))
             store = SceneStore.create(location, info)
             blocks = store.blocks() if occupied is None else [(int(r), int(c)) for r, c in np.argwhere(occupied)]
+            earlier = 0
+        reported = [earlier]  # values in the cores of the blocks written: before this ingest, then by its tasks
+
+        def count(_task: object, done: BlockDone) -> None:
+            reported[0] += done.entries
+
         try:
-            execute(src.tasks(store, blocks), lambda _task, _done: None, client=src.client, name="ingest",
-                    progress=progress, unit="block")
+            execute(src.tasks(store, blocks), count, client=src.client, name="ingest", progress=progress,
+                    unit="block")
             _check_unchanged(store.info.source)  # after the last read, before anything says "complete"
         except Exception:
             remove_store(location)  # a failed ingest leaves nothing behind (a stopped one stays, to resume)
             raise
         written = occupied if store.sparse_index else None
-        left, total = store.finished(written)
+        if written is not None:  # one listing of each index array, no read per block
+            left, total = store.missing_blocks(written), reported[0]
+        else:
+            left, total = store.finished()
         if left:  # every task reported success: a block missing now was lost after its write
             raise StoreError(f"{location}: index block {left[0]} is missing after ingest; ingest again")
         store.mark_complete(written, nnz_total=total)

@@ -24,12 +24,15 @@ from tilepipe.store.info import FORMAT_VERSION
 
 __all__ = [
     "FORMAT_VERSION",
+    "array_prefix",
     "READABLE_FORMATS",
     "SCENE_FORMAT_VERSION",
     "chunk_problem",
     "compressors",
     "create_group",
+    "decode_chunk_key",
     "open_group",
+    "present_chunks",
     "quiet_vlen",
     "read_many",
     "remove_partial_writes",
@@ -243,3 +246,41 @@ def write_many(*steps: list[tuple[Any, Any, Any]]) -> BaseException | None:
     # In a list: zarr's sync() raises an exception that a coroutine returns.
     failures = sync(run())
     return failures[0] if failures else None
+
+
+def array_prefix(array: Any) -> str:
+    """Where a Zarr array's keys start in its store (``"band_1/"`` for a store at a group's root)."""
+    path = str(array.store_path.path)
+    return f"{path.rstrip('/')}/" if path else ""
+
+
+def decode_chunk_key(encoding: Any, key: str) -> tuple[int, ...]:
+    """A chunk's coordinates from its key (``c/1/2`` or ``1.2``); zarr 3.1's own decoder drops a digit."""
+    lead = "c" + encoding.separator
+    if encoding.name == "default":
+        if not key.startswith(lead):
+            raise ValueError(key)
+        key = key[len(lead):]
+    return tuple(int(v) for v in key.split(encoding.separator))
+
+
+def present_chunks(array: Any) -> set[tuple[int, ...]]:
+    """The coordinates of every chunk of ``array`` its store holds, from one listing (any zarr store).
+
+    Costs the listing, not a read per chunk: a check that thousands of chunks exist takes milliseconds.
+    """
+    prefix = array_prefix(array)
+    encoding = array.metadata.chunk_key_encoding
+
+    async def keys() -> list[str]:
+        return [key async for key in array.store_path.store.list_prefix(prefix)]
+
+    found = set()
+    for key in sync(keys()):
+        if key.endswith((".partial", "zarr.json")):
+            continue
+        with contextlib.suppress(ValueError):  # not a chunk key
+            coords = decode_chunk_key(encoding, key[len(prefix):])
+            if len(coords) == array.ndim:
+                found.add(coords)
+    return found

@@ -71,7 +71,15 @@ from tilepipe.errors import StoreError
 from tilepipe.geometry import Window, tile_name
 from tilepipe.location import Location
 from tilepipe.store import _cf
-from tilepipe.store._zarr import FORMAT_VERSION, chunk_problem, compressors, create_group, open_group
+from tilepipe.store._zarr import (
+    FORMAT_VERSION,
+    array_prefix,
+    chunk_problem,
+    compressors,
+    create_group,
+    decode_chunk_key,
+    open_group,
+)
 from tilepipe.store.info import (
     LEGACY_FORMAT_VERSION,
     STATUS_COMPUTED,
@@ -120,16 +128,6 @@ def chunks_touched(mask: np.ndarray, chunks: tuple[int, int]) -> np.ndarray:
     padded = np.zeros((-(-ny // cy) * cy, -(-nx // cx) * cx), bool)
     padded[:ny, :nx] = mask
     return np.asarray(padded.reshape(padded.shape[0] // cy, cy, padded.shape[1] // cx, cx).any(axis=(1, 3)))
-
-
-def _decode_chunk_key(encoding: Any, key: str) -> tuple[int, ...]:
-    """A chunk's coordinates from its key (``c/1/2`` or ``1.2``); zarr 3.1's own decoder drops a digit."""
-    lead = "c" + encoding.separator
-    if encoding.name == "default":
-        if not key.startswith(lead):
-            raise ValueError(key)
-        key = key[len(lead):]
-    return tuple(int(v) for v in key.split(encoding.separator))
 
 
 def band_array_name(band: int) -> str:
@@ -222,12 +220,6 @@ class BandStack:
             ))
 
         sync(write_all())
-
-
-def array_prefix(array: Any) -> str:
-    """Where a Zarr array's keys start in its store (``"band_1/"`` for a store at a group's root)."""
-    path = str(array.store_path.path)
-    return f"{path.rstrip('/')}/" if path else ""
 
 
 def _array(group: zarr.Group, name: str, location: Location) -> Any:
@@ -569,7 +561,7 @@ class ResultStore:
                 if not key.startswith(prefix) or key.endswith((".partial", "zarr.json")):
                     continue
                 try:
-                    coords = _decode_chunk_key(encoding, key[len(prefix):])
+                    coords = decode_chunk_key(encoding, key[len(prefix):])
                 except ValueError:  # not a chunk key
                     continue
                 if coords[: len(lead)] == lead and len(coords) == len(lead) + 2:

@@ -68,6 +68,7 @@ from tilepipe.store._zarr import (
     compressors,
     create_group,
     open_group,
+    present_chunks,
     quiet_vlen,
     read_many,
     vlen_bytes_dtype,
@@ -331,6 +332,16 @@ class SceneStore:
             else:
                 total += int(written)
         return left, total
+
+    def missing_blocks(self, occupied: np.ndarray) -> list[tuple[int, int]]:
+        """Blocks of ``occupied`` (a bool mask over the block grid) whose entry count or index chunk is absent.
+
+        One listing of each array, no chunk read: what ingest checks once its tasks are
+        done (a block lost after its write). :meth:`unfinished_blocks` also reads each chunk.
+        """
+        entries, nnz = present_chunks(self._array("entries")), present_chunks(self._array("nnz"))
+        blocks = [(int(r), int(c)) for r, c in np.argwhere(occupied)]
+        return [b for b in blocks if b not in entries or b not in nnz]
 
     def entries_total(self, occupied: np.ndarray | None = None) -> int:
         """Values in the scene (each counted in the one core that holds it), over the finished blocks
