@@ -262,8 +262,9 @@ def plan_pieces(
     # Sheets per call: as many as the pixels of ``batch_size`` whole tile windows.
     per_call = max(1, batch_size * window[0] * window[1] // (sheet[0] * sheet[1]))
     calls = _mosaics(small, sheet, per_call, footprint.step) if len(small) > 1 and mosaic is not False else []
-    if calls and mosaic is None and _cost(calls) >= _cost(_batched(small, batch_size)):
-        calls = []  # the sheets' gaps cost more than the calls they save
+    if calls and mosaic is None and (len(small) < MOSAIC_SHARE * len(pieces)
+                                     or _cost(calls) >= _cost(_batched(small, batch_size))):
+        calls = []  # not a task of small pieces, or the sheets' gaps cost more than the calls they save
     placed = {(p.tile, p.put) for call in calls for p in call.pieces}  # a piece's output is its own
     calls.extend(_batched([p for p in pieces if (p.tile, p.put) not in placed], batch_size))
     return PiecePlan(tuple(calls), frozenset(sparse), counted)
@@ -287,6 +288,14 @@ def _cost(calls: list[_Call]) -> int:
 #: what it holds, rounded up to a multiple of this: a run has a few mosaic shapes (four widths,
 #: four heights of a 1024-px tile's window), each traced once per worker for all its tasks and runs.
 MOSAIC_ROWS = 256
+
+
+#: A task lays its small pieces on sheets only where they are at least this share of its pieces: a
+#: task of thin lines or scattered points is one of many calls, each costing more than its pixels.
+#: Where most pieces are large (100 % occupancy: 57 small pieces among 1,536), the few sheets'
+#: shapes were new to the workers in the first warm runs and cost more than they saved (``bench.py``,
+#: 100 %: 1.99 - 2.56 s against 1.68 - 1.82 s without mosaics, back to back).
+MOSAIC_SHARE = 0.5
 
 
 def _sheet(window: tuple[int, int], footprint: Footprint) -> tuple[int, int]:
@@ -400,7 +409,7 @@ def compute_tiles(
         # The tile's class response: exact wherever no rectangle is pasted.
         cores[i] = np.array(empty_response(model, job.need.shape, job.core_in_output, bands, footprint))
     for call in plan.calls:
-        out = model(_batch(call, jobs, data, coords, bands))
+        out = model(_batch(call, jobs, data, coords, bands), recurring=call.mosaic)
         for k, piece in enumerate(call.pieces):
             got = out[piece.sheet if call.mosaic else k][_kept(piece, footprint).slices]
             core = cores[piece.tile]

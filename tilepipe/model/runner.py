@@ -62,15 +62,15 @@ class CompiledModel:
             self.in_channels = None if shape[-1] is None else int(shape[-1])
         self.max_channels = _widest(model, self.in_channels or 1)
 
-    def _fn(self, shape: tuple[int, ...]) -> Any:
+    def _fn(self, shape: tuple[int, ...], recurring: bool = False) -> Any:
         """The traced function for windows of ``shape = (rows, cols, bands)``, or None the first time a
-        shape is seen (run it eagerly)."""
+        shape is seen (run it eagerly), unless it is ``recurring`` (traced at once)."""
         with self.lock:
             fn = self._fns.get(shape)
             if fn is not None:
                 self._fns.move_to_end(shape)
                 return fn
-            if shape not in self._seen:
+            if shape not in self._seen and not recurring:
                 self._seen.add(shape)
                 return None
             model = self.model
@@ -85,11 +85,15 @@ class CompiledModel:
                 self._fns.popitem(last=False)
             return fn
 
-    def __call__(self, batch: Any) -> np.ndarray:
-        """Run the model on ``batch`` of shape ``(N, rows, cols, bands)``: float32 numpy or a tf.Tensor."""
+    def __call__(self, batch: Any, *, recurring: bool = False) -> np.ndarray:
+        """Run the model on ``batch`` of shape ``(N, rows, cols, bands)``: float32 numpy or a tf.Tensor.
+
+        ``recurring``: the caller's shape comes back (a mosaic sheet's): traced at its first
+        call rather than its second, which saves a large input's eager run.
+        """
         if not isinstance(batch, tf.Tensor):
             batch = tf.constant(np.ascontiguousarray(batch, dtype=np.float32))
-        fn = self._fn(tuple(batch.shape[1:]))
+        fn = self._fn(tuple(batch.shape[1:]), recurring)
         out = self.model(batch, training=False) if fn is None else fn(batch)
         if isinstance(out, (list, tuple)):
             out = out[0]
