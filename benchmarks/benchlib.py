@@ -408,7 +408,9 @@ def library_identity() -> dict[str, Any]:
 
     pkg = os.path.dirname(os.path.abspath(tilepipe.__file__))
     root = os.path.dirname(pkg)
-    out: dict[str, Any] = {"path": pkg, "version": tilepipe.__version__, "commit": None, "dirty": None}
+    # The folder by its name only: a result file names no path of the machine it ran on.
+    out: dict[str, Any] = {"path": os.path.basename(pkg), "version": tilepipe.__version__, "commit": None,
+                           "dirty": None}
     stamp = os.path.join(root, "COMMIT")
     if os.path.exists(stamp):
         with open(stamp) as fh:

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     blocks = data_blocks(grid, max(1, round(args.fraction * grid * grid)), args.layout,
                          np.random.default_rng(args.seed))
     tmp = tempfile.mkdtemp(prefix="tilepipe-sparse-tiff-", dir=args.tmp)
-    doc: dict[str, Any] = {"args": vars(args), "machine": machine(), "library": library_identity(),
+    shown = {k: v for k, v in vars(args).items() if k not in ("tmp", "out")}  # no path of this machine
+    doc: dict[str, Any] = {"args": shown, "machine": machine(), "library": library_identity(),
                            "data_blocks": len(blocks), "blocks": grid * grid}
     try:
         files = {"dense": os.path.join(tmp, "dense.tif"), "sparse": os.path.join(tmp, "sparse.tif"),
