@@ -68,7 +68,9 @@ def test_a_users_mistake_stops_everything(on_cluster: bool, dask_client: Any) ->
 def test_untolerated_failure_waits_for_running_tasks_before_raising(
     on_cluster: bool, dask_client: Any, tmp_path: Path
 ) -> None:
-    tasks = [Task(slow_write, (str(tmp_path), i), priority=10 if i == 0 else 0) for i in range(3)]
+    # Six tasks on two single-threaded workers: some wait on a worker when the failure comes (a queued
+    # task is one that may still run, and must be waited for or dropped too).
+    tasks = [Task(slow_write, (str(tmp_path), i), priority=10 if i == 0 else 0) for i in range(6)]
     with pytest.raises(RuntimeError, match="first task fails"):
         execute(tasks, lambda t, v: None, client=dask_client if on_cluster else None, name="test")
     # Whatever was running when the failure came has finished by now: nothing writes after the raise.

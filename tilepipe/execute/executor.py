@@ -158,23 +158,34 @@ def _on_cluster(
         # the workers themselves until none of them still runs one of these tasks.
         client.cancel(list(futures))
         with contextlib.suppress(Exception):
-            ours = {str(f.key) for f in futures}
-            deadline = time.monotonic() + _DRAIN_SECONDS
-            while time.monotonic() < deadline:
-                running = {key for keys in client.run(_running_keys).values() for key in keys}
-                if not running & ours:
-                    break
-                time.sleep(0.05)
+            _drain(client, {str(f.key) for f in futures})
         raise
     finally:
         # Forget the results: a long-lived client must not keep every task's answer.
         futures.clear()
 
 
-def _running_keys(dask_worker: Any) -> list[str]:
-    """Keys of the tasks this worker's threads are running now, cancelled ones included (runs on a worker)."""
-    busy = ("executing", "long-running", "cancelled", "resumed")
-    return [str(ts.key) for ts in dask_worker.state.tasks.values() if ts.state in busy]
+def _drain(client: Any, ours: set[str]) -> None:
+    """Wait until no worker holds one of ``ours`` in a state that runs or may still run.
+
+    The scheduler has forgotten the cancelled keys when ``cancel`` returns, but its messages
+    to the workers (a task to start, then the order to drop it) travel on another stream
+    than this query: a task can be queued on a worker, or about to arrive there, when the
+    query looks. So a task waiting on a worker counts as running, and the workers must be
+    found quiet twice, a few batching intervals apart.
+    """
+    deadline = time.monotonic() + _DRAIN_SECONDS
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        held = {key for keys in client.run(_unfinished_keys).values() for key in keys}
+        quiet = 0 if held & ours else quiet + 1
+        time.sleep(0.05)
+
+
+def _unfinished_keys(dask_worker: Any) -> list[str]:
+    """Keys of this worker's tasks that run or may still run, cancelled ones included (runs on a worker)."""
+    settled = ("memory", "error", "released", "forgotten")
+    return [str(ts.key) for ts in dask_worker.state.tasks.values() if ts.state not in settled]
 
 
 def _on_threads(
