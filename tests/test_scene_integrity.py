@@ -131,6 +131,53 @@ def test_every_array_of_the_store_carries_a_crc32c_and_the_store_reads_back_exac
     _assert_store_equals(store, ref)
 
 
+def test_every_chunk_tilepipe_encodes_itself_is_byte_for_byte_what_zarr_writes(
+    scene: tuple[SceneStore, np.ndarray, Path], tmp_path: Path,
+) -> None:
+    """Tilepipe writes its scene chunks' bytes itself (zarr's per-chunk threads cost a millisecond each):
+    each one must be exactly zarr's own encoding of the same values, edge blocks padded included."""
+    _store, _ref, path = scene
+    source = zarr.open_group(str(path), mode="r")
+    copy = zarr.open_group(str(tmp_path / "zarr-wrote.zarr"), mode="w")
+    compared: dict[str, list[tuple[int, ...]]] = {}
+    for name in ("tiles", "nnz", "entries"):
+        array = source[name]
+        meta = json.loads((path / name / "zarr.json").read_text())
+        twin = copy.create_array(name, shape=array.shape, chunks=array.chunks, dtype=array.metadata.data_type,
+                                 fill_value=array.fill_value, compressors=array.compressors)
+        files = sorted(p for p in (path / name / "c").rglob("*") if p.is_file())
+        assert files, name
+        for chunk_file in files:
+            coords = tuple(int(v) for v in chunk_file.relative_to(path / name / "c").parts)
+            selection = tuple(slice(i * n, min((i + 1) * n, dim))
+                              for i, n, dim in zip(coords, array.chunks, array.shape, strict=True))
+            twin[selection] = array[selection]
+            assert (tmp_path / "zarr-wrote.zarr" / name / "c").joinpath(*map(str, coords)).read_bytes() == \
+                chunk_file.read_bytes(), (name, coords)
+            compared.setdefault(name, []).append(coords)
+        assert [c["name"] for c in meta["codecs"]][-1] == "crc32c"
+    assert len(compared["tiles"]) > 10
+    assert any(row == 3 for row, _ in compared["nnz"])  # the last block row: one tile row of two, padded
+
+
+def test_chunks_of_arrays_with_other_codecs_are_left_to_zarr(tmp_path: Path) -> None:
+    """Only tilepipe's own codec chain is encoded by hand; any other array's chunks go through zarr."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    from tilepipe.store._zarr import chunk_encoder, compressors, write_many
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    ours = group.create_array("ours", shape=(5, 3), chunks=(2, 2), dtype="int64", fill_value=-1,
+                              compressors=compressors(3))
+    no_checksum = group.create_array("plain", shape=(5, 3), chunks=(2, 2), dtype="int64", compressors=[ZstdCodec()])
+    blosc = group.create_array("blosc", shape=(5, 3), chunks=(2, 2), dtype="int64", compressors=[BloscCodec()])
+    assert chunk_encoder(ours) is not None
+    assert chunk_encoder(no_checksum) is None and chunk_encoder(blosc) is None
+    values = np.arange(15, dtype=np.int64).reshape(5, 3)
+    assert write_many([(no_checksum, (slice(4, 5), slice(2, 3)), values[4:, 2:])]) is None
+    assert no_checksum[4, 2] == 14
+
+
 def test_a_flipped_byte_in_a_tile_chunk_is_an_error_naming_the_tile(
     scene: tuple[SceneStore, np.ndarray, Path],
 ) -> None:

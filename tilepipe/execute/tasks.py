@@ -157,23 +157,27 @@ def _core_count(tile: Tile, shape: tuple[int, int, int], flat: np.ndarray) -> in
 def ingest_raster_blocks(
     source: RasterStack, store_path: str, blocks: tuple[tuple[tuple[int, int], np.ndarray | None], ...]
 ) -> BlockDone:
-    """Read, pack and write the tiles of some blocks, each block's index chunk after its tiles (nothing else).
+    """Read, pack and write the tiles of some blocks, the blocks' index chunks after all their tiles (nothing else).
 
     ``blocks``: ``(block, occupied)`` pairs, where ``occupied`` holds the block's tiles whose
     windows may hold data (``(rows, cols)`` booleans, from the files' block tables; the
     others are empty without a read) and is None where the files cannot tell (every tile
     is then read whole). Every raster of the stack is opened once per task, and tiles are
     read one window at a time, only the held file blocks of it where the tables are known
-    (:func:`~tilepipe.sources.occupancy.read_held_entries`). A block's tile chunks are
-    written together, then its index chunk. Memory: one tile window of the stacked
-    bands, and up to ``_WRITE_AT`` entries read and not yet written.
+    (:func:`~tilepipe.sources.occupancy.read_held_entries`). The task's tile chunks are
+    written together (a sparse file's blocks hold a few tiles each: one chunk write costs
+    about a millisecond, most of it waiting, so they go at once), then its index chunks.
+    Memory: one tile window of the stacked bands, and up to ``_WRITE_AT`` entries read and
+    not yet written.
     """
     store = SceneStore.open(store_path, require_complete=False, mode="r+")
     entries = 0
+    pending = _Pending(store)
     with contextlib.ExitStack() as opened:
         datasets = [opened.enter_context(open_raster(path)) for path in source.paths]
         for block, occupied in blocks:
-            entries += _ingest_raster_block(source, store, datasets, block, occupied)
+            entries += _ingest_raster_block(source, store, datasets, block, occupied, pending)
+    pending.flush(last=True)
     return BlockDone(entries)
 
 
@@ -181,16 +185,39 @@ def ingest_raster_blocks(
 _WRITE_AT = 1 << 22
 
 
+class _Pending:
+    """Tiles read and index chunks finished but not written yet; the indices only once every tile is."""
+
+    def __init__(self, store: SceneStore) -> None:
+        self.store = store
+        self.tiles: list[tuple[int, int, tuple[int, int, int], np.ndarray, np.ndarray]] = []
+        self.indices: list[tuple[tuple[int, int], np.ndarray, int]] = []
+        self.held = 0
+
+    def add(self, row: int, col: int, shape: tuple[int, int, int], flat: np.ndarray, values: np.ndarray) -> None:
+        self.tiles.append((row, col, shape, flat, values))
+        self.held += flat.size
+        if self.held >= _WRITE_AT:
+            self.flush(last=False)
+
+    def flush(self, *, last: bool) -> None:
+        """Write the tiles held; with ``last``, then the indices (of blocks whose tiles are all written)."""
+        if self.tiles or (last and self.indices):
+            self.store.write_tiles(self.tiles, self.indices if last else ())
+        self.tiles, self.held = [], 0
+        if last:
+            self.indices = []
+
+
 def _ingest_raster_block(
     source: RasterStack, store: SceneStore, datasets: list[object], block: tuple[int, int],
-    occupied: np.ndarray | None,
+    occupied: np.ndarray | None, pending: _Pending,
 ) -> int:
     """One block of :func:`ingest_raster_blocks`; returns the values in its tiles' cores."""
     rows, cols = _block_tiles(store, block)
     counts = np.zeros((len(rows), len(cols)), dtype=np.int64)
     grid = store.info.grid
     entries = 0
-    read = []
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
             if occupied is not None and not occupied[i, j]:
@@ -200,13 +227,10 @@ def _ingest_raster_block(
                 shape, flat, values = read_stack_entries(source, tile.window, datasets)
             else:
                 shape, flat, values = read_held_entries(source, tile.window, datasets)
-            read.append((r, c, shape, flat, values))
+            pending.add(r, c, shape, flat, values)
             counts[i, j] = flat.size
             entries += _core_count(tile, shape, flat)
-            if sum(t[3].size for t in read) >= _WRITE_AT:
-                store.write_tiles(read)
-                read = []
-    store.write_tiles(read, index=(block, counts, entries))  # the index last: the block is done once it is written
+    pending.indices.append((block, counts, entries))  # written last: the block is done once it is there
     return entries
 
 

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import time
+import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import google_crc32c
+import numcodecs
+import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BytesCodec, Crc32cCodec, VLenBytesCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.dtype import VariableLengthBytes
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from tilepipe.errors import StoreError, WrongStoreKindError
 from tilepipe.location import Location
@@ -24,9 +32,11 @@ from tilepipe.store.info import FORMAT_VERSION
 
 __all__ = [
     "FORMAT_VERSION",
+    "Chunk",
     "array_prefix",
     "READABLE_FORMATS",
     "SCENE_FORMAT_VERSION",
+    "chunk_encoder",
     "chunk_problem",
     "compressors",
     "create_group",
@@ -224,28 +234,124 @@ def read_many(array: Any, selections: list[Any]) -> list[Any]:
     return out
 
 
-def write_many(*steps: list[tuple[Any, Any, Any]]) -> BaseException | None:
-    """``array[selection] = value`` for each ``(array, selection, value)`` of each step, on zarr's event loop.
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One whole chunk of ``array`` at chunk ``coords``, already encoded (see :func:`chunk_encoder`):
+    :func:`write_many` writes it with one call to the array's store."""
+
+    array: Any
+    coords: tuple[int, ...]
+    data: bytes
+
+
+def chunk_encoder(array: Any) -> Callable[[np.ndarray], bytes] | None:
+    """Encode one whole chunk of ``array`` (its values at the chunk's full shape) as its codecs would.
+
+    zarr runs each chunk's compression and its store write in threads of their own, about
+    a millisecond per chunk however small; a sparse store writes thousands of small chunks.
+    The codecs tilepipe writes are standard Zarr v3 ones, encoded here as the specification
+    has them: ``vlen-bytes`` (numcodecs' layout) or ``bytes`` (little-endian, C order), then
+    ``zstd``, then ``crc32c`` (the checksum of the bytes before it, 4 bytes little-endian).
+    Returns None for an array with any other codecs (a store written by another tool):
+    its chunks go through zarr.
+    """
+    meta = array.metadata
+    codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
+    if len(codecs) != 3 or not isinstance(codecs[1], ZstdCodec) or not isinstance(codecs[2], Crc32cCodec):
+        return None
+    zstd = numcodecs.Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+    shape = tuple(meta.chunk_grid.chunk_shape)
+    if isinstance(codecs[0], VLenBytesCodec):
+        vlen = numcodecs.VLenBytes()
+
+        def serialise(values: np.ndarray) -> bytes:
+            return bytes(vlen.encode(np.asarray(values, dtype=object).reshape(-1)))
+    elif isinstance(codecs[0], BytesCodec) and (codecs[0].endian is None or codecs[0].endian.name == "little"):
+        dtype = np.dtype(meta.dtype.to_native_dtype()).newbyteorder("<")
+
+        def serialise(values: np.ndarray) -> bytes:
+            return np.ascontiguousarray(values, dtype=dtype).tobytes()
+    else:
+        return None
+
+    def encode(values: np.ndarray) -> bytes:
+        if values.shape != shape:
+            raise ValueError(f"a chunk of {array.name} is {shape}, not {values.shape}")
+        packed = bytes(zstd.encode(serialise(values)))
+        return packed + int(google_crc32c.value(packed)).to_bytes(4, "little")
+
+    return encode
+
+
+def write_many(*steps: list[Any]) -> BaseException | None:
+    """Write each item of each step: an ``(array, selection, value)`` as ``array[selection] = value``
+    on zarr's event loop, a :class:`Chunk` as its bytes.
 
     A step's writes run concurrently, and every one of them is awaited, failed or not;
     the next step starts only once the step before was written whole (an index written
     after the chunks it counts). Returns the first failure (no later step is begun),
-    None where everything was written.
+    None where everything was written. A chunk of a local store is written in this
+    thread, as zarr's local store writes it (a temporary file renamed into place); a
+    thread hop per file would cost ten times the write.
     """
-    async def run() -> list[BaseException]:
-        for step in steps:
-            for i in range(0, len(step), _AT_ONCE):
-                done = await asyncio.gather(*(array.async_array.setitem(sel, value)
-                                              for array, sel, value in step[i : i + _AT_ONCE]),
-                                            return_exceptions=True)
-                failed = [d for d in done if isinstance(d, BaseException)]
-                if failed:
-                    return failed[:1]
+    prototype = default_buffer_prototype()
+
+    def write(item: Any) -> Any:
+        if isinstance(item, Chunk):
+            return item.array.store_path.store.set(_chunk_key(item), prototype.buffer.from_bytes(item.data))
+        array, selection, value = item
+        return array.async_array.setitem(selection, value)
+
+    async def run(items: list[Any]) -> list[BaseException]:
+        for i in range(0, len(items), _AT_ONCE):
+            done = await asyncio.gather(*(write(item) for item in items[i : i + _AT_ONCE]), return_exceptions=True)
+            failed = [d for d in done if isinstance(d, BaseException)]
+            if failed:
+                return failed[:1]
         return []
 
-    # In a list: zarr's sync() raises an exception that a coroutine returns.
-    failures = sync(run())
-    return failures[0] if failures else None
+    for step in steps:
+        local: list[Chunk] = []
+        others: list[Any] = []
+        for item in step:
+            is_local = isinstance(item, Chunk) and isinstance(item.array.store_path.store, LocalStore)
+            if is_local:
+                local.append(item)
+            else:
+                others.append(item)
+        failures = sync(run(others)) if others else []
+        for item in local:
+            try:
+                _write_local(item)
+            except OSError as exc:
+                failures.append(exc)
+                break
+        if failures:  # in a list: zarr's sync() raises an exception that a coroutine returns
+            return failures[0]
+    return None
+
+
+def _chunk_key(chunk: Chunk) -> str:
+    return array_prefix(chunk.array) + chunk.array.metadata.encode_chunk_key(chunk.coords)
+
+
+def _write_local(chunk: Chunk) -> None:
+    """One chunk into a local store as zarr's ``LocalStore`` writes it: whole (a ``.partial`` file renamed
+    into place, see :func:`remove_partial_writes`) or not at all."""
+    store = chunk.array.store_path.store
+    if store.read_only:
+        raise OSError(errno.EROFS, f"{store.root} is open read-only")
+    path = os.path.join(str(store.root), *_chunk_key(chunk).split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(partial, "wb") as fh:
+            fh.write(chunk.data)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def array_prefix(array: Any) -> str:

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,8 @@ from tilepipe.geometry import tile_name
 from tilepipe.location import Location
 from tilepipe.store._zarr import (
     SCENE_FORMAT_VERSION,
+    Chunk,
+    chunk_encoder,
     chunk_problem,
     compressors,
     create_group,
@@ -93,6 +96,7 @@ class SceneStore:
         self.info = SceneInfo.from_attrs(attrs)
         self._tiles: Any = None
         self._arrays: dict[str, Any] = {}
+        self._encoders: dict[str, Any] = {}
         self._written: np.ndarray | None = None
 
     # -- creation -----------------------------------------------------------
@@ -154,6 +158,20 @@ class SceneStore:
             self._arrays[name] = self._group[name]
         return self._arrays[name]
 
+    def _write(self, name: str, chunk: tuple[int, ...], values: np.ndarray) -> Any:
+        """The write of one whole chunk of array ``name`` for :func:`write_many`: its bytes where
+        tilepipe encodes the array's codecs itself, else ``array[chunk's selection] = values``."""
+        array = self._tile_array() if name == "tiles" else self._array(name)
+        if name not in self._encoders:
+            self._encoders[name] = chunk_encoder(array)
+        encode = self._encoders[name]
+        if encode is not None:
+            return Chunk(array, chunk, encode(values))
+        size = array.metadata.chunk_grid.chunk_shape
+        selection = tuple(slice(c * n, c * n + min(n, dim - c * n)) for c, n, dim in zip(chunk, size, array.shape,
+                                                                                        strict=True))
+        return array, selection, values[tuple(slice(0, sel.stop - sel.start) for sel in selection)]
+
     # -- tiles --------------------------------------------------------------
     def _tile_array(self) -> Any:
         if self._tiles is None:
@@ -176,25 +194,29 @@ class SceneStore:
         if problem is not None:  # unchained, as in read_tile
             raise StoreError(f"{self.path}: cannot write {tile_name(row, col)}: {problem}")
 
-    def write_tiles(self, tiles: list[TileEntries], index: tuple[tuple[int, int], np.ndarray, int] | None = None
+    def write_tiles(self, tiles: list[TileEntries], indices: Sequence[tuple[tuple[int, int], np.ndarray, int]] = ()
                     ) -> None:
         """:meth:`write_tile` for each ``(row, col, shape, flat, values)``, the chunks written concurrently; then,
-        where given, ``index`` as :meth:`write_index_block` takes it: ``(block, counts, entries)``."""
+        once every one of them is written, ``indices`` as :meth:`write_index_block` takes them:
+        ``(block, counts, entries)`` each, also concurrently (a block is done once its index is there)."""
         cells = []
         for row, col, shape, flat, values in tiles:
             if flat.size:
                 cell = np.empty((1, 1), dtype=object)
                 cell[0, 0] = encode_tile(shape, flat, values.astype(self.info.dtype, copy=False))
-                cells.append((self._tile_array(), (slice(row, row + 1), slice(col, col + 1)), cell))
-        last = [] if index is None else self._index_writes(*index)
+                cells.append(self._write("tiles", (row, col), cell))
+        last = [write for index in indices for write in self._index_writes(*index)]
         failed = write_many(cells, last)
         if failed is None:
             return
         if not isinstance(failed, OSError):
             raise failed
         problem = failed.strerror or str(failed)  # as in write_tile
-        if index is not None:
-            raise StoreError(f"{self.path}: cannot write index block {index[0]} or its tiles: {problem}")
+        if len(indices) == 1:
+            raise StoreError(f"{self.path}: cannot write index block {indices[0][0]} or its tiles: {problem}")
+        if indices:
+            blocks = ", ".join(str(index[0]) for index in indices)
+            raise StoreError(f"{self.path}: cannot write index blocks {blocks} or their tiles: {problem}")
         raise StoreError(f"{self.path}: cannot write {len(cells)} tiles from {tile_name(*tiles[0][:2])}: {problem}")
 
     def read_tile(self, row: int, col: int) -> TileData | None:
@@ -237,12 +259,12 @@ class SceneStore:
         if failed is not None:
             raise failed
 
-    def _index_writes(self, block: tuple[int, int], counts: np.ndarray, entries: int) -> list[tuple[Any, Any, Any]]:
-        """The writes of one block's index: its entry count and its tiles' counts (one chunk each)."""
-        by, bx = self.info.block
-        r0, c0 = block[0] * by, block[1] * bx
-        return [(self._array("entries"), block, np.int64(entries)),
-                (self._array("nnz"), (slice(r0, r0 + counts.shape[0]), slice(c0, c0 + counts.shape[1])), counts)]
+    def _index_writes(self, block: tuple[int, int], counts: np.ndarray, entries: int) -> list[Any]:
+        """The writes of one block's index: its entry count and its tiles' counts (one chunk each; a block
+        at the grid's edge is a chunk padded with the fill value, as Zarr stores it)."""
+        chunk = np.full(self.info.block, NOT_WRITTEN, np.int64)
+        chunk[: counts.shape[0], : counts.shape[1]] = counts
+        return [self._write("entries", block, np.array([[entries]], np.int64)), self._write("nnz", block, chunk)]
 
     def index(self) -> np.ndarray:
         """Non-zero entries per tile window, ``(tile_rows, tile_cols)`` int64.
