@@ -924,8 +924,9 @@ def count_pieces(scene_path: str, keras_model: Any, workers: int = 2) -> dict[st
     shapes: set[tuple[int, int]] = set()
     for task in batches(jobs, DEFAULT_BATCH, workers):  # a run's CPU batch and the bench's workers
         tiles = [scene.read_tile(j.row, j.col) for j in task]
+        largest = max(task, key=lambda j: j.need.size).need.shape  # as a run's task picks its batch size
         plan = compute.plan_pieces(task, tiles, footprint=footprint, scene_shape=shape,
-                                   batch_size=auto_batch_size(task[0].need.shape, channels, None))
+                                   batch_size=auto_batch_size(largest, channels, None))
         got["sparse_tiles"] += len(plan.sparse)
         got["model_pixels"] += plan.model_pixels
         got["affected_pixels"] += plan.affected_pixels

@@ -20,7 +20,7 @@ from keras import layers as kl
 from test_strided import padded_reference, relative_error, unet, unet_specs
 
 from tilepipe.errors import UntileableModelError
-from tilepipe.execute.compute import BLOCK, compute_tiles, empty_core
+from tilepipe.execute.compute import BLOCK, Computed, compute_tiles, empty_core
 from tilepipe.geometry import AxisFootprint, Footprint, TileGrid, Window
 from tilepipe.geometry.support import affected, cover, rounded
 from tilepipe.model.receptive import footprint_of
@@ -33,8 +33,12 @@ TOLERANCE = 1e-5
 
 
 def tiled(model: keras.Model, dense: np.ndarray, tile: int, *, dense_fraction: float = 0.5,
-          mosaic: bool | None = None) -> tuple[np.ndarray, Any]:
-    """The scene through the planner and ``compute_tiles`` as a run does it: ``(output, stats of the busy tiles)``."""
+          mosaic: bool | None = None, join: bool = True, tasks: int = 1) -> tuple[np.ndarray, Any]:
+    """The scene through the planner and ``compute_tiles`` as a run does it: ``(output, stats of the busy tiles)``.
+
+    ``tasks``: the busy tiles dealt round-robin to that many ``compute_tiles`` calls (a run's tasks), so
+    that neighbours land in different tasks and a task must not read input that only another one holds.
+    """
     fp = footprint_of(model)
     fn = CompiledModel(model)
     rows, cols, bands = dense.shape
@@ -51,12 +55,16 @@ def tiled(model: keras.Model, dense: np.ndarray, tile: int, *, dense_fraction: f
             data.append(TileData(shape, vals, flat))
         else:
             empty.append(job)
-    done = compute_tiles(fn, busy, data, bands, footprint=fp, scene_shape=(rows, cols), batch_size=4,
-                         dense_fraction=dense_fraction, mosaic=mosaic)
+    parts = [compute_tiles(fn, busy[k::tasks], data[k::tasks], bands, footprint=fp, scene_shape=(rows, cols),
+                           batch_size=4, dense_fraction=dense_fraction, mosaic=mosaic, join=join)
+             for k in range(tasks)]
+    done = Computed([], *(sum(getattr(p, name) for p in parts) for name in
+                          ("model_pixels", "affected_pixels", "sparse_tiles", "model_calls", "mosaic_calls")))
     out_rows, out_cols = fp.output_shape((rows, cols))
-    out = np.full((out_rows, out_cols, done.cores[0].shape[2] if done.cores else 1), np.nan, np.float32)
-    for job, core in zip(busy, done.cores, strict=True):
-        out[job.out_core.slices] = core
+    out = np.full((out_rows, out_cols, parts[0].cores[0].shape[2] if busy else 1), np.nan, np.float32)
+    for k, part in enumerate(parts):
+        for job, core in zip(busy[k::tasks], part.cores, strict=True):
+            out[job.out_core.slices] = core
     for job in empty:
         out[job.out_core.slices] = empty_core(fn, job, bands, fp)
     return out, done
@@ -169,6 +177,40 @@ def test_an_l_shaped_cluster_is_cut_where_its_bounding_box_would_cost_more() -> 
     assert np.all(_painted(mask.shape, rects)[mask] >= 1)
 
 
+def _staircase(seed: int) -> np.ndarray:
+    """Two to four overlapping blocks, each down and right of the last: a cluster that is no rectangle."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((900, 900), bool)
+    y = x = 0
+    for _ in range(rng.integers(2, 5)):
+        h, w = rng.integers(80, 300, 2)
+        mask[y : y + h, x : x + w] = True
+        y, x = min(y + int(rng.integers(40, h)), 800), min(x + int(rng.integers(40, w)), 800)
+    return mask
+
+
+def test_wide_margins_cut_staircases_every_way_and_cost_less() -> None:
+    """With a U-Net's 96-px margins a cut may pay off only through the cuts after it: cutting every way
+    (on a coarse grid) beats one cut at a time on most staircases, never loses, and still covers all."""
+    def windows(rects: list[Window]) -> int:
+        return sum((int(rounded(w.height, 16, 8)) + 96) * (int(rounded(w.width, 16, 8)) + 96) + 1500 for w in rects)
+
+    cheaper = 0
+    for seed in range(12):
+        mask = _staircase(seed)
+        thorough = cover(mask, 16, (96, 96), overhead=1500, align=8)
+        greedy = cover(mask, 16, (96, 96), overhead=1500, align=8, partition=False)
+        assert np.all(_painted(mask.shape, thorough)[mask] >= 1), seed
+        assert all(w.row_start % 8 == 0 and w.col_start % 8 == 0 for w in thorough)
+        assert windows(thorough) <= windows(greedy), seed
+        cheaper += windows(thorough) < windows(greedy)
+    assert cheaper >= 4
+    # Narrow margins (the demo model's 6 px): a cut that pays off pays at once, and the cover is as before.
+    mask = _staircase(2)
+    assert cover(mask, 16, (6, 6), overhead=1500, align=8) == cover(mask, 16, (6, 6), overhead=1500, align=8,
+                                                                       partition=False)
+
+
 # --------------------------------------------------------------------------- exact against the whole scene
 
 
@@ -238,6 +280,11 @@ def test_supports_at_block_tile_and_scene_edges_are_exact(kind: str, data: st.Da
     assert done.sparse_tiles >= 1  # computed by rectangles, not whole windows
     laid, _ = tiled(model, dense, tile, dense_fraction=1e9, mosaic=True)  # small free pieces side by side
     assert relative_error(laid, ref) <= TOLERANCE
+    # Each tile by its own rectangles, and neighbours in different tasks (joined only within a task).
+    apart, _ = tiled(model, dense, tile, dense_fraction=1e9, join=False)
+    assert relative_error(apart, ref) <= TOLERANCE
+    split, _ = tiled(model, dense, tile, dense_fraction=1e9, tasks=2)
+    assert relative_error(split, ref) <= TOLERANCE
 
 
 def test_one_detection_costs_a_small_window_not_a_tile_and_its_neighbours() -> None:
@@ -248,9 +295,14 @@ def test_one_detection_costs_a_small_window_not_a_tile_and_its_neighbours() -> N
     assert relative_error(got, _reference(model, dense)) <= TOLERANCE
     assert done.sparse_tiles == 4
     assert done.affected_pixels == 7 * 7  # a 3x3 (radius 1), a 3x3 dilated by 2 (radius 2), a 1x1: radius 3
-    # At most 4 x 4 affected pixels per tile, rounded up to half a block and grown by the footprint's
-    # 3 px each side: four small windows, not four 262 x 262 ones.
-    assert done.model_pixels == 4 * (int(rounded(4, BLOCK)) + 6) ** 2
+    # The four tiles' 7 x 7 affected pixels covered together: one rectangle, its sides rounded up to half
+    # a block, grown by the footprint's 3 px each side; not four 262 x 262 windows.
+    assert done.model_pixels == (int(rounded(7, BLOCK)) + 6) ** 2
+    assert done.model_calls == 1
+    # Each tile by its own rectangles: at most 4 x 4 affected pixels each, four small windows.
+    apart, each = tiled(model, dense, 256, join=False)
+    assert relative_error(apart, _reference(model, dense)) <= TOLERANCE
+    assert each.model_pixels == 4 * (int(rounded(4, BLOCK)) + 6) ** 2
 
 
 def test_whole_windows_where_rectangles_would_cost_more() -> None:
@@ -288,6 +340,8 @@ def test_random_unets_are_exact_by_rectangles(spec: dict[str, Any], seed: int, d
     assert done.sparse_tiles >= 1
     laid, _ = tiled(model, dense, tile, dense_fraction=1e9, mosaic=True)
     assert relative_error(laid, ref) <= TOLERANCE, (spec, shape, tile, y, x)
+    apart, _ = tiled(model, dense, tile, dense_fraction=1e9, join=False)
+    assert relative_error(apart, ref) <= TOLERANCE, (spec, shape, tile, y, x)
 
 
 def test_the_unet_bench_footprint_is_exact_by_rectangles() -> None:
@@ -297,9 +351,18 @@ def test_the_unet_bench_footprint_is_exact_by_rectangles() -> None:
     dense = np.zeros((600, 520, 2), np.float32)
     dense[300:303, 100:400, 0] = 1.0  # a road across tiles
     dense[40, 500, 1] = 2.0
+    ref = _reference(model, dense)
     got, done = tiled(model, dense, 256, dense_fraction=1e9)  # rectangles in every busy tile
-    assert relative_error(got, _reference(model, dense)) <= TOLERANCE
+    assert relative_error(got, ref) <= TOLERANCE
     assert done.sparse_tiles >= 3
+    # The road's tiles covered together cost fewer pixels than each by its own rectangles (the
+    # windows of a cut road each pay the footprint's margins at the cut), and are as exact.
+    apart, each = tiled(model, dense, 256, dense_fraction=1e9, join=False)
+    assert relative_error(apart, ref) <= TOLERANCE
+    assert done.model_pixels < each.model_pixels
+    # In tasks that hold one of two neighbours each, none reads input only the other one holds.
+    split, _ = tiled(model, dense, 256, dense_fraction=1e9, tasks=2)
+    assert relative_error(split, ref) <= TOLERANCE
 
 
 @pytest.mark.parametrize("kind", ["same", "valid", "transpose", "unet"])

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tilepipe.errors import InputError, StoreError
 from tilepipe.geometry import AxisFootprint, Footprint
 from tilepipe.model.facts import ModelFacts
-from tilepipe.plan import EMPTY_BATCH, batches, plan_jobs, plan_result, plan_run, shifted, touches_border
+from tilepipe.plan import EMPTY_BATCH, JOIN_MAX, batches, plan_jobs, plan_result, plan_run, shifted, touches_border
 from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE
 from tilepipe.store.scene import SceneInfo
 
@@ -101,12 +101,41 @@ def test_plan_run_partitions_the_tiles(
     by_tile = {(j.row, j.col): j for j in jobs}
     for tile in free:
         assert by_tile[tile].empty and not touches_border(by_tile[tile], scene.shape)
-    # A task holds tiles of one kind and one window shape, busy ones at most `size` (fewer to spread them).
-    for batch in plan.tasks:
-        assert len({(j.empty, j.need.shape) for j in batch}) == 1
-        assert len(batch) <= (EMPTY_BATCH if batch[0].empty else size)
+    # A task holds empty tiles of one window shape, or busy tiles: at most `size` (fewer to spread them),
+    # or one group of touching tiles of at most JOIN_MAX (covered together across their edges).
+    task_of = {}
+    for k, batch in enumerate(plan.tasks):
+        assert len({j.empty for j in batch}) == 1
+        if batch[0].empty:
+            assert len({j.need.shape for j in batch}) == 1 and len(batch) <= EMPTY_BATCH
+        else:
+            assert len(batch) <= max(size, JOIN_MAX)
+        task_of.update({(j.row, j.col): k for j in batch})
+    busy = {(j.row, j.col) for batch in plan.tasks for j in batch if not j.empty}
+    for group in _touching_groups(busy):
+        if len(group) <= JOIN_MAX:
+            assert len({task_of[t] for t in group}) == 1, group
     classes = {j.empty_class for batch in plan.tasks for j in batch if j.empty}
     assert plan.empty_classes == classes
+
+
+def _touching_groups(tiles: set[tuple[int, int]]) -> list[set[tuple[int, int]]]:
+    """``tiles`` in groups that touch by an edge or a corner (a union-find, by hand)."""
+    parent = {t: t for t in tiles}
+
+    def root(t: tuple[int, int]) -> tuple[int, int]:
+        while parent[t] != t:
+            t = parent[t]
+        return t
+
+    for r, c in tiles:
+        for other in ((r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)):
+            if other in parent:
+                parent[root(other)] = root((r, c))
+    groups: dict[tuple[int, int], set[tuple[int, int]]] = {}
+    for t in tiles:
+        groups.setdefault(root(t), set()).add(t)
+    return list(groups.values())
 
 
 def _interior_tiles(shape: tuple[int, int], tile: int, reach: int) -> set[tuple[int, int]]:

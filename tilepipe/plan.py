@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_BATCH_GPU",
     "EMPTY_BATCH",
+    "JOIN_MAX",
     "RunPlan",
     "TileJob",
     "batches",
@@ -239,30 +240,72 @@ def output_transform(
 
 
 def batches(jobs: Iterable[TileJob], size: int, workers: int) -> list[tuple[TileJob, ...]]:
-    """Tasks: same-shaped jobs together, non-empty first.
+    """Tasks: neighbouring busy tiles together, then empty tiles of one shape together.
 
     Non-empty tiles go in tasks of up to ``size``, but small enough that every
     worker gets about two tasks (a few busy tiles must not all land on one
-    worker); empty tiles, which cost a write each, likewise, in tasks of 16 to
-    :data:`EMPTY_BATCH`.
+    worker). Busy tiles that touch (8-neighbours) go in one task where they are at
+    most :data:`JOIN_MAX` (a cluster or a road across a tile edge is covered by
+    rectangles across it, see :func:`tilepipe.execute.compute.plan_pieces`); a
+    larger group is cut row by row. Empty tiles, which cost a write each, are
+    spread likewise, in tasks of 16 to :data:`EMPTY_BATCH`.
     """
     ordered = sorted(jobs, key=lambda j: (j.empty, j.need.shape, j.row, j.col))
-    busy = sum(1 for j in ordered if not j.empty)
-    busy_size = max(1, min(size, -(-busy // (2 * max(workers, 1)))))
-    empty_size = max(_EMPTY_MIN, min(EMPTY_BATCH, -(-(len(ordered) - busy) // (2 * max(workers, 1)))))
+    busy = [j for j in ordered if not j.empty]
+    empty = ordered[len(busy):]
+    busy_size = max(1, min(size, -(-len(busy) // (2 * max(workers, 1)))))
+    empty_size = max(_EMPTY_MIN, min(EMPTY_BATCH, -(-len(empty) // (2 * max(workers, 1)))))
     out: list[tuple[TileJob, ...]] = []
     current: list[TileJob] = []
-    for job in ordered:
-        if current:
-            same_group = (current[0].empty, current[0].need.shape) == (job.empty, job.need.shape)
-            limit = empty_size if current[0].empty else busy_size
-            if len(current) >= limit or not same_group:
+    for group in _touching(busy):
+        if len(group) > max(busy_size, JOIN_MAX):  # a large group: cut row by row, neighbours mostly together
+            group.sort(key=lambda j: (j.row, j.col))
+            out.extend(tuple(group[k : k + busy_size]) for k in range(0, len(group), busy_size))
+        elif len(current) + len(group) <= busy_size:
+            current.extend(group)
+        else:
+            if current:
                 out.append(tuple(current))
-                current = []
+            current = list(group)
+    if current:
+        out.append(tuple(current))
+    current = []
+    for job in empty:
+        if current and (len(current) >= empty_size or current[0].need.shape != job.need.shape):
+            out.append(tuple(current))
+            current = []
         current.append(job)
     if current:
         out.append(tuple(current))
     return out
+
+
+#: Busy tiles that touch go in one task up to this many (a 3 x 3 neighbourhood), beyond the task size.
+JOIN_MAX = 9
+
+
+def _touching(jobs: list[TileJob]) -> list[list[TileJob]]:
+    """``jobs`` in groups of tiles that touch (8-neighbours in the output tile grid), in order of their
+    first tile in ``jobs``."""
+    at = {(j.row, j.col): k for k, j in enumerate(jobs)}
+    group_of = [-1] * len(jobs)
+    groups: list[list[TileJob]] = []
+    for first in range(len(jobs)):
+        if group_of[first] >= 0:
+            continue
+        group_of[first] = len(groups)
+        members, todo = [], [first]
+        while todo:
+            k = todo.pop()
+            members.append(jobs[k])
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    n = at.get((jobs[k].row + dr, jobs[k].col + dc))
+                    if n is not None and group_of[n] < 0:
+                        group_of[n] = len(groups)
+                        todo.append(n)
+        groups.append(sorted(members, key=lambda j: (j.need.shape, j.row, j.col)))
+    return groups
 
 
 def run_identity(scene: SceneInfo, model_sha256: str) -> dict[str, Any]:

@@ -97,6 +97,15 @@ class _Piece:
     free: bool = False  # nothing clipped ``window``: its kept output does not depend on what lies around it
     at: tuple[int, int] = (0, 0)  # where ``window`` lies in its mosaic sheet, input pixels
     sheet: int = 0  # which sheet of its call's mosaic holds it
+    # A piece across neighbouring tiles (see :func:`_joined`): its output's parts in the other tiles'
+    # cores, ``(tile, take, put)`` each, and the tiles whose stored windows hold ``window``'s input.
+    more: tuple[tuple[int, Window, Window], ...] = ()
+    sources: tuple[int, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[tuple[int, Window, Window], ...]:
+        """Every part of the kept output: ``(tile, take, put)``."""
+        return ((self.tile, self.take, self.put), *self.more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,38 +170,46 @@ def _steps(footprint: Footprint) -> tuple[int, int]:
     return ceil(BLOCK / align) * align, align
 
 
-def _plan_tile(
-    i: int, job: TileJob, data: TileData, footprint: Footprint, scene_shape: tuple[int, int],
-    dense_fraction: float, coords: tuple[np.ndarray, ...] | None = None,
-) -> tuple[list[_Piece], int, bool]:
-    """The pieces that compute tile ``i`` (rectangles, or its whole window), its affected pixel count, and
-    whether they are rectangles (pasted over the zero response; none where no entry reaches the core)."""
-    whole = [_Piece(i, job.need, job.core_in_output, Window(0, job.out_core.height, 0, job.out_core.width))]
-    if data.is_dense:  # stored dense because it is nearly full: whole, without looking for its support
-        return whole, job.out_core.size, False
-    r, c, _, _ = _entries(coords or data.coords(), job.stored, job.need)
-    hit = affected(r, c, job.need, job.out_core, footprint)
-    count = int(np.count_nonzero(hit))
-    if dense_fraction <= 0:
-        return whole, count, False
+def _cover(hit: np.ndarray, footprint: Footprint, *, thorough: bool = True) -> list[Window]:
+    """:func:`~tilepipe.geometry.support.cover` of ``hit`` (output pixels) with this model's block, stride
+    alignment, window margins and piece overhead (``thorough``: its every-way cuts too)."""
     block, align = _steps(footprint)
     # What a rectangle's window adds and a piece costs, in output pixels (cover's unit).
     fr, fc = footprint.rows, footprint.cols
     scale = Fraction(fr.scale) * Fraction(fc.scale)
     margin = (ceil((fr.before + fr.after) * Fraction(fr.scale)), ceil((fc.before + fc.after) * Fraction(fc.scale)))
+    return cover(hit, block, margin, overhead=ceil(PIECE_OVERHEAD * scale), align=align, partition=thorough)
+
+
+def _plan_tile(
+    i: int, job: TileJob, data: TileData, footprint: Footprint, scene_shape: tuple[int, int],
+    dense_fraction: float, coords: tuple[np.ndarray, ...] | None = None, *, thorough: bool = True,
+) -> tuple[list[_Piece], int, np.ndarray | None]:
+    """The pieces that compute tile ``i`` (rectangles, or its whole window), its affected pixel count, and
+    its affected pixels where the pieces are rectangles (pasted over the zero response; none where no
+    entry reaches the core), else None. ``thorough``: see :func:`_cover` (a tile with neighbours in its
+    task is covered with them again)."""
+    whole = [_Piece(i, job.need, job.core_in_output, Window(0, job.out_core.height, 0, job.out_core.width))]
+    if data.is_dense:  # stored dense because it is nearly full: whole, without looking for its support
+        return whole, job.out_core.size, None
+    r, c, _, _ = _entries(coords or data.coords(), job.stored, job.need)
+    hit = affected(r, c, job.need, job.out_core, footprint)
+    count = int(np.count_nonzero(hit))
+    if dense_fraction <= 0:
+        return whole, count, None
     pieces, cost = [], 0
-    for rect in cover(hit, block, margin, overhead=ceil(PIECE_OVERHEAD * scale), align=align):
+    for rect in _cover(hit, footprint, thorough=thorough):
         out = Window(rect.row_start + job.out_core.row_start, rect.row_stop + job.out_core.row_start,
                      rect.col_start + job.out_core.col_start, rect.col_stop + job.out_core.col_start)
         window = footprint.input_window(out, scene_shape)
         if not job.need.contains(window):
-            return whole, count, False  # a rectangle lengthened past the tile's window: compute it whole
+            return whole, count, None  # a rectangle lengthened past the tile's window: compute it whole
         cost += window.size + PIECE_OVERHEAD
         pieces.append(_Piece(i, window, out.relative_to(footprint.output_window(window)), rect,
                              free=window == footprint.free_window(out)))
     if cost > dense_fraction * job.need.size:
-        return whole, count, False
-    return pieces, count, True
+        return whole, count, None
+    return pieces, count, hit
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +251,7 @@ def plan_pieces(
     dense_fraction: float = DENSE_FRACTION,
     coords: Sequence[tuple[np.ndarray, ...] | None] | None = None,
     mosaic: bool | None = None,
+    join: bool = True,
 ) -> PiecePlan:
     """The pieces that compute non-empty tiles, grouped into model calls; pure (no model, no I/O).
 
@@ -242,19 +260,24 @@ def plan_pieces(
     was tried: 2-8x fewer calls, but 35-45 % slower runs on CPU workers, 5 % and 100 % of the
     demo scene alike, ``bench.py`` on 2026-12-02.) Small pieces whose windows nothing clipped
     go in mosaics instead (see the module docstring) where that is cheaper; ``mosaic``: True
-    lays them so always, False never.
+    lays them so always, False never. Neighbouring tiles of the task computed by rectangles are
+    covered together where that costs fewer pixels (:func:`_joined`; ``join=False``: never).
     """
     if coords is None:
         coords = [None if d.is_dense else d.coords() for d in data]
-    pieces: list[_Piece] = []
+    planned: list[list[_Piece]] = []
+    hits: dict[int, np.ndarray] = {}
     counted = 0
-    sparse = set()
+    with_neighbours = {i for g in _neighbours(list(range(len(jobs))), jobs) if len(g) > 1 for i in g} if join else set()
     for i, job in enumerate(jobs):
-        planned, count, by_parts = _plan_tile(i, job, data[i], footprint, scene_shape, dense_fraction, coords[i])
+        tile_pieces, count, hit = _plan_tile(i, job, data[i], footprint, scene_shape, dense_fraction, coords[i],
+                                             thorough=i not in with_neighbours)
         counted += count
-        if by_parts:
-            sparse.add(i)
-        pieces.extend(planned)
+        if hit is not None:
+            hits[i] = hit
+        planned.append(tile_pieces)
+    sparse = set(hits)
+    pieces = _joined(jobs, planned, hits, footprint, scene_shape) if join else [p for ps in planned for p in ps]
     window = (max(j.need.height for j in jobs), max(j.need.width for j in jobs)) if jobs else (1, 1)
     sheet = _sheet(window, footprint)
     small = [p for p in pieces if p.free and p.tile in sparse and p.window.height <= sheet[0]
@@ -268,6 +291,97 @@ def plan_pieces(
     placed = {(p.tile, p.put) for call in calls for p in call.pieces}  # a piece's output is its own
     calls.extend(_batched([p for p in pieces if (p.tile, p.put) not in placed], batch_size))
     return PiecePlan(tuple(calls), frozenset(sparse), counted)
+
+
+def _joined(jobs: Sequence[TileJob], planned: list[list[_Piece]], hits: dict[int, np.ndarray],
+            footprint: Footprint, scene_shape: tuple[int, int]) -> list[_Piece]:
+    """The task's pieces, neighbouring tiles computed by rectangles covered together where that is cheaper.
+
+    A tile busy only because its neighbour's data reaches into its window computes a thin strip of
+    its core, whose window reaches far into the neighbour's, whose own rectangles read much the
+    same input. Where tiles of one task touch (8-neighbours), their affected pixels are covered as
+    one mask over their cores; each rectangle's window is made as any rectangle's is (in scene
+    coordinates: grown by the footprint, aligned to the stride, clipped to the padded scene), its
+    input gathered from the stored windows of the group's tiles, and its output cut along the
+    tiles' cores. Exact: a kept output pixel depends only on the input within its footprint, which
+    lies inside its own tile's stored window (that is what a stored window is), so input of the
+    window that no tile of the group holds (a busy tile of another task: read as zeros here)
+    cannot change it; the rest of such a rectangle's output is not kept. Used where the windows
+    cost fewer pixels (and :data:`PIECE_OVERHEAD` each) than the tiles' own pieces.
+    """
+    out = [p for i, ps in enumerate(planned) if i not in hits for p in ps]
+    for group in _neighbours([i for i in sorted(hits)], jobs):
+        own = [p for i in group for p in planned[i]]
+        joint = _group_pieces(group, jobs, hits, footprint, scene_shape) if len(group) > 1 else []
+        if joint and _pixels(joint) < _pixels(own):
+            out.extend(joint)
+        else:
+            out.extend(own)
+    return out
+
+
+def _pixels(pieces: list[_Piece]) -> int:
+    return sum(p.window.size + PIECE_OVERHEAD for p in pieces)
+
+
+def _neighbours(tiles: list[int], jobs: Sequence[TileJob]) -> list[list[int]]:
+    """``tiles`` in groups that touch (8-neighbours in the output's tile grid), each group sorted."""
+    at = {(jobs[i].row, jobs[i].col): i for i in tiles}
+    seen: set[int] = set()
+    groups = []
+    for first in tiles:
+        if first in seen:
+            continue
+        group, todo = [], [first]
+        seen.add(first)
+        while todo:
+            i = todo.pop()
+            group.append(i)
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    j = at.get((jobs[i].row + dr, jobs[i].col + dc))
+                    if j is not None and j not in seen:
+                        seen.add(j)
+                        todo.append(j)
+        groups.append(sorted(group))
+    return groups
+
+
+def _group_pieces(group: list[int], jobs: Sequence[TileJob], hits: dict[int, np.ndarray],
+                  footprint: Footprint, scene_shape: tuple[int, int]) -> list[_Piece]:
+    """Rectangles over the group's cores together (see :func:`_joined`)."""
+    cores = [jobs[i].out_core for i in group]
+    frame = Window(min(c.row_start for c in cores), max(c.row_stop for c in cores),
+                   min(c.col_start for c in cores), max(c.col_stop for c in cores))
+    mask = np.zeros(frame.shape, dtype=bool)
+    for i, core in zip(group, cores, strict=True):
+        mask[core.relative_to(frame).slices] = hits[i]
+    stored = [jobs[i].stored for i in group]
+    pieces: list[_Piece] = []
+    for rect in _cover(mask, footprint):
+        out = Window(rect.row_start + frame.row_start, rect.row_stop + frame.row_start,
+                     rect.col_start + frame.col_start, rect.col_stop + frame.col_start)
+        window = footprint.input_window(out, scene_shape)
+        produced = footprint.output_window(window)
+        parts = []
+        for i, core in zip(group, cores, strict=True):
+            part = _overlap(out, core)
+            if part is not None:
+                parts.append((i, part.relative_to(produced), part.relative_to(core)))
+        if not parts:  # a rectangle of the group's bounding box outside its cores: nothing to keep
+            continue
+        sources = tuple(i for i, s in zip(group, stored, strict=True) if _overlap(window, s) is not None)
+        (tile, take, put), *more = parts
+        pieces.append(_Piece(tile, window, take, put, free=window == footprint.free_window(out), more=tuple(more),
+                             sources=sources))
+    return pieces
+
+
+def _overlap(a: Window, b: Window) -> Window | None:
+    """The pixels ``a`` and ``b`` share; None where they share none."""
+    r0, r1 = max(a.row_start, b.row_start), min(a.row_stop, b.row_stop)
+    c0, c1 = max(a.col_start, b.col_start), min(a.col_stop, b.col_stop)
+    return Window(r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
 
 def _batched(pieces: list[_Piece], batch_size: int) -> list[_Call]:
@@ -391,6 +505,7 @@ def compute_tiles(
     batch_size: int = DEFAULT_BATCH,
     dense_fraction: float = DENSE_FRACTION,
     mosaic: bool | None = None,
+    join: bool = True,
 ) -> Computed:
     """Run the model over non-empty tiles; each core as ``(rows, cols, out_bands)``, exact.
 
@@ -402,7 +517,7 @@ def compute_tiles(
     """
     coords = [None if d.is_dense else d.coords() for d in data]  # unpacked once per tile
     plan = plan_pieces(jobs, data, footprint=footprint, scene_shape=scene_shape, batch_size=batch_size,
-                       dense_fraction=dense_fraction, coords=coords, mosaic=mosaic)
+                       dense_fraction=dense_fraction, coords=coords, mosaic=mosaic, join=join)
     cores: list[np.ndarray | None] = [None] * len(jobs)
     for i in plan.sparse:
         job = jobs[i]
@@ -411,25 +526,26 @@ def compute_tiles(
     for call in plan.calls:
         out = model(_batch(call, jobs, data, coords, bands), recurring=call.mosaic)
         for k, piece in enumerate(call.pieces):
-            got = out[piece.sheet if call.mosaic else k][_kept(piece, footprint).slices]
-            core = cores[piece.tile]
-            if core is None:  # a tile computed whole: its window's output is the core
-                cores[piece.tile] = got
-            else:
-                core[piece.put.slices] = got
+            for tile, take, put in piece.outputs:
+                got = out[piece.sheet if call.mosaic else k][_kept(piece, take, footprint).slices]
+                core = cores[tile]
+                if core is None:  # a tile computed whole: its window's output is the core
+                    cores[tile] = got
+                else:
+                    core[put.slices] = got
     done = [c for c in cores if c is not None]
     assert len(done) == len(jobs)
     return Computed(done, plan.model_pixels, plan.affected_pixels, len(plan.sparse), len(plan.calls),
                     sum(call.mosaic for call in plan.calls))
 
 
-def _kept(piece: _Piece, footprint: Footprint) -> Window:
-    """The piece's kept output pixels in its call's output: ``take``, moved by where its window lies there."""
+def _kept(piece: _Piece, take: Window, footprint: Footprint) -> Window:
+    """Kept output pixels ``take`` of ``piece`` in its call's output: moved by where its window lies there."""
     rows, cols = (at * Fraction(axis.scale) for at, axis in zip(piece.at, (footprint.rows, footprint.cols),
                                                                   strict=True))
     assert rows.denominator == cols.denominator == 1  # a mosaic places windows at multiples of the stride
-    return Window(piece.take.row_start + int(rows), piece.take.row_stop + int(rows),
-                  piece.take.col_start + int(cols), piece.take.col_stop + int(cols))
+    return Window(take.row_start + int(rows), take.row_stop + int(rows),
+                  take.col_start + int(cols), take.col_stop + int(cols))
 
 
 def _batch(call: _Call, jobs: Sequence[TileJob], data: Sequence[TileData],
@@ -442,7 +558,10 @@ def _batch(call: _Call, jobs: Sequence[TileJob], data: Sequence[TileData],
         if unpacked is None:
             dense.append((k, piece))
             continue
-        r, c, b, v = _entries(unpacked, jobs[piece.tile].stored, piece.window)
+        if piece.sources:
+            r, c, b, v = _gathered(piece, jobs, coords)
+        else:
+            r, c, b, v = _entries(unpacked, jobs[piece.tile].stored, piece.window)
         n = piece.sheet if call.mosaic else k
         idx_parts.append(np.stack([np.full(r.size, n), r + piece.at[0], c + piece.at[1], b], axis=1))
         val_parts.append(v)
@@ -458,6 +577,23 @@ def _batch(call: _Call, jobs: Sequence[TileJob], data: Sequence[TileData],
         for k, piece in dense:
             batch[k] = _dense_window(data[piece.tile], jobs[piece.tile].stored, piece.window)
     return batch
+
+
+def _gathered(piece: _Piece, jobs: Sequence[TileJob], coords: Sequence[tuple[np.ndarray, ...] | None]
+              ) -> tuple[np.ndarray, ...]:
+    """The entries of a piece across tiles: each source's stored window's inside ``piece.window``,
+    ``window``-local, once each (neighbouring stored windows overlap by their halos and hold the
+    same values there)."""
+    parts = []
+    for i in piece.sources:
+        unpacked = coords[i]
+        assert unpacked is not None  # only tiles stored sparse are covered together
+        parts.append(_entries(unpacked, jobs[i].stored, piece.window))
+    r, c, b, v = (np.concatenate(column) for column in zip(*parts, strict=True))
+    bands = int(b.max()) + 1 if b.size else 1
+    flat = (r.astype(np.int64) * piece.window.width + c) * bands + b
+    _, first = np.unique(flat, return_index=True)  # sorted: C order, as stored
+    return r[first], c[first], b[first], v[first]
 
 
 def _dense_window(data: TileData, stored: Window, window: Window) -> np.ndarray:

@@ -114,7 +114,8 @@ def run_tiles(spec: RunSpec, jobs: tuple[TileJob, ...]) -> BatchDone:
     started = time.perf_counter()
     batch_size = spec.batch_size
     if not batch_size and busy:
-        batch_size = auto_batch_size(busy[0].need.shape, model.max_channels, gpu_free_bytes())
+        largest = max(busy, key=lambda j: j.need.size).need.shape  # a task's tiles may differ in shape
+        batch_size = auto_batch_size(largest, model.max_channels, gpu_free_bytes())
     computed = compute_tiles(model, busy, data, spec.bands, footprint=spec.footprint, scene_shape=scene.info.shape,
                              batch_size=batch_size or 1)
     model_seconds = time.perf_counter() - started

@@ -102,7 +102,7 @@ def rounded(length: np.ndarray | int, block: int, align: int = 1) -> np.ndarray:
 
 
 def cover(mask: np.ndarray, block: int, margin: tuple[int, int] = (0, 0), *, overhead: int = 0,
-          align: int = 1) -> list[Window]:
+          align: int = 1, partition: bool = True) -> list[Window]:
     """Rectangles (``mask``-local, inside it) that cover every True pixel of ``mask``, at little cost.
 
     A rectangle costs its window: its sides rounded up (:func:`rounded`), grown by
@@ -118,6 +118,11 @@ def cover(mask: np.ndarray, block: int, margin: tuple[int, int] = (0, 0), *, ove
        each pay the margins.
     3. Each box is cut in two, along rows or columns on a half-block grid, where the parts' tight
        boxes cost less, and so on (an L-shaped cluster is two windows, not its bounding box).
+       Where the margins are wide (a U-Net's), a cut may pay off only by the cuts that follow it
+       (a staircase): then each cluster (squares of :data:`_PARTITION_CELL` px that touch) of up
+       to :data:`_PARTITION_CELLS` squares a side is also cut every way on that grid,
+       recursively (:func:`_partition`), clusters joined as in step 2, and the cheaper of the two
+       covers is kept (``partition=False``: never; a draft cover that may be thrown away).
     4. Sides are rounded up, starts aligned to ``align``, kept inside ``mask``: few distinct
        shapes, each a multiple of the model's stride.
     """
@@ -146,8 +151,21 @@ def cover(mask: np.ndarray, block: int, margin: tuple[int, int] = (0, 0), *, ove
     if len(boxes) <= _MERGE_LIMIT:
         boxes = _merge(boxes, cost)
     cells = _extents(mask, cost.fine)
+    coarse = -(-_PARTITION_CELL // align) * align
+    squares = _extents(mask, coarse) if partition and max(margin) >= _PARTITION_MARGIN else None
     parts = [part for box in boxes for part in _split(cells, cost.fine, box, cost)]
-    return sorted((_snap(box, cost, height, width) for box in parts), key=lambda w: (w.row_start, w.col_start))
+    chosen = [_snap(box, cost, height, width) for box in parts]
+    every_way = _partitioned(squares, coarse, cost) if squares is not None else None
+    if every_way is not None:
+        other = [_snap(box, cost, height, width) for box in every_way]
+        if _windows(other, cost) < _windows(chosen, cost):
+            chosen = other
+    return sorted(chosen, key=lambda w: (w.row_start, w.col_start))
+
+
+def _windows(rects: list[Window], cost: _Cost) -> int:
+    """What snapped rectangles cost (as :class:`_Cost` counts a rectangle)."""
+    return sum(cost.one(w.height, w.width) for w in rects)
 
 
 #: More rectangles than this in one tile are left unmerged (the tile is then usually computed whole).
@@ -291,6 +309,111 @@ def _split(cells: tuple[np.ndarray, ...], cell: int, box: _Box, cost: _Cost) -> 
         else:
             todo += [(y0, y1, x0, x0 + cut[1]), (y0, y1, x0 + cut[1], x1)]
     return out
+
+
+#: :func:`_partition`'s grid (px, rounded up to the stride) and the largest box it takes, in squares a side;
+#: and the margins (px) from which it is tried: narrow margins make any cut that pays off pay at once.
+_PARTITION_CELL = 48
+_PARTITION_CELLS = 48
+_PARTITION_MARGIN = 32
+#: Sub-rectangles :func:`_partition` weighs at most, per cluster (beyond: the greedy cuts stand).
+_PARTITION_STATES = 3000
+
+
+def _partitioned(cells: tuple[np.ndarray, ...], cell: int, cost: _Cost) -> list[_Box] | None:
+    """Each cluster of touching squares (8-neighbours) cut by :func:`_partition`, then the parts joined
+    where that costs less (:func:`_merge`); None where a cluster is too large to cut every way."""
+    active = cells[1] > cells[0]
+    seen = np.zeros(active.shape, dtype=bool)
+    ny, nx = active.shape
+    parts: list[_Box] = []
+    for y, x in zip(*np.nonzero(active), strict=True):
+        if seen[y, x]:
+            continue
+        seen[y, x] = True
+        todo, members = [(int(y), int(x))], []
+        while todo:
+            a, b = todo.pop()
+            members.append((a, b))
+            for na in range(max(a - 1, 0), min(a + 2, ny)):
+                for nb in range(max(b - 1, 0), min(b + 2, nx)):
+                    if active[na, nb] and not seen[na, nb]:
+                        seen[na, nb] = True
+                        todo.append((na, nb))
+        ys, xs = zip(*members, strict=True)
+        box = (int(min(cells[0][a, b] for a, b in members)), int(max(cells[1][a, b] for a, b in members)),
+               int(min(cells[2][a, b] for a, b in members)), int(max(cells[3][a, b] for a, b in members)))
+        if max(max(ys) - min(ys), max(xs) - min(xs)) >= _PARTITION_CELLS:
+            return None
+        cut = _partition(cells, cell, box, cost)
+        if cut is None:
+            return None
+        parts.extend(cut)
+    return _merge(parts, cost)
+
+
+def _partition(cells: tuple[np.ndarray, ...], cell: int, box: _Box, cost: _Cost) -> list[_Box] | None:
+    """The cheapest cut of ``box`` into tight boxes by straight cuts on the ``cell`` grid, each part cut
+    again (every guillotine cut, by dynamic programming over the grid's sub-rectangles); None where
+    ``box`` spans more than :data:`_PARTITION_CELLS` squares a side. Parts cover every True pixel
+    inside ``box`` (extents clipped to it, as in :func:`_split`)."""
+    r0, r1, c0, c1 = box
+    y0, y1, x0, x1 = r0 // cell, -(-r1 // cell), c0 // cell, -(-c1 // cell)
+    if max(y1 - y0, x1 - x0) > _PARTITION_CELLS:
+        return None
+    first_r, stop_r = np.maximum(cells[0][y0:y1, x0:x1], r0), np.minimum(cells[1][y0:y1, x0:x1], r1)
+    first_c, stop_c = np.maximum(cells[2][y0:y1, x0:x1], c0), np.minimum(cells[3][y0:y1, x0:x1], c1)
+    held = (stop_r > first_r) & (stop_c > first_c)
+    ext = (np.where(held, first_r, _BIG), np.where(held, stop_r, -_BIG),
+           np.where(held, first_c, _BIG), np.where(held, stop_c, -_BIG))
+
+    memo: dict[tuple[int, int, int, int], tuple[int, tuple[_Box, ...]]] = {}
+
+    def best(a: int, b: int, c: int, d: int) -> tuple[int, tuple[_Box, ...]]:
+        part = held[a:b, c:d]
+        rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+        if not rows.size:
+            return 0, ()
+        a, b, c, d = a + int(rows[0]), a + int(rows[-1]) + 1, c + int(cols[0]), c + int(cols[-1]) + 1
+        key = (a, b, c, d)
+        if key in memo:
+            return memo[key]
+        if len(memo) >= _PARTITION_STATES:
+            raise _TooMany
+        tight = (int(ext[0][a:b, c:d].min()), int(ext[1][a:b, c:d].max()),
+                 int(ext[2][a:b, c:d].min()), int(ext[3][a:b, c:d].max()))
+        found: tuple[int, tuple[_Box, ...]] = (cost.one(tight[1] - tight[0], tight[3] - tight[2]), (tight,))
+        part = held[a:b, c:d]
+        for axis in (0, 1):
+            for k in _steps_of(part if axis == 0 else part.T):  # where the outline changes: elsewhere a
+                if axis == 0:                                    # cut only adds margins
+                    one, two = best(a, a + k, c, d), best(a + k, b, c, d)
+                else:
+                    one, two = best(a, b, c, c + k), best(a, b, c + k, d)
+                if one[0] + two[0] < found[0]:
+                    found = (one[0] + two[0], one[1] + two[1])
+        memo[key] = found
+        return found
+
+    try:
+        return list(best(0, y1 - y0, 0, x1 - x0)[1])
+    except _TooMany:
+        return None
+
+
+class _TooMany(Exception):
+    """:func:`_partition` gave up: more sub-rectangles than :data:`_PARTITION_STATES`."""
+
+
+def _steps_of(part: np.ndarray) -> list[int]:
+    """Cuts between rows ``k - 1`` and ``k`` of ``part`` where its outline changes: the first or last
+    held square of the row, or whether it holds any."""
+    held = part.any(axis=1)
+    first = np.where(held, part.argmax(axis=1), -1)
+    last = np.where(held, part.shape[1] - part[:, ::-1].argmax(axis=1), -1)
+    change = (first[1:] != first[:-1]) | (last[1:] != last[:-1])
+    return [int(k) + 1 for k in np.flatnonzero(change)]
+
 
 
 def _running(lines: list[np.ndarray], *, forward: bool) -> list[np.ndarray]:
