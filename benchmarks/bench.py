@@ -186,9 +186,13 @@ def _support_floor(compiled: Any, jobs: list[Any], tiles: list[Any], windows: li
         block = compute._steps(footprint)[0]
     except (ImportError, AttributeError) as exc:  # a tilepipe from before plan_pieces
         return {"error": f"not in this tilepipe ({type(exc).__name__}: {exc})"}
-    # a piece's window lies inside its tile's (``need``)
-    batches = [call.stack([windows[p.tile][p.window.relative_to(jobs[p.tile].need).slices] for p in call.pieces])
-               for call in plan.calls]
+    if hasattr(compute, "_gathered"):  # pieces may reach across tile edges: densified as tilepipe does
+        coords = [None if t.is_dense else t.coords() for t in tiles]
+        batches = [np.asarray(compute._batch(call, jobs, tiles, coords, windows[0].shape[-1]))
+                   for call in plan.calls]
+    else:  # a piece's window lies inside its tile's (``need``)
+        batches = [call.stack([windows[p.tile][p.window.relative_to(jobs[p.tile].need).slices]
+                               for p in call.pieces]) for call in plan.calls]
     # A floor is the model's time, not a trace cache's: CompiledModel keeps MAX_TRACES traced shapes
     # (least recently used dropped), and cycling through more shapes than that re-traces every call.
     from tilepipe.model import runner
@@ -911,7 +915,7 @@ def count_pieces(scene_path: str, keras_model: Any, workers: int = 2) -> dict[st
     from tilepipe.execute import compute
     from tilepipe.model import CompiledModel, footprint_of
     from tilepipe.model.runner import auto_batch_size
-    from tilepipe.plan import DEFAULT_BATCH, batches, plan_jobs
+    from tilepipe.plan import DEFAULT_BATCH, batches, joins_pay, plan_jobs
     from tilepipe.store import SceneStore
 
     scene = SceneStore.open(scene_path)
@@ -922,7 +926,8 @@ def count_pieces(scene_path: str, keras_model: Any, workers: int = 2) -> dict[st
     got = {"busy_tiles": len(jobs), "sparse_tiles": 0, "model_pixels": 0, "affected_pixels": 0, "pieces": 0,
            "calls": 0, "block": compute._steps(footprint)[0]}
     shapes: set[tuple[int, int]] = set()
-    for task in batches(jobs, DEFAULT_BATCH, workers):  # a run's CPU batch and the bench's workers
+    # A run's CPU batch and the bench's workers; touching tiles together as a run of this model puts them.
+    for task in batches(jobs, DEFAULT_BATCH, workers, join=joins_pay(footprint)):
         tiles = [scene.read_tile(j.row, j.col) for j in task]
         largest = max(task, key=lambda j: j.need.size).need.shape  # as a run's task picks its batch size
         plan = compute.plan_pieces(task, tiles, footprint=footprint, scene_shape=shape,

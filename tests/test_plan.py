@@ -17,7 +17,17 @@ from hypothesis import strategies as st
 from tilepipe.errors import InputError, StoreError
 from tilepipe.geometry import AxisFootprint, Footprint
 from tilepipe.model.facts import ModelFacts
-from tilepipe.plan import EMPTY_BATCH, JOIN_MAX, batches, plan_jobs, plan_result, plan_run, shifted, touches_border
+from tilepipe.plan import (
+    EMPTY_BATCH,
+    JOIN_MARGIN,
+    JOIN_MAX,
+    batches,
+    plan_jobs,
+    plan_result,
+    plan_run,
+    shifted,
+    touches_border,
+)
 from tilepipe.store.result import STATUS_COMPUTED, STATUS_EMPTY, STATUS_NOT_DONE
 from tilepipe.store.scene import SceneInfo
 
@@ -83,6 +93,7 @@ def test_plan_run_partitions_the_tiles(
     case: tuple[SceneInfo, ModelFacts, np.ndarray], size: int, workers: int, data: st.DataObject
 ) -> None:
     scene, facts, nnz = case
+    fp = facts.footprint
     _, fills = plan_result(scene, facts)
     jobs = plan_jobs(scene.grid, facts.footprint, nnz)
     status = np.zeros((-(-(scene.shape[0] - facts.footprint.rows.shrink) // scene.tile_size[0]),
@@ -101,18 +112,26 @@ def test_plan_run_partitions_the_tiles(
     by_tile = {(j.row, j.col): j for j in jobs}
     for tile in free:
         assert by_tile[tile].empty and not touches_border(by_tile[tile], scene.shape)
-    # A task holds empty tiles of one window shape, or busy tiles: at most `size` (fewer to spread them),
-    # or one group of touching tiles of at most JOIN_MAX (covered together across their edges).
+    # A task holds empty tiles of one window shape, or busy tiles: at most `size` (fewer to spread them)
+    # of one shape (these small footprints: the demo model's kind, see joins_pay).
+    assert max(fp.rows.before + fp.rows.after, fp.cols.before + fp.cols.after) < JOIN_MARGIN
+    for batch in plan.tasks:
+        assert len({(j.empty, j.need.shape) for j in batch}) == 1
+        assert len(batch) <= (EMPTY_BATCH if batch[0].empty else size)
+    # Joined (a model whose windows add wide margins): the same tiles, each in one task, and touching busy
+    # tiles of a group of at most JOIN_MAX in one task, covered together across their edges.
+    listed = [j for batch in plan.tasks for j in batch]
+    joined = batches(listed, size, workers, join=True)
+    assert sorted((j.row, j.col) for batch in joined for j in batch) == sorted((j.row, j.col) for j in listed)
     task_of = {}
-    for k, batch in enumerate(plan.tasks):
+    for k, batch in enumerate(joined):
         assert len({j.empty for j in batch}) == 1
         if batch[0].empty:
             assert len({j.need.shape for j in batch}) == 1 and len(batch) <= EMPTY_BATCH
         else:
             assert len(batch) <= max(size, JOIN_MAX)
         task_of.update({(j.row, j.col): k for j in batch})
-    busy = {(j.row, j.col) for batch in plan.tasks for j in batch if not j.empty}
-    for group in _touching_groups(busy):
+    for group in _touching_groups({(j.row, j.col) for j in listed if not j.empty}):
         if len(group) <= JOIN_MAX:
             assert len({task_of[t] for t in group}) == 1, group
     classes = {j.empty_class for batch in plan.tasks for j in batch if j.empty}

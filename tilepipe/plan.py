@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_BATCH_GPU",
     "EMPTY_BATCH",
+    "JOIN_MARGIN",
     "JOIN_MAX",
     "RunPlan",
     "TileJob",
@@ -38,6 +39,7 @@ __all__ = [
     "plan_result",
     "output_grid",
     "output_transform",
+    "joins_pay",
     "plan_run",
     "shifted",
     "touches_border",
@@ -239,15 +241,16 @@ def output_transform(
     )
 
 
-def batches(jobs: Iterable[TileJob], size: int, workers: int) -> list[tuple[TileJob, ...]]:
-    """Tasks: neighbouring busy tiles together, then empty tiles of one shape together.
+def batches(jobs: Iterable[TileJob], size: int, workers: int, *, join: bool = False) -> list[tuple[TileJob, ...]]:
+    """Tasks: busy tiles first, then empty tiles of one shape together.
 
     Non-empty tiles go in tasks of up to ``size``, but small enough that every
     worker gets about two tasks (a few busy tiles must not all land on one
-    worker). Busy tiles that touch (8-neighbours) go in one task where they are at
-    most :data:`JOIN_MAX` (a cluster or a road across a tile edge is covered by
-    rectangles across it, see :func:`tilepipe.execute.compute.plan_pieces`); a
-    larger group is cut row by row. Empty tiles, which cost a write each, are
+    worker), tiles of one window shape together. With ``join`` (see
+    :func:`joins_pay`), busy tiles that touch (8-neighbours) go in one task where
+    they are at most :data:`JOIN_MAX` (a cluster or a road across a tile edge is
+    then covered by rectangles across it, see :func:`tilepipe.execute.compute.plan_pieces`);
+    a larger group is cut row by row. Empty tiles, which cost a write each, are
     spread likewise, in tasks of 16 to :data:`EMPTY_BATCH`.
     """
     ordered = sorted(jobs, key=lambda j: (j.empty, j.need.shape, j.row, j.col))
@@ -255,13 +258,34 @@ def batches(jobs: Iterable[TileJob], size: int, workers: int) -> list[tuple[Tile
     empty = ordered[len(busy):]
     busy_size = max(1, min(size, -(-len(busy) // (2 * max(workers, 1)))))
     empty_size = max(_EMPTY_MIN, min(EMPTY_BATCH, -(-len(empty) // (2 * max(workers, 1)))))
+    out = _joined_tasks(busy, busy_size) if join else _same_shaped(busy, busy_size)
+    out.extend(_same_shaped(empty, empty_size))
+    return out
+
+
+def _same_shaped(jobs: list[TileJob], size: int) -> list[tuple[TileJob, ...]]:
+    """``jobs`` (sorted by window shape) cut into tasks of up to ``size``, one window shape each."""
+    out: list[tuple[TileJob, ...]] = []
+    current: list[TileJob] = []
+    for job in jobs:
+        if current and (len(current) >= size or current[0].need.shape != job.need.shape):
+            out.append(tuple(current))
+            current = []
+        current.append(job)
+    if current:
+        out.append(tuple(current))
+    return out
+
+
+def _joined_tasks(busy: list[TileJob], size: int) -> list[tuple[TileJob, ...]]:
+    """Busy ``jobs`` in tasks of up to ``size``, a group of touching tiles of up to :data:`JOIN_MAX` in one."""
     out: list[tuple[TileJob, ...]] = []
     current: list[TileJob] = []
     for group in _touching(busy):
-        if len(group) > max(busy_size, JOIN_MAX):  # a large group: cut row by row, neighbours mostly together
+        if len(group) > max(size, JOIN_MAX):  # a large group: cut row by row, neighbours mostly together
             group.sort(key=lambda j: (j.row, j.col))
-            out.extend(tuple(group[k : k + busy_size]) for k in range(0, len(group), busy_size))
-        elif len(current) + len(group) <= busy_size:
+            out.extend(tuple(group[k : k + size]) for k in range(0, len(group), size))
+        elif len(current) + len(group) <= size:
             current.extend(group)
         else:
             if current:
@@ -269,15 +293,20 @@ def batches(jobs: Iterable[TileJob], size: int, workers: int) -> list[tuple[Tile
             current = list(group)
     if current:
         out.append(tuple(current))
-    current = []
-    for job in empty:
-        if current and (len(current) >= empty_size or current[0].need.shape != job.need.shape):
-            out.append(tuple(current))
-            current = []
-        current.append(job)
-    if current:
-        out.append(tuple(current))
     return out
+
+
+#: Busy tiles that touch share a task only where the model's windows add at least this many pixels to
+#: a rectangle (``before + after`` on an axis): a strip of a tile made busy by its neighbour's data then
+#: costs a wide window of its own (a U-Net's 96 px). Below it (the demo model's 6 px) the strip is cheap,
+#: and the tiles stay spread over the workers.
+JOIN_MARGIN = 32
+
+
+def joins_pay(footprint: Footprint) -> bool:
+    """Whether a run of a model of this ``footprint`` puts touching busy tiles in one task (:func:`batches`)."""
+    return max(footprint.rows.before + footprint.rows.after, footprint.cols.before + footprint.cols.after) \
+        >= JOIN_MARGIN
 
 
 #: Busy tiles that touch go in one task up to this many (a 3 x 3 neighbourhood), beyond the task size.
@@ -454,6 +483,6 @@ def plan_run(
         total=total,
         already_done=total - int(np.count_nonzero(todo)),
         free=free,
-        tasks=tuple(batches(jobs, batch_size, workers)),
+        tasks=tuple(batches(jobs, batch_size, workers, join=joins_pay(facts.footprint))),
         work=work,
     )
