@@ -44,7 +44,7 @@ from tilepipe.geometry import Footprint, Window
 from tilepipe.geometry.support import affected, cover
 from tilepipe.model.responses import empty_response
 from tilepipe.model.runner import CompiledModel, densify
-from tilepipe.plan import DEFAULT_BATCH, TileJob
+from tilepipe.plan import DEFAULT_BATCH, TileJob, joins_pay
 from tilepipe.store.codec import TileData
 
 __all__ = ["DENSE_FRACTION", "PIECE_OVERHEAD", "Computed", "PiecePlan", "compute_tiles", "empty_core",
@@ -251,7 +251,7 @@ def plan_pieces(
     dense_fraction: float = DENSE_FRACTION,
     coords: Sequence[tuple[np.ndarray, ...] | None] | None = None,
     mosaic: bool | None = None,
-    join: bool = True,
+    join: bool | None = None,
 ) -> PiecePlan:
     """The pieces that compute non-empty tiles, grouped into model calls; pure (no model, no I/O).
 
@@ -261,8 +261,12 @@ def plan_pieces(
     demo scene alike, ``bench.py`` on 2026-12-02.) Small pieces whose windows nothing clipped
     go in mosaics instead (see the module docstring) where that is cheaper; ``mosaic``: True
     lays them so always, False never. Neighbouring tiles of the task computed by rectangles are
-    covered together where that costs fewer pixels (:func:`_joined`; ``join=False``: never).
+    covered together where that costs fewer pixels (:func:`_joined`), for a model whose windows add
+    wide margins (:func:`~tilepipe.plan.joins_pay`: where a run puts touching tiles in one task);
+    ``join``: True always, False never.
     """
+    if join is None:
+        join = joins_pay(footprint)
     if coords is None:
         coords = [None if d.is_dense else d.coords() for d in data]
     planned: list[list[_Piece]] = []
@@ -505,7 +509,7 @@ def compute_tiles(
     batch_size: int = DEFAULT_BATCH,
     dense_fraction: float = DENSE_FRACTION,
     mosaic: bool | None = None,
-    join: bool = True,
+    join: bool | None = None,
 ) -> Computed:
     """Run the model over non-empty tiles; each core as ``(rows, cols, out_bands)``, exact.
 
