@@ -42,6 +42,7 @@ __all__ = [
     "joins_pay",
     "plan_run",
     "shifted",
+    "touching",
     "touches_border",
 ]
 
@@ -281,7 +282,8 @@ def _joined_tasks(busy: list[TileJob], size: int) -> list[tuple[TileJob, ...]]:
     """Busy ``jobs`` in tasks of up to ``size``, a group of touching tiles of up to :data:`JOIN_MAX` in one."""
     out: list[tuple[TileJob, ...]] = []
     current: list[TileJob] = []
-    for group in _touching(busy):
+    for indices in touching(busy):
+        group = sorted((busy[k] for k in indices), key=lambda j: (j.need.shape, j.row, j.col))
         if len(group) > max(size, JOIN_MAX):  # a large group: cut row by row, neighbours mostly together
             group.sort(key=lambda j: (j.row, j.col))
             out.extend(tuple(group[k : k + size]) for k in range(0, len(group), size))
@@ -313,12 +315,12 @@ def joins_pay(footprint: Footprint) -> bool:
 JOIN_MAX = 9
 
 
-def _touching(jobs: list[TileJob]) -> list[list[TileJob]]:
-    """``jobs`` in groups of tiles that touch (8-neighbours in the output tile grid), in order of their
-    first tile in ``jobs``."""
+def touching(jobs: Sequence[TileJob]) -> list[list[int]]:
+    """Indices of ``jobs`` in groups of tiles that touch (8-neighbours in the output tile grid), each group
+    in ascending order, the groups in order of their first member."""
     at = {(j.row, j.col): k for k, j in enumerate(jobs)}
     group_of = [-1] * len(jobs)
-    groups: list[list[TileJob]] = []
+    groups: list[list[int]] = []
     for first in range(len(jobs)):
         if group_of[first] >= 0:
             continue
@@ -326,14 +328,14 @@ def _touching(jobs: list[TileJob]) -> list[list[TileJob]]:
         members, todo = [], [first]
         while todo:
             k = todo.pop()
-            members.append(jobs[k])
+            members.append(k)
             for dr in (-1, 0, 1):
                 for dc in (-1, 0, 1):
                     n = at.get((jobs[k].row + dr, jobs[k].col + dc))
                     if n is not None and group_of[n] < 0:
                         group_of[n] = len(groups)
                         todo.append(n)
-        groups.append(sorted(members, key=lambda j: (j.need.shape, j.row, j.col)))
+        groups.append(sorted(members))
     return groups
 
 

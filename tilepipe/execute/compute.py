@@ -44,7 +44,7 @@ from tilepipe.geometry import Footprint, Window
 from tilepipe.geometry.support import affected, cover
 from tilepipe.model.responses import empty_response
 from tilepipe.model.runner import CompiledModel, densify
-from tilepipe.plan import DEFAULT_BATCH, TileJob, joins_pay
+from tilepipe.plan import DEFAULT_BATCH, TileJob, joins_pay, touching
 from tilepipe.store.codec import TileData
 
 __all__ = ["DENSE_FRACTION", "PIECE_OVERHEAD", "Computed", "PiecePlan", "compute_tiles", "empty_core",
@@ -272,7 +272,7 @@ def plan_pieces(
     planned: list[list[_Piece]] = []
     hits: dict[int, np.ndarray] = {}
     counted = 0
-    with_neighbours = {i for g in _neighbours(list(range(len(jobs))), jobs) if len(g) > 1 for i in g} if join else set()
+    with_neighbours = {i for g in touching(jobs) if len(g) > 1 for i in g} if join else set()
     for i, job in enumerate(jobs):
         tile_pieces, count, hit = _plan_tile(i, job, data[i], footprint, scene_shape, dense_fraction, coords[i],
                                              thorough=i not in with_neighbours)
@@ -314,7 +314,8 @@ def _joined(jobs: Sequence[TileJob], planned: list[list[_Piece]], hits: dict[int
     cost fewer pixels (and :data:`PIECE_OVERHEAD` each) than the tiles' own pieces.
     """
     out = [p for i, ps in enumerate(planned) if i not in hits for p in ps]
-    for group in _neighbours([i for i in sorted(hits)], jobs):
+    tiles = sorted(hits)
+    for group in ([tiles[k] for k in members] for members in touching([jobs[i] for i in tiles])):
         own = [p for i in group for p in planned[i]]
         joint = _group_pieces(group, jobs, hits, footprint, scene_shape) if len(group) > 1 else []
         if joint and _pixels(joint) < _pixels(own):
@@ -326,29 +327,6 @@ def _joined(jobs: Sequence[TileJob], planned: list[list[_Piece]], hits: dict[int
 
 def _pixels(pieces: list[_Piece]) -> int:
     return sum(p.window.size + PIECE_OVERHEAD for p in pieces)
-
-
-def _neighbours(tiles: list[int], jobs: Sequence[TileJob]) -> list[list[int]]:
-    """``tiles`` in groups that touch (8-neighbours in the output's tile grid), each group sorted."""
-    at = {(jobs[i].row, jobs[i].col): i for i in tiles}
-    seen: set[int] = set()
-    groups = []
-    for first in tiles:
-        if first in seen:
-            continue
-        group, todo = [], [first]
-        seen.add(first)
-        while todo:
-            i = todo.pop()
-            group.append(i)
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    j = at.get((jobs[i].row + dr, jobs[i].col + dc))
-                    if j is not None and j not in seen:
-                        seen.add(j)
-                        todo.append(j)
-        groups.append(sorted(group))
-    return groups
 
 
 def _group_pieces(group: list[int], jobs: Sequence[TileJob], hits: dict[int, np.ndarray],
